@@ -1,0 +1,1 @@
+//! Wire types of the admin API (SPEC §6), shared so daemon and `envelopectl` agree.

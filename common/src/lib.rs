@@ -1,0 +1,23 @@
+//! Shared core of the envelope workspace.
+//!
+//! Layout:
+//! - [`jwk`]: JWK/JWKS files in go-jose's `jwk-keygen` format — loading with the
+//!   checks of SPEC §3, key generation, and the public part of a private key.
+//! - [`claims`]: the token claims and the audience (string or array).
+//! - [`sign`]: [`Signer`], which turns claims into a compact JWS.
+//! - [`verify`]: [`Verifier`], which accepts a token only if every rule of SPEC §3
+//!   holds, and [`Rejection`], the closed set of reasons it gives otherwise.
+//! - [`goflags`]: Go-style single-dash flags and Go durations, for drop-in CLIs.
+//! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
+
+pub mod admin;
+pub mod claims;
+pub mod goflags;
+pub mod jwk;
+pub mod sign;
+pub mod verify;
+
+pub use claims::{Audience, Claims};
+pub use jwk::{Algorithm, KeyError, PrivateKey, PublicKey};
+pub use sign::{SignError, Signer};
+pub use verify::{Clock, Rejection, SystemClock, Verifier};

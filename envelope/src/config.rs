@@ -1,0 +1,352 @@
+//! Command-line flags (with env vars and the Go original's spellings) and their
+//! validation into a [`Config`]. Every start-up failure here is one line naming
+//! the flag or file at fault.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Parser, ValueEnum};
+use common::goflags::parse_duration;
+use common::Verifier;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirewallKind {
+    /// Real iptables/ip6tables rules on --device.
+    Iptables,
+    /// Touch nothing (for development, or when another layer guards the host).
+    None,
+    /// Test backend: append each operation to --firewall-journal.
+    #[value(hide = true)]
+    Record,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Opens the firewall for a client's subnet while it holds a WebSocket
+/// authorised by a signed access token, and closes it again afterwards.
+#[derive(Debug, Parser)]
+#[command(name = "envelope", version, about, max_term_width = 100)]
+pub struct Flags {
+    /// Address to serve on; `:PORT` means every interface, IPv4 and IPv6.
+    #[arg(long, env = "ENVELOPE_LISTEN_ADDRESS", default_value = ":8880",
+          alias = "envelope.listen-address", value_name = "ADDR")]
+    pub listen_address: String,
+
+    /// TLS certificate chain (PEM). Without --cert and --key the envelope serves plain HTTP.
+    #[arg(long, env = "ENVELOPE_CERT", alias = "envelope.cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "ENVELOPE_KEY", alias = "envelope.key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Public JWK or JWKS file to verify tokens with; repeat (or comma-separate) for rotation.
+    #[arg(long, env = "ENVELOPE_VERIFY_KEY", value_delimiter = ',',
+          alias = "envelope.verify-key", value_name = "FILE")]
+    pub verify_key: Vec<PathBuf>,
+
+    /// Require a valid access token (`--token-required=false` serves token-less clients).
+    #[arg(long, env = "ENVELOPE_TOKEN_REQUIRED", alias = "envelope.token-required",
+          action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = true, default_missing_value = "true", value_name = "BOOL")]
+    pub token_required: bool,
+
+    /// This machine's name; tokens must carry it in `aud`.
+    #[arg(long, env = "ENVELOPE_MACHINE", alias = "envelope.machine")]
+    pub machine: Option<String>,
+
+    /// The service tokens must name in `sub` (`monitoring` is always accepted too).
+    #[arg(long, env = "ENVELOPE_SUBJECT", alias = "envelope.subject")]
+    pub subject: Option<String>,
+
+    /// Expected token issuer (`iss`).
+    #[arg(long, env = "ENVELOPE_ISSUER", default_value = "locate", alias = "envelope.issuer")]
+    pub issuer: String,
+
+    /// Most clients holding a grant at once.
+    #[arg(long, env = "ENVELOPE_MAX_CLIENTS", default_value_t = 1,
+          alias = "envelope.max-clients", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: u32,
+
+    /// The public interface the envelope guards.
+    #[arg(long, env = "ENVELOPE_DEVICE", default_value = "eth0", alias = "envelope.device")]
+    pub device: String,
+
+    /// Shortest hold: a session lasts until max(token exp, now + timeout).
+    #[arg(long, env = "ENVELOPE_TIMEOUT", default_value = "60s", value_parser = parse_duration,
+          alias = "envelope.timeout")]
+    pub timeout: Duration,
+
+    /// Longest hold, whatever the token says.
+    #[arg(long, env = "ENVELOPE_MAX_HOLD", default_value = "1h", value_parser = parse_duration,
+          alias = "envelope.max-hold")]
+    pub max_hold: Duration,
+
+    /// Firewall backend [default: iptables when tokens are required, else none].
+    #[arg(long, env = "ENVELOPE_FIREWALL", value_enum, alias = "envelope.firewall")]
+    pub firewall: Option<FirewallKind>,
+
+    /// TCP ports also opened (to everyone) while any grant is active; empty for none.
+    #[arg(long, env = "ENVELOPE_PROXY_PORTS", default_value = "80,443",
+          alias = "envelope.proxy-ports", value_name = "PORTS")]
+    pub proxy_ports: String,
+
+    /// Unix socket of the admin API.
+    #[arg(long, env = "ENVELOPE_ADMIN_SOCKET", default_value = "/run/envelope/admin.sock",
+          value_name = "PATH")]
+    pub admin_socket: PathBuf,
+
+    /// Group allowed to use the admin socket (mode 0660 instead of 0600).
+    #[arg(long, env = "ENVELOPE_ADMIN_GROUP", value_name = "NAME")]
+    pub admin_group: Option<String>,
+
+    /// Address of the Prometheus /metrics endpoint, or `off`.
+    #[arg(long, env = "ENVELOPE_METRICS_ADDRESS", default_value = ":9990",
+          alias = "prometheusx.listen-address", value_name = "ADDR")]
+    pub metrics_address: String,
+
+    /// Device whose transmit rate gates admission (with --tx-max-rate).
+    #[arg(long, env = "ENVELOPE_TX_DEVICE", alias = "txcontroller.device")]
+    pub tx_device: Option<String>,
+
+    /// Refuse new clients (503) while --tx-device sends more than this many bit/s.
+    #[arg(long, env = "ENVELOPE_TX_MAX_RATE", alias = "txcontroller.max-rate", value_name = "BITS")]
+    pub tx_max_rate: Option<u64>,
+
+    /// Log format.
+    #[arg(long, env = "ENVELOPE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Remove every rule and chain the envelope ever installs, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Most TCP connections served at once (held sessions included).
+    #[arg(long, env = "ENVELOPE_MAX_CONNECTIONS", default_value_t = 16384, hide = true)]
+    pub max_connections: usize,
+
+    /// Time allowed for the TLS handshake and for the request head.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub handshake_timeout: Duration,
+
+    /// Journal file of the `record` firewall backend (tests).
+    #[arg(long, hide = true)]
+    pub firewall_journal: Option<PathBuf>,
+
+    /// Make every grant of the `record` backend fail (tests).
+    #[arg(long, hide = true)]
+    pub firewall_journal_fail_grants: bool,
+
+    /// Where transmit counters are read from (tests).
+    #[arg(long, default_value = "/proc/net/dev", hide = true)]
+    pub tx_proc_path: PathBuf,
+
+    /// iptables-family binaries are looked up here (tests point it at wrappers).
+    #[arg(long, env = "ENVELOPE_IPTABLES_DIR", default_value = "/usr/sbin", hide = true)]
+    pub iptables_dir: PathBuf,
+
+    /// Longest a single firewall command may run before it is killed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub firewall_timeout: Duration,
+}
+
+/// Token policy once flags are validated.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub required: bool,
+    pub verifier: Option<Arc<Verifier>>,
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TxLimit {
+    pub device: String,
+    pub max_bits_per_sec: u64,
+    pub proc_path: PathBuf,
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tokens: TokenPolicy,
+    pub max_clients: usize,
+    pub device: String,
+    pub timeout: Duration,
+    pub max_hold: Duration,
+    pub firewall: FirewallKind,
+    pub proxy_ports: Vec<u16>,
+    pub admin_socket: PathBuf,
+    pub admin_group: Option<String>,
+    pub metrics: Option<Vec<SocketAddr>>,
+    pub tx_limit: Option<TxLimit>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub firewall_journal: Option<PathBuf>,
+    pub firewall_journal_fail_grants: bool,
+    pub iptables_dir: PathBuf,
+    pub firewall_timeout: Duration,
+}
+
+impl Flags {
+    /// Parses the process arguments, accepting Go-style single-dash flags.
+    pub fn from_env_args() -> Flags {
+        use clap::CommandFactory;
+        Flags::parse_from(common::goflags::go_style_args(&Flags::command(), std::env::args()))
+    }
+
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let listen = parse_listen(&self.listen_address).context("--listen-address")?;
+        let metrics = match self.metrics_address.as_str() {
+            "off" | "" => None,
+            addr => Some(parse_listen(addr).context("--metrics-address")?),
+        };
+        let tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::server_config(cert, key)?)),
+            (None, None) => None,
+            (Some(_), None) => bail!("--cert is given without --key"),
+            (None, Some(_)) => bail!("--key is given without --cert"),
+        };
+        let verifier = if self.verify_key.is_empty() {
+            None
+        } else {
+            let keys = common::jwk::load_public_key_files(&self.verify_key)
+                .context("--verify-key")?;
+            let machine = self.machine.clone().unwrap_or_default();
+            let verifier = Verifier::new(keys, self.issuer.clone(), machine).context("--verify-key")?;
+            Some(Arc::new(verifier))
+        };
+        if self.token_required {
+            if verifier.is_none() {
+                bail!("--verify-key is required when tokens are required (or set --token-required=false)");
+            }
+            if self.machine.as_deref().unwrap_or("").is_empty() {
+                bail!("--machine is required when tokens are required");
+            }
+            if self.subject.as_deref().unwrap_or("").is_empty() {
+                bail!("--subject is required when tokens are required");
+            }
+        } else if verifier.is_some() && self.machine.as_deref().unwrap_or("").is_empty() {
+            bail!("--machine is required with --verify-key");
+        }
+        if self.max_hold < self.timeout {
+            bail!("--max-hold ({:?}) is shorter than --timeout ({:?})", self.max_hold, self.timeout);
+        }
+        let firewall = self.firewall.unwrap_or(if self.token_required {
+            FirewallKind::Iptables
+        } else {
+            FirewallKind::None
+        });
+        if firewall == FirewallKind::Record && self.firewall_journal.is_none() {
+            bail!("--firewall record needs --firewall-journal");
+        }
+        let proxy_ports = parse_ports(&self.proxy_ports).context("--proxy-ports")?;
+        let tx_limit = match (self.tx_device, self.tx_max_rate) {
+            (Some(device), Some(max)) if max > 0 => Some(TxLimit {
+                device,
+                max_bits_per_sec: max,
+                proc_path: self.tx_proc_path,
+            }),
+            (Some(_), None) => bail!("--tx-device needs --tx-max-rate"),
+            (None, Some(max)) if max > 0 => bail!("--tx-max-rate needs --tx-device"),
+            _ => None,
+        };
+        Ok(Config {
+            listen,
+            tls,
+            tokens: TokenPolicy {
+                required: self.token_required,
+                verifier,
+                subject: self.subject.filter(|s| !s.is_empty()),
+            },
+            max_clients: self.max_clients as usize,
+            device: self.device,
+            timeout: self.timeout,
+            max_hold: self.max_hold,
+            firewall,
+            proxy_ports,
+            admin_socket: self.admin_socket,
+            admin_group: self.admin_group,
+            metrics,
+            tx_limit,
+            max_connections: self.max_connections.max(1),
+            handshake_timeout: self.handshake_timeout,
+            firewall_journal: self.firewall_journal,
+            firewall_journal_fail_grants: self.firewall_journal_fail_grants,
+            iptables_dir: self.iptables_dir,
+            firewall_timeout: self.firewall_timeout,
+        })
+    }
+}
+
+/// `:PORT` → every interface (one dual-stack IPv6 socket); `HOST:PORT` → that address.
+pub fn parse_listen(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().with_context(|| format!("invalid port in {text:?}"))?;
+        return Ok(vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)]);
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .with_context(|| format!("cannot resolve {text:?} (expected :PORT, IP:PORT or [IPv6]:PORT)"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{text:?} resolves to no address");
+    }
+    Ok(addrs)
+}
+
+fn parse_ports(text: &str) -> anyhow::Result<Vec<u16>> {
+    let mut ports = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let port: u16 = part.parse().with_context(|| format!("invalid port {part:?}"))?;
+        if port == 0 {
+            bail!("port 0 is not a port");
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colon_port_listens_on_every_interface() {
+        let addrs = parse_listen(":8880").unwrap();
+        assert_eq!(addrs, vec!["[::]:8880".parse().unwrap()]);
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap(), vec!["127.0.0.1:0".parse().unwrap()]);
+        assert!(parse_listen(":http").is_err());
+    }
+
+    #[test]
+    fn proxy_ports_parse_and_empty_means_none() {
+        assert_eq!(parse_ports("80,443").unwrap(), vec![80, 443]);
+        assert_eq!(parse_ports("").unwrap(), Vec::<u16>::new());
+        assert!(parse_ports("80,x").is_err());
+        assert!(parse_ports("0").is_err());
+    }
+
+    #[test]
+    fn go_style_command_line_parses() {
+        use clap::CommandFactory;
+        let args = ["envelope", "-envelope.listen-address=:0", "-envelope.token-required=false", "-timeout=90s"]
+            .map(String::from);
+        let flags = Flags::parse_from(common::goflags::go_style_args(&Flags::command(), args));
+        assert_eq!(flags.listen_address, ":0");
+        assert!(!flags.token_required);
+        assert_eq!(flags.timeout, Duration::from_secs(90));
+    }
+}

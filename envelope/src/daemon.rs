@@ -1,0 +1,235 @@
+//! Start-up in a fixed order (firewall guard before the port opens), serving, and
+//! the ordered shutdown on SIGTERM/SIGINT: stop accepting, close every session
+//! (Close 1001), revoke every grant, remove the firewall guard.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access::{self, plain, Access, HttpResponse};
+use crate::config::{Config, FirewallKind};
+use crate::firewall::{Firewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall};
+use crate::grants::Grants;
+use crate::metrics::Metrics;
+use crate::server::{self, Limits};
+use crate::txrate::TxGate;
+
+/// How long sessions get to send their Close frames at shutdown.
+const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>> {
+    Ok(match config.firewall {
+        FirewallKind::None => Arc::new(NoopFirewall),
+        FirewallKind::Record => Arc::new(JournalFirewall::new(
+            config.firewall_journal.clone().context("--firewall-journal")?,
+            config.firewall_journal_fail_grants,
+        )),
+        FirewallKind::Iptables => Arc::new(
+            IptablesFirewall::new(iptables_config(config))
+                .await
+                .context("--firewall iptables")?,
+        ),
+    })
+}
+
+/// Runs the daemon until a termination signal; returns after a clean shutdown.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    let firewall = build_firewall(&config).await?;
+    tracing::info!(backend = %firewall.backend(), device = %config.device, "firewall backend");
+    firewall.setup().await.context("firewall set-up failed")?;
+
+    let metrics = Arc::new(Metrics::new());
+    let (grants, owner) = Grants::spawn(firewall.clone(), config.max_clients, metrics.clone());
+    let stop = CancellationToken::new();
+    let started = match start_serving(&config, &grants, &metrics, &stop) {
+        Ok(started) => started,
+        Err(e) => {
+            // Nothing may stay behind when start-up fails half way.
+            let _ = grants.shutdown().await;
+            return Err(e);
+        }
+    };
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let began = Instant::now();
+    stop.cancel();
+    let result = grants.shutdown().await;
+    started.sessions.close();
+    let _ = tokio::time::timeout(SESSION_CLOSE_GRACE, started.sessions.wait()).await;
+    started.conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), started.conns.wait()).await;
+    let _ = owner.await;
+    result.context("revoking grants at shutdown")?;
+    tracing::info!(took_ms = began.elapsed().as_millis() as u64, "shutdown complete");
+    Ok(())
+}
+
+struct Started {
+    sessions: TaskTracker,
+    conns: TaskTracker,
+}
+
+fn start_serving(
+    config: &Config,
+    grants: &Grants,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Started> {
+    let tx_gate = match &config.tx_limit {
+        Some(limit) => Some(TxGate::spawn(limit, stop.clone())?),
+        None => None,
+    };
+    let sessions = TaskTracker::new();
+    let conns = TaskTracker::new();
+    let app = Arc::new(Access {
+        tokens: config.tokens.clone(),
+        timeout: config.timeout,
+        max_hold: config.max_hold,
+        grants: grants.clone(),
+        metrics: metrics.clone(),
+        tx_gate,
+        tls: config.tls.is_some(),
+        sessions: sessions.clone(),
+    });
+    let limits = Limits {
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        handshake_timeout: config.handshake_timeout,
+    };
+    let acceptor = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    if acceptor.is_none() {
+        tracing::warn!("NO TLS: serving plain HTTP; access tokens travel in clear text (set --cert and --key)");
+    }
+    for listener in bind_all(&config.listen, "--listen-address")? {
+        let app = app.clone();
+        let handler = move |peer: SocketAddr, req: Request<Incoming>| {
+            let app = app.clone();
+            async move { logged(&app.metrics, peer, req, |peer, req| route(app.clone(), peer, req)).await }
+        };
+        tokio::spawn(server::serve(
+            listener,
+            acceptor.clone(),
+            limits.clone(),
+            handler,
+            stop.clone(),
+            conns.clone(),
+        ));
+    }
+    if let Some(addrs) = &config.metrics {
+        for listener in bind_all(addrs, "--metrics-address")? {
+            let metrics = metrics.clone();
+            let handler = move |_peer: SocketAddr, req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { serve_metrics(&metrics, &req) }
+            };
+            let limits = Limits {
+                connections: Arc::new(Semaphore::new(64)),
+                handshake_timeout: config.handshake_timeout,
+            };
+            tokio::spawn(server::serve(listener, None, limits, handler, stop.clone(), conns.clone()));
+        }
+    }
+    Ok(Started { sessions, conns })
+}
+
+fn bind_all(addrs: &[SocketAddr], flag: &str) -> anyhow::Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let listener = server::bind(*addr).with_context(|| format!("{flag}: cannot listen on {addr}"))?;
+            let local = listener.local_addr().unwrap_or(*addr);
+            tracing::info!(address = %local, "{} listening", flag.trim_start_matches("--"));
+            Ok(listener)
+        })
+        .collect()
+}
+
+async fn route(app: Arc<Access>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    if req.uri().path() == access::PATH {
+        app.handle(peer, req).await
+    } else {
+        plain(StatusCode::NOT_FOUND, "not found")
+    }
+}
+
+/// One log line and one status count per request; the query (token) is never logged.
+async fn logged<F, Fut>(metrics: &Metrics, peer: SocketAddr, req: Request<Incoming>, handle: F) -> HttpResponse
+where
+    F: FnOnce(SocketAddr, Request<Incoming>) -> Fut,
+    Fut: std::future::Future<Output = HttpResponse>,
+{
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = handle(peer, req).await;
+    let status = response.status().as_u16();
+    metrics.count_status(status);
+    tracing::info!(
+        peer = %peer,
+        method = %method,
+        path = %path,
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn serve_metrics(metrics: &Metrics, req: &Request<Incoming>) -> HttpResponse {
+    if req.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    }
+    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Held sessions each need a descriptor; lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+fn iptables_config(config: &Config) -> IptablesConfig {
+    IptablesConfig {
+        device: config.device.clone(),
+        service_ports: config.listen.iter().map(SocketAddr::port).collect(),
+        proxy_ports: config.proxy_ports.clone(),
+        bin_dir: config.iptables_dir.clone(),
+        command_timeout: config.firewall_timeout,
+    }
+}
+
+/// `envelope --cleanup`: removes everything the envelope ever installs, whatever
+/// the other flags say, and exits.
+pub async fn cleanup(flags: crate::config::Flags) -> anyhow::Result<()> {
+    crate::firewall::iptables::cleanup(&flags.iptables_dir, flags.firewall_timeout)
+        .await
+        .context("--cleanup")?;
+    tracing::info!("removed every envelope chain and rule");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The firewall at policy level: set up a default-deny guard, open and close
+//! client subnets, tear everything down. Backends: `iptables` (the real one),
+//! `none` (no-op), and `record` (a journal file, for tests of the daemon).
+
+pub mod iptables;
+mod journal;
+mod noop;
+mod subnet;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use iptables::{IptablesConfig, IptablesFirewall};
+pub use journal::JournalFirewall;
+pub use noop::NoopFirewall;
+pub use subnet::Subnet;
+
+/// A boxed future, so backends can sit behind `dyn Firewall`.
+pub type FwFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, FirewallError>> + Send + 'a>>;
+
+/// One atomic change: every subnet in `grant` is opened and every subnet in
+/// `revoke` is closed, all or nothing. The grant owner coalesces concurrent
+/// requests into one change (group commit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    pub grant: Vec<Subnet>,
+    pub revoke: Vec<Subnet>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.grant.is_empty() && self.revoke.is_empty()
+    }
+}
+
+/// A firewall backend. Calls come only from the grant owner, one at a time.
+pub trait Firewall: Send + Sync + fmt::Debug {
+    /// Name for logs, metrics and the admin status, e.g. `iptables (nf_tables)`.
+    fn backend(&self) -> String;
+    /// Removes whatever a previous (crashed) instance left, then installs the
+    /// default-deny guard. Idempotent.
+    fn setup(&self) -> FwFuture<'_, ()>;
+    /// Applies one change atomically. Revoking a subnet whose rule is already
+    /// gone succeeds.
+    fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()>;
+    /// Removes everything the envelope installed. Idempotent.
+    fn teardown(&self) -> FwFuture<'_, ()>;
+}
+
+/// Why a firewall operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("{operation} did not finish within {after:?}")]
+    Timeout {
+        operation: String,
+        after: Duration,
+    },
+    #[error("{operation} failed: {message}")]
+    Failed { operation: String, message: String },
+    #[error("{operation}")]
+    Io {
+        operation: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,604 @@
+//! The grant table and its single owner.
+//!
+//! One task owns every session record and every firewall change. HTTP handlers,
+//! the admin API and shutdown send it [`Command`]s; deadlines are enforced by the
+//! same task, which sleeps until the earliest one. Rules are reference-counted by
+//! subnet, so two clients in one /24 share one rule. Commands that arrive while a
+//! firewall change is in flight are coalesced into the next change (group commit):
+//! one transaction for many grants and revokes, falling back to one transaction
+//! per subnet only when a shared one fails, so a bad subnet never takes others down.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::firewall::{Change, Firewall, FirewallError, Subnet};
+use crate::metrics::Metrics;
+
+pub type GrantId = u64;
+
+/// Most commands folded into one firewall transaction.
+const MAX_BATCH: usize = 1024;
+/// First and longest wait before a failed revoke is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why the owner ended a session; the session turns it into a Close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deadline,
+    Revoked,
+    Shutdown,
+}
+
+/// What a handler asks for once every check has passed.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub peer: IpAddr,
+    pub subject: String,
+    pub monitoring: bool,
+    pub deadline: Instant,
+}
+
+/// A snapshot of one live grant, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantInfo {
+    pub id: GrantId,
+    pub ip: IpAddr,
+    pub subnet: Subnet,
+    pub subject: String,
+    pub monitoring: bool,
+    pub started: SystemTime,
+    pub deadline: SystemTime,
+}
+
+/// Which grants an operator revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    Id(GrantId),
+    /// Every grant whose subnet contains this address.
+    Ip(IpAddr),
+    All,
+}
+
+/// Counters the status endpoint reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub sessions: usize,
+    /// Subnets whose revoke failed and is being retried; each keeps a slot.
+    pub stuck_revokes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("all {0} client slots are in use")]
+    Full(usize),
+    #[error("the envelope is shutting down")]
+    ShuttingDown,
+    #[error("firewall change failed: {0}")]
+    Firewall(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("firewall change failed: {0}")]
+pub struct RevokeError(pub String);
+
+#[derive(Debug)]
+enum Command {
+    Acquire {
+        request: GrantRequest,
+        reply: oneshot::Sender<Result<Lease, AcquireError>>,
+    },
+    Release {
+        id: GrantId,
+    },
+    Revoke {
+        selector: Selector,
+        reply: oneshot::Sender<Result<Vec<GrantId>, RevokeError>>,
+    },
+    List {
+        reply: oneshot::Sender<(Vec<GrantInfo>, Occupancy)>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), FirewallError>>,
+    },
+}
+
+/// A session's hold on its grant. Dropping it releases the grant, so a session
+/// that ends any way at all (including a failed upgrade) gives its slot back.
+#[derive(Debug)]
+pub struct Lease {
+    id: GrantId,
+    ended: Option<oneshot::Receiver<EndReason>>,
+    owner: mpsc::UnboundedSender<Command>,
+}
+
+impl Lease {
+    pub fn id(&self) -> GrantId {
+        self.id
+    }
+
+    /// Resolves when the owner ends the session (deadline, revoke, shutdown).
+    pub async fn ended(&mut self) -> EndReason {
+        match self.ended.as_mut() {
+            Some(rx) => rx.await.unwrap_or(EndReason::Revoked),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // The owner may be gone already at shutdown; then there is nothing to release.
+        let _ = self.owner.send(Command::Release { id: self.id });
+    }
+}
+
+/// Cloneable handle to the owner task.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Grants {
+    /// Starts the owner task. The firewall must already be set up.
+    pub fn spawn(
+        firewall: Arc<dyn Firewall>,
+        max_clients: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Grants, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let owner = Owner {
+            firewall,
+            max_clients,
+            metrics,
+            me: tx.clone(),
+            sessions: HashMap::new(),
+            subnets: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            next_id: 1,
+            shutting_down: false,
+            retry_at: None,
+            retry_backoff: RETRY_FIRST,
+        };
+        let task = tokio::spawn(owner.run(rx));
+        (Grants { tx }, task)
+    }
+
+    pub async fn acquire(&self, request: GrantRequest) -> Result<Lease, AcquireError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Acquire { request, reply })
+            .map_err(|_| AcquireError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(AcquireError::ShuttingDown))
+    }
+
+    /// Ends the selected sessions; returns once their rules are gone.
+    pub async fn revoke(&self, selector: Selector) -> Result<Vec<GrantId>, RevokeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Revoke { selector, reply })
+            .map_err(|_| RevokeError("the envelope is shutting down".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(RevokeError("the envelope is shutting down".into())))
+    }
+
+    pub async fn list(&self) -> (Vec<GrantInfo>, Occupancy) {
+        let (reply, rx) = oneshot::channel();
+        let empty = (
+            Vec::new(),
+            Occupancy {
+                sessions: 0,
+                stuck_revokes: 0,
+            },
+        );
+        if self.tx.send(Command::List { reply }).is_err() {
+            return empty;
+        }
+        rx.await.unwrap_or(empty)
+    }
+
+    /// Ends every session, revokes every grant and tears the firewall down.
+    pub async fn shutdown(&self) -> Result<(), FirewallError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    info: GrantInfo,
+    deadline: Instant,
+    end: Option<oneshot::Sender<EndReason>>,
+}
+
+#[derive(Debug, Default)]
+struct SubnetState {
+    sessions: usize,
+    installed: bool,
+}
+
+struct Owner {
+    firewall: Arc<dyn Firewall>,
+    max_clients: usize,
+    metrics: Arc<Metrics>,
+    me: mpsc::UnboundedSender<Command>,
+    sessions: HashMap<GrantId, Session>,
+    subnets: HashMap<Subnet, SubnetState>,
+    deadlines: BTreeSet<(Instant, GrantId)>,
+    /// Subnets whose wanted state may differ from the kernel's.
+    touched: BTreeSet<Subnet>,
+    next_id: GrantId,
+    shutting_down: bool,
+    retry_at: Option<Instant>,
+    retry_backoff: Duration,
+}
+
+/// Replies held back until the firewall change they depend on is done.
+#[derive(Default)]
+struct Pending {
+    acquires: Vec<(GrantId, oneshot::Sender<Result<Lease, AcquireError>>)>,
+    revokes: Vec<(Vec<(GrantId, Subnet)>, oneshot::Sender<Result<Vec<GrantId>, RevokeError>>)>,
+    lists: Vec<oneshot::Sender<(Vec<GrantInfo>, Occupancy)>>,
+    shutdown: Option<oneshot::Sender<Result<(), FirewallError>>>,
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let wake = self.next_wake();
+            let first = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => return,
+                },
+                () = sleep_until_opt(wake) => None,
+            };
+            let mut pending = Pending::default();
+            if let Some(cmd) = first {
+                self.handle(cmd, &mut pending);
+                let mut taken = 1;
+                while taken < MAX_BATCH {
+                    let Ok(cmd) = rx.try_recv() else { break };
+                    self.handle(cmd, &mut pending);
+                    taken += 1;
+                }
+            }
+            self.expire_due(Instant::now());
+            self.retry_due(Instant::now());
+            let outcome = self.commit().await;
+            let done = pending.shutdown.is_some();
+            self.answer(pending, &outcome).await;
+            if done {
+                return;
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let deadline = self.deadlines.first().map(|(at, _)| *at);
+        match (deadline, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            sessions: self.sessions.len(),
+            stuck_revokes: self
+                .subnets
+                .values()
+                .filter(|s| s.sessions == 0 && s.installed)
+                .count(),
+        }
+    }
+
+    fn handle(&mut self, cmd: Command, pending: &mut Pending) {
+        match cmd {
+            Command::Acquire { request, reply } => {
+                if self.shutting_down {
+                    let _ = reply.send(Err(AcquireError::ShuttingDown));
+                    return;
+                }
+                let used = self.occupancy();
+                if used.sessions + used.stuck_revokes >= self.max_clients {
+                    let _ = reply.send(Err(AcquireError::Full(self.max_clients)));
+                    return;
+                }
+                let id = self.add_session(request);
+                pending.acquires.push((id, reply));
+            }
+            Command::Release { id } => self.remove_session(id, None),
+            Command::Revoke { selector, reply } => {
+                let chosen: Vec<(GrantId, Subnet)> = self
+                    .sessions
+                    .values()
+                    .filter(|s| match selector {
+                        Selector::Id(id) => s.info.id == id,
+                        Selector::Ip(ip) => s.info.subnet.contains(ip),
+                        Selector::All => true,
+                    })
+                    .map(|s| (s.info.id, s.info.subnet))
+                    .collect();
+                for (id, _) in &chosen {
+                    self.remove_session(*id, Some(EndReason::Revoked));
+                }
+                pending.revokes.push((chosen, reply));
+            }
+            Command::List { reply } => pending.lists.push(reply),
+            Command::Shutdown { reply } => {
+                self.shutting_down = true;
+                let all: Vec<GrantId> = self.sessions.keys().copied().collect();
+                for id in all {
+                    self.remove_session(id, Some(EndReason::Shutdown));
+                }
+                // Stuck subnets are revoked now too: nothing may outlive the envelope.
+                let stuck: Vec<Subnet> = self
+                    .subnets
+                    .iter()
+                    .filter(|(_, s)| s.installed)
+                    .map(|(n, _)| *n)
+                    .collect();
+                self.touched.extend(stuck);
+                pending.shutdown = Some(reply);
+            }
+        }
+    }
+
+    fn add_session(&mut self, request: GrantRequest) -> GrantId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let subnet = Subnet::of_client(request.peer);
+        let now = Instant::now();
+        let started = SystemTime::now();
+        let info = GrantInfo {
+            id,
+            ip: request.peer.to_canonical(),
+            subnet,
+            subject: request.subject,
+            monitoring: request.monitoring,
+            started,
+            deadline: started + request.deadline.saturating_duration_since(now),
+        };
+        self.subnets.entry(subnet).or_default().sessions += 1;
+        self.touched.insert(subnet);
+        self.deadlines.insert((request.deadline, id));
+        self.sessions.insert(
+            id,
+            Session {
+                info,
+                deadline: request.deadline,
+                end: None,
+            },
+        );
+        id
+    }
+
+    /// Forgets a session; `why` tells the session why, when it did not end itself.
+    fn remove_session(&mut self, id: GrantId, why: Option<EndReason>) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.deadlines.remove(&(session.deadline, id));
+        if let Some(state) = self.subnets.get_mut(&session.info.subnet) {
+            state.sessions -= 1;
+        }
+        self.touched.insert(session.info.subnet);
+        if let (Some(end), Some(why)) = (session.end, why) {
+            let _ = end.send(why);
+        }
+        if let Ok(held) = session.info.started.elapsed() {
+            self.metrics.grant_duration.observe(held.as_secs_f64());
+        }
+    }
+
+    fn expire_due(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.remove_session(id, Some(EndReason::Deadline));
+        }
+    }
+
+    fn retry_due(&mut self, now: Instant) {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            let stuck: Vec<Subnet> = self
+                .subnets
+                .iter()
+                .filter(|(_, s)| s.sessions == 0 && s.installed)
+                .map(|(n, _)| *n)
+                .collect();
+            self.touched.extend(stuck);
+        }
+    }
+
+    /// Brings the kernel in line with the table for every touched subnet.
+    async fn commit(&mut self) -> Outcome {
+        let mut change = Change::default();
+        for subnet in std::mem::take(&mut self.touched) {
+            let state = self.subnets.entry(subnet).or_default();
+            match (state.sessions > 0, state.installed) {
+                (true, false) => change.grant.push(subnet),
+                (false, true) => change.revoke.push(subnet),
+                (false, false) => {
+                    self.subnets.remove(&subnet);
+                }
+                (true, true) => {}
+            }
+        }
+        if change.is_empty() {
+            self.metrics.active_grants.set(self.sessions.len() as i64);
+            return Outcome::default();
+        }
+        let mut failed_grants = BTreeSet::new();
+        let mut failed_revokes = BTreeSet::new();
+        if self.apply(&change).await.is_ok() {
+            self.mark(&change, &BTreeSet::new(), &BTreeSet::new());
+        } else if change.grant.len() + change.revoke.len() > 1 {
+            // Isolate the failure: one transaction per subnet.
+            for &subnet in &change.grant {
+                let one = Change {
+                    grant: vec![subnet],
+                    revoke: vec![],
+                };
+                if self.apply(&one).await.is_err() {
+                    failed_grants.insert(subnet);
+                }
+            }
+            for &subnet in &change.revoke {
+                let one = Change {
+                    grant: vec![],
+                    revoke: vec![subnet],
+                };
+                if self.apply(&one).await.is_err() {
+                    failed_revokes.insert(subnet);
+                }
+            }
+            self.mark(&change, &failed_grants, &failed_revokes);
+        } else {
+            failed_grants.extend(change.grant.iter().copied());
+            failed_revokes.extend(change.revoke.iter().copied());
+            self.mark(&change, &failed_grants, &failed_revokes);
+        }
+        if failed_revokes.is_empty() {
+            self.retry_backoff = RETRY_FIRST;
+        } else {
+            self.metrics
+                .revoke_failures
+                .inc_by(failed_revokes.len() as u64);
+            self.retry_at = Some(Instant::now() + self.retry_backoff);
+            self.retry_backoff = (self.retry_backoff * 2).min(RETRY_MAX);
+        }
+        self.metrics.active_grants.set(self.sessions.len() as i64);
+        Outcome {
+            failed_grants,
+            failed_revokes,
+        }
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), FirewallError> {
+        let started = std::time::Instant::now();
+        let result = self.firewall.apply(change).await;
+        let op = if change.grant.is_empty() {
+            "revoke"
+        } else if change.revoke.is_empty() {
+            "grant"
+        } else {
+            "mixed"
+        };
+        self.metrics
+            .observe_firewall(op, started.elapsed(), result.is_ok());
+        if let Err(e) = &result {
+            tracing::error!(
+                grant = ?change.grant.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                revoke = ?change.revoke.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                error = %e,
+                "firewall change failed"
+            );
+        }
+        result
+    }
+
+    fn mark(&mut self, change: &Change, failed_grants: &BTreeSet<Subnet>, failed_revokes: &BTreeSet<Subnet>) {
+        for subnet in &change.grant {
+            if !failed_grants.contains(subnet) {
+                self.subnets.entry(*subnet).or_default().installed = true;
+            }
+        }
+        for subnet in &change.revoke {
+            if !failed_revokes.contains(subnet) {
+                self.subnets.remove(subnet);
+            }
+        }
+    }
+
+    async fn answer(&mut self, pending: Pending, outcome: &Outcome) {
+        for (id, reply) in pending.acquires {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                // Expired or revoked within the same batch.
+                let _ = reply.send(Err(AcquireError::ShuttingDown));
+                continue;
+            };
+            if outcome.failed_grants.contains(&session.info.subnet) {
+                self.remove_session(id, None);
+                let _ = reply.send(Err(AcquireError::Firewall(
+                    "the grant could not be installed".into(),
+                )));
+                continue;
+            }
+            let (end_tx, end_rx) = oneshot::channel();
+            session.end = Some(end_tx);
+            let lease = Lease {
+                id,
+                ended: Some(end_rx),
+                owner: self.me.clone(),
+            };
+            // A handler that has gone away drops the lease, which releases it.
+            let _ = reply.send(Ok(lease));
+        }
+        // Sessions of a failed grant were removed above; their subnets were never
+        // installed, so this only drops the table entries.
+        if !self.touched.is_empty() {
+            let _ = Box::pin(self.commit()).await;
+        }
+        for (chosen, reply) in pending.revokes {
+            let stuck: Vec<String> = chosen
+                .iter()
+                .filter(|(_, subnet)| outcome.failed_revokes.contains(subnet))
+                .map(|(_, subnet)| subnet.to_string())
+                .collect();
+            let result = if stuck.is_empty() {
+                Ok(chosen.iter().map(|(id, _)| *id).collect())
+            } else {
+                Err(RevokeError(format!(
+                    "could not remove the rule for {}; retrying in the background",
+                    stuck.join(", ")
+                )))
+            };
+            let _ = reply.send(result);
+        }
+        let occupancy = self.occupancy();
+        let mut list: Vec<GrantInfo> = self.sessions.values().map(|s| s.info.clone()).collect();
+        list.sort_by_key(|g| g.id);
+        for reply in pending.lists {
+            let _ = reply.send((list.clone(), occupancy));
+        }
+        if let Some(reply) = pending.shutdown {
+            let result = if occupancy.stuck_revokes > 0 {
+                Err(FirewallError::Failed {
+                    operation: "revoke at shutdown".into(),
+                    message: format!("{} subnet rules could not be removed", occupancy.stuck_revokes),
+                })
+            } else {
+                Ok(())
+            };
+            let teardown = self.firewall.teardown().await;
+            let _ = reply.send(result.and(teardown));
+        }
+    }
+}
+
+/// Which subnets of a commit the firewall refused.
+#[derive(Debug, Default)]
+struct Outcome {
+    failed_grants: BTreeSet<Subnet>,
+    failed_revokes: BTreeSet<Subnet>,
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,24 @@
+//! The envelope daemon: verifies access tokens on a WebSocket and opens the
+//! firewall for the client's subnet while the WebSocket is held.
+//!
+//! Layout:
+//! - [`config`]: flags, env vars and Go-style aliases → a validated [`config::Config`].
+//! - [`daemon`]: start-up order, serving, and the ordered shutdown.
+//! - [`server`]: accept loops with TLS, timeouts and a connection cap.
+//! - [`access`]: the access endpoint's checks, in SPEC order, and the 101.
+//! - [`session`]: one held WebSocket.
+//! - [`grants`]: the grant table and its single owner (group-committed firewall changes).
+//! - [`firewall`]: the policy-level firewall trait and its backends.
+//! - [`metrics`], [`txrate`], [`tls`], [`logging`].
+
+pub mod access;
+pub mod config;
+pub mod daemon;
+pub mod firewall;
+pub mod grants;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod txrate;

@@ -1,0 +1,31 @@
+//! `envelope` binary: flags → config → run; any start-up failure is one line and exit 1.
+
+use std::process::ExitCode;
+
+use envelope::config::Flags;
+
+fn main() -> ExitCode {
+    let flags = Flags::from_env_args();
+    envelope::logging::init(flags.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("envelope: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if flags.cleanup {
+        runtime.block_on(envelope::daemon::cleanup(flags))
+    } else {
+        flags
+            .validate()
+            .and_then(|config| runtime.block_on(envelope::daemon::run(config)))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("envelope: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! One held WebSocket. It ends when the owner says so (deadline, revoke,
+//! shutdown: the server sends a Close frame) or when the client sends anything,
+//! closes, or goes away. The lease is dropped first, so the grant is released
+//! before any time is spent on a polite close.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::grants::{EndReason, Lease};
+
+/// How long a polite close may take once the grant is already gone.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
+    let started = Instant::now();
+    let upgraded = match upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::warn!(%peer, grant = lease.id(), error = %e, "upgrade failed; grant released");
+            return;
+        }
+    };
+    let mut config = WebSocketConfig::default();
+    // Clients have nothing to send; any frame ends the session, so keep buffers small.
+    config.max_message_size = Some(64 << 10);
+    config.max_frame_size = Some(16 << 10);
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let ending = tokio::select! {
+        why = lease.ended() => Ending::Server(why),
+        frame = ws.next() => Ending::Client(match frame {
+            Some(Ok(message)) if message.is_close() => "client closed",
+            Some(Ok(_)) => "client sent a message",
+            Some(Err(_)) => "connection error",
+            None => "connection lost",
+        }),
+    };
+    let id = lease.id();
+    drop(lease);
+    let reason = match ending {
+        Ending::Server(why) => {
+            let (code, text) = match why {
+                EndReason::Deadline => (CloseCode::Normal, "deadline"),
+                EndReason::Revoked => (CloseCode::Policy, "revoked"),
+                EndReason::Shutdown => (CloseCode::Away, "going away"),
+            };
+            let frame = CloseFrame {
+                code,
+                reason: text.into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(frame))).await?;
+                // Wait for the client's answering Close, then the socket closes.
+                while let Some(frame) = ws.next().await {
+                    frame?;
+                }
+                Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+            })
+            .await;
+            text
+        }
+        Ending::Client(what) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+            what
+        }
+    };
+    tracing::info!(%peer, grant = id, reason, held_ms = started.elapsed().as_millis() as u64, "session ended");
+}
+
+enum Ending {
+    Server(EndReason),
+    Client(&'static str),
+}
