@@ -1,1 +1,111 @@
-//! Wire types of the admin API (SPEC §6), shared so daemon and `envelopectl` agree.
+//! Wire types of the admin API (SPEC §6), shared so that the daemon and
+//! `envelopectl` cannot disagree. Every body is JSON; unknown fields are refused.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Versioned root of every admin path.
+pub const API_ROOT: &str = "/v1";
+/// `GET` lists, `DELETE` revokes (all, or `?ip=ADDR`); `/{id}` names one grant.
+pub const GRANTS_PATH: &str = "/v1/grants";
+pub const STATUS_PATH: &str = "/v1/status";
+/// Where the daemon listens by default, and where `envelopectl` looks.
+pub const DEFAULT_SOCKET: &str = "/run/envelope/admin.sock";
+/// Environment variable both the daemon and `envelopectl` read for the socket path.
+pub const SOCKET_ENV: &str = "ENVELOPE_ADMIN_SOCKET";
+
+/// One live grant: a client session holding its subnet open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub id: u64,
+    pub ip: IpAddr,
+    pub subnet: String,
+    pub subject: String,
+    pub monitoring: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+}
+
+/// Answer to every revoke: the ids whose sessions were closed and rules removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    pub revoked: Vec<u64>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub version: String,
+    pub machine: Option<String>,
+    pub subject: Option<String>,
+    pub firewall: String,
+    pub max_clients: usize,
+    pub active_grants: usize,
+    /// Subnets whose revoke failed and is being retried (each keeps a slot).
+    pub pending_revokes: usize,
+    pub uptime_seconds: u64,
+}
+
+/// Any error: the cause chain, outermost first, as `envelopectl` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    pub errors: Vec<String>,
+}
+
+impl ApiError {
+    pub fn new(message: impl Into<String>) -> ApiError {
+        ApiError {
+            errors: vec![message.into()],
+        }
+    }
+
+    /// The chain of an error and its sources.
+    pub fn from_chain(error: &(dyn std::error::Error + 'static)) -> ApiError {
+        let mut errors = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            errors.push(cause.to_string());
+            source = cause.source();
+        }
+        ApiError { errors }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_round_trips_with_rfc3339_times() {
+        let json = r#"{"id":7,"ip":"192.0.2.7","subnet":"192.0.2.0/24","subject":"ndt","monitoring":false,"started":"2026-11-25T10:00:00Z","deadline":"2026-11-25T10:01:00Z"}"#;
+        let grant: Grant = serde_json::from_str(json).unwrap();
+        assert_eq!(grant.id, 7);
+        assert_eq!(serde_json::to_string(&grant).unwrap(), json);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<Revoked>(r#"{"revoked":[],"extra":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn error_chain_lists_every_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("revoking grant 3")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("iptables-restore exited 1"));
+        assert_eq!(
+            ApiError::from_chain(&e).errors,
+            ["revoking grant 3", "iptables-restore exited 1"]
+        );
+    }
+}

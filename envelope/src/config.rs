@@ -35,21 +35,41 @@ pub enum LogFormat {
 #[command(name = "envelope", version, about, max_term_width = 100)]
 pub struct Flags {
     /// Address to serve on; `:PORT` means every interface, IPv4 and IPv6.
-    #[arg(long, env = "ENVELOPE_LISTEN_ADDRESS", default_value = ":8880",
-          alias = "envelope.listen-address", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "ENVELOPE_LISTEN_ADDRESS",
+        default_value = ":8880",
+        alias = "envelope.listen-address",
+        value_name = "ADDR"
+    )]
     pub listen_address: String,
 
     /// TLS certificate chain (PEM). Without --cert and --key the envelope serves plain HTTP.
-    #[arg(long, env = "ENVELOPE_CERT", alias = "envelope.cert", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "ENVELOPE_CERT",
+        alias = "envelope.cert",
+        value_name = "FILE"
+    )]
     pub cert: Option<PathBuf>,
 
     /// TLS private key (PEM).
-    #[arg(long, env = "ENVELOPE_KEY", alias = "envelope.key", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "ENVELOPE_KEY",
+        alias = "envelope.key",
+        value_name = "FILE"
+    )]
     pub key: Option<PathBuf>,
 
     /// Public JWK or JWKS file to verify tokens with; repeat (or comma-separate) for rotation.
-    #[arg(long, env = "ENVELOPE_VERIFY_KEY", value_delimiter = ',',
-          alias = "envelope.verify-key", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "ENVELOPE_VERIFY_KEY",
+        value_delimiter = ',',
+        alias = "envelope.verify-key",
+        value_name = "FILE"
+    )]
     pub verify_key: Vec<PathBuf>,
 
     /// Require a valid access token (`--token-required=false` serves token-less clients).
@@ -67,7 +87,12 @@ pub struct Flags {
     pub subject: Option<String>,
 
     /// Expected token issuer (`iss`).
-    #[arg(long, env = "ENVELOPE_ISSUER", default_value = "locate", alias = "envelope.issuer")]
+    #[arg(
+        long,
+        env = "ENVELOPE_ISSUER",
+        default_value = "locate",
+        alias = "envelope.issuer"
+    )]
     pub issuer: String,
 
     /// Most clients holding a grant at once.
@@ -76,7 +101,12 @@ pub struct Flags {
     pub max_clients: u32,
 
     /// The public interface the envelope guards.
-    #[arg(long, env = "ENVELOPE_DEVICE", default_value = "eth0", alias = "envelope.device")]
+    #[arg(
+        long,
+        env = "ENVELOPE_DEVICE",
+        default_value = "eth0",
+        alias = "envelope.device"
+    )]
     pub device: String,
 
     /// Shortest hold: a session lasts until max(token exp, now + timeout).
@@ -90,17 +120,31 @@ pub struct Flags {
     pub max_hold: Duration,
 
     /// Firewall backend [default: iptables when tokens are required, else none].
-    #[arg(long, env = "ENVELOPE_FIREWALL", value_enum, alias = "envelope.firewall")]
+    #[arg(
+        long,
+        env = "ENVELOPE_FIREWALL",
+        value_enum,
+        alias = "envelope.firewall"
+    )]
     pub firewall: Option<FirewallKind>,
 
     /// TCP ports also opened (to everyone) while any grant is active; empty for none.
-    #[arg(long, env = "ENVELOPE_PROXY_PORTS", default_value = "80,443",
-          alias = "envelope.proxy-ports", value_name = "PORTS")]
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_PORTS",
+        default_value = "80,443",
+        alias = "envelope.proxy-ports",
+        value_name = "PORTS"
+    )]
     pub proxy_ports: String,
 
     /// Unix socket of the admin API.
-    #[arg(long, env = "ENVELOPE_ADMIN_SOCKET", default_value = "/run/envelope/admin.sock",
-          value_name = "PATH")]
+    #[arg(
+        long,
+        env = "ENVELOPE_ADMIN_SOCKET",
+        default_value = "/run/envelope/admin.sock",
+        value_name = "PATH"
+    )]
     pub admin_socket: PathBuf,
 
     /// Group allowed to use the admin socket (mode 0660 instead of 0600).
@@ -108,8 +152,13 @@ pub struct Flags {
     pub admin_group: Option<String>,
 
     /// Address of the Prometheus /metrics endpoint, or `off`.
-    #[arg(long, env = "ENVELOPE_METRICS_ADDRESS", default_value = ":9990",
-          alias = "prometheusx.listen-address", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "ENVELOPE_METRICS_ADDRESS",
+        default_value = ":9990",
+        alias = "prometheusx.listen-address",
+        value_name = "ADDR"
+    )]
     pub metrics_address: String,
 
     /// Device whose transmit rate gates admission (with --tx-max-rate).
@@ -117,7 +166,12 @@ pub struct Flags {
     pub tx_device: Option<String>,
 
     /// Refuse new clients (503) while --tx-device sends more than this many bit/s.
-    #[arg(long, env = "ENVELOPE_TX_MAX_RATE", alias = "txcontroller.max-rate", value_name = "BITS")]
+    #[arg(
+        long,
+        env = "ENVELOPE_TX_MAX_RATE",
+        alias = "txcontroller.max-rate",
+        value_name = "BITS"
+    )]
     pub tx_max_rate: Option<u64>,
 
     /// Log format.
@@ -129,7 +183,12 @@ pub struct Flags {
     pub cleanup: bool,
 
     /// Most TCP connections served at once (held sessions included).
-    #[arg(long, env = "ENVELOPE_MAX_CONNECTIONS", default_value_t = 16384, hide = true)]
+    #[arg(
+        long,
+        env = "ENVELOPE_MAX_CONNECTIONS",
+        default_value_t = 16384,
+        hide = true
+    )]
     pub max_connections: usize,
 
     /// Time allowed for the TLS handshake and for the request head.
@@ -149,7 +208,12 @@ pub struct Flags {
     pub tx_proc_path: PathBuf,
 
     /// iptables-family binaries are looked up here (tests point it at wrappers).
-    #[arg(long, env = "ENVELOPE_IPTABLES_DIR", default_value = "/usr/sbin", hide = true)]
+    #[arg(
+        long,
+        env = "ENVELOPE_IPTABLES_DIR",
+        default_value = "/usr/sbin",
+        hide = true
+    )]
     pub iptables_dir: PathBuf,
 
     /// Longest a single firewall command may run before it is killed.
@@ -176,6 +240,7 @@ pub struct TxLimit {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    pub machine: Option<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub tokens: TokenPolicy,
     pub max_clients: usize,
@@ -200,7 +265,10 @@ impl Flags {
     /// Parses the process arguments, accepting Go-style single-dash flags.
     pub fn from_env_args() -> Flags {
         use clap::CommandFactory;
-        Flags::parse_from(common::goflags::go_style_args(&Flags::command(), std::env::args()))
+        Flags::parse_from(common::goflags::go_style_args(
+            &Flags::command(),
+            std::env::args(),
+        ))
     }
 
     pub fn validate(self) -> anyhow::Result<Config> {
@@ -218,10 +286,11 @@ impl Flags {
         let verifier = if self.verify_key.is_empty() {
             None
         } else {
-            let keys = common::jwk::load_public_key_files(&self.verify_key)
-                .context("--verify-key")?;
+            let keys =
+                common::jwk::load_public_key_files(&self.verify_key).context("--verify-key")?;
             let machine = self.machine.clone().unwrap_or_default();
-            let verifier = Verifier::new(keys, self.issuer.clone(), machine).context("--verify-key")?;
+            let verifier =
+                Verifier::new(keys, self.issuer.clone(), machine).context("--verify-key")?;
             Some(Arc::new(verifier))
         };
         if self.token_required {
@@ -234,11 +303,20 @@ impl Flags {
             if self.subject.as_deref().unwrap_or("").is_empty() {
                 bail!("--subject is required when tokens are required");
             }
-        } else if verifier.is_some() && self.machine.as_deref().unwrap_or("").is_empty() {
-            bail!("--machine is required with --verify-key");
+        } else if verifier.is_some() {
+            if self.machine.as_deref().unwrap_or("").is_empty() {
+                bail!("--machine is required with --verify-key");
+            }
+            if self.subject.as_deref().unwrap_or("").is_empty() {
+                bail!("--subject is required with --verify-key");
+            }
         }
         if self.max_hold < self.timeout {
-            bail!("--max-hold ({:?}) is shorter than --timeout ({:?})", self.max_hold, self.timeout);
+            bail!(
+                "--max-hold ({:?}) is shorter than --timeout ({:?})",
+                self.max_hold,
+                self.timeout
+            );
         }
         let firewall = self.firewall.unwrap_or(if self.token_required {
             FirewallKind::Iptables
@@ -261,6 +339,7 @@ impl Flags {
         };
         Ok(Config {
             listen,
+            machine: self.machine.clone().filter(|m| !m.is_empty()),
             tls,
             tokens: TokenPolicy {
                 required: self.token_required,
@@ -290,14 +369,21 @@ impl Flags {
 /// `:PORT` → every interface (one dual-stack IPv6 socket); `HOST:PORT` → that address.
 pub fn parse_listen(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
     if let Some(port) = text.strip_prefix(':') {
-        let port: u16 = port.parse().with_context(|| format!("invalid port in {text:?}"))?;
-        return Ok(vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)]);
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("invalid port in {text:?}"))?;
+        return Ok(vec![SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            port,
+        )]);
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
     let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
-        .with_context(|| format!("cannot resolve {text:?} (expected :PORT, IP:PORT or [IPv6]:PORT)"))?
+        .with_context(|| {
+            format!("cannot resolve {text:?} (expected :PORT, IP:PORT or [IPv6]:PORT)")
+        })?
         .collect();
     if addrs.is_empty() {
         bail!("{text:?} resolves to no address");
@@ -308,7 +394,9 @@ pub fn parse_listen(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
 fn parse_ports(text: &str) -> anyhow::Result<Vec<u16>> {
     let mut ports = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let port: u16 = part.parse().with_context(|| format!("invalid port {part:?}"))?;
+        let port: u16 = part
+            .parse()
+            .with_context(|| format!("invalid port {part:?}"))?;
         if port == 0 {
             bail!("port 0 is not a port");
         }
@@ -327,7 +415,10 @@ mod tests {
     fn colon_port_listens_on_every_interface() {
         let addrs = parse_listen(":8880").unwrap();
         assert_eq!(addrs, vec!["[::]:8880".parse().unwrap()]);
-        assert_eq!(parse_listen("127.0.0.1:0").unwrap(), vec!["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(
+            parse_listen("127.0.0.1:0").unwrap(),
+            vec!["127.0.0.1:0".parse().unwrap()]
+        );
         assert!(parse_listen(":http").is_err());
     }
 
@@ -342,8 +433,13 @@ mod tests {
     #[test]
     fn go_style_command_line_parses() {
         use clap::CommandFactory;
-        let args = ["envelope", "-envelope.listen-address=:0", "-envelope.token-required=false", "-timeout=90s"]
-            .map(String::from);
+        let args = [
+            "envelope",
+            "-envelope.listen-address=:0",
+            "-envelope.token-required=false",
+            "-timeout=90s",
+        ]
+        .map(String::from);
         let flags = Flags::parse_from(common::goflags::go_style_args(&Flags::command(), args));
         assert_eq!(flags.listen_address, ":0");
         assert!(!flags.token_required);

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, plain, Access, HttpResponse};
+use crate::admin::{self, AdminSocket, AdminState};
 use crate::config::{Config, FirewallKind};
 use crate::firewall::{Firewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall};
 use crate::grants::Grants;
@@ -32,7 +33,10 @@ pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>
     Ok(match config.firewall {
         FirewallKind::None => Arc::new(NoopFirewall),
         FirewallKind::Record => Arc::new(JournalFirewall::new(
-            config.firewall_journal.clone().context("--firewall-journal")?,
+            config
+                .firewall_journal
+                .clone()
+                .context("--firewall-journal")?,
             config.firewall_journal_fail_grants,
         )),
         FirewallKind::Iptables => Arc::new(
@@ -49,6 +53,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
+    // The admin socket's lock comes first: a second envelope must stop before it
+    // touches the firewall the first one owns.
+    let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
     let firewall = build_firewall(&config).await?;
     tracing::info!(backend = %firewall.backend(), device = %config.device, "firewall backend");
     firewall.setup().await.context("firewall set-up failed")?;
@@ -65,6 +72,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
+    let admin_state = Arc::new(AdminState {
+        grants: grants.clone(),
+        machine: config.machine.clone(),
+        subject: config.tokens.subject.clone(),
+        firewall: firewall.backend(),
+        max_clients: config.max_clients,
+        started: Instant::now(),
+    });
+    let admin = tokio::spawn(admin::serve(admin_socket, admin_state, stop.clone()));
+
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
@@ -77,8 +94,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     started.conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), started.conns.wait()).await;
     let _ = owner.await;
+    let _ = admin.await;
     result.context("revoking grants at shutdown")?;
-    tracing::info!(took_ms = began.elapsed().as_millis() as u64, "shutdown complete");
+    tracing::info!(
+        took_ms = began.elapsed().as_millis() as u64,
+        "shutdown complete"
+    );
     Ok(())
 }
 
@@ -115,13 +136,20 @@ fn start_serving(
     };
     let acceptor = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     if acceptor.is_none() {
-        tracing::warn!("NO TLS: serving plain HTTP; access tokens travel in clear text (set --cert and --key)");
+        tracing::warn!(
+            "NO TLS: serving plain HTTP; access tokens travel in clear text (set --cert and --key)"
+        );
     }
     for listener in bind_all(&config.listen, "--listen-address")? {
         let app = app.clone();
         let handler = move |peer: SocketAddr, req: Request<Incoming>| {
             let app = app.clone();
-            async move { logged(&app.metrics, peer, req, |peer, req| route(app.clone(), peer, req)).await }
+            async move {
+                logged(&app.metrics, peer, req, |peer, req| {
+                    route(app.clone(), peer, req)
+                })
+                .await
+            }
         };
         tokio::spawn(server::serve(
             listener,
@@ -143,7 +171,14 @@ fn start_serving(
                 connections: Arc::new(Semaphore::new(64)),
                 handshake_timeout: config.handshake_timeout,
             };
-            tokio::spawn(server::serve(listener, None, limits, handler, stop.clone(), conns.clone()));
+            tokio::spawn(server::serve(
+                listener,
+                None,
+                limits,
+                handler,
+                stop.clone(),
+                conns.clone(),
+            ));
         }
     }
     Ok(Started { sessions, conns })
@@ -153,7 +188,8 @@ fn bind_all(addrs: &[SocketAddr], flag: &str) -> anyhow::Result<Vec<TcpListener>
     addrs
         .iter()
         .map(|addr| {
-            let listener = server::bind(*addr).with_context(|| format!("{flag}: cannot listen on {addr}"))?;
+            let listener =
+                server::bind(*addr).with_context(|| format!("{flag}: cannot listen on {addr}"))?;
             let local = listener.local_addr().unwrap_or(*addr);
             tracing::info!(address = %local, "{} listening", flag.trim_start_matches("--"));
             Ok(listener)
@@ -170,7 +206,12 @@ async fn route(app: Arc<Access>, peer: SocketAddr, req: Request<Incoming>) -> Ht
 }
 
 /// One log line and one status count per request; the query (token) is never logged.
-async fn logged<F, Fut>(metrics: &Metrics, peer: SocketAddr, req: Request<Incoming>, handle: F) -> HttpResponse
+async fn logged<F, Fut>(
+    metrics: &Metrics,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    handle: F,
+) -> HttpResponse
 where
     F: FnOnce(SocketAddr, Request<Incoming>) -> Fut,
     Fut: std::future::Future<Output = HttpResponse>,
@@ -199,7 +240,9 @@ fn serve_metrics(metrics: &Metrics, req: &Request<Incoming>) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
     );
     response
 }

@@ -8,10 +8,12 @@
 //! - [`access`]: the access endpoint's checks, in SPEC order, and the 101.
 //! - [`session`]: one held WebSocket.
 //! - [`grants`]: the grant table and its single owner (group-committed firewall changes).
+//! - [`admin`]: the admin API on a unix socket (list and revoke grants, status).
 //! - [`firewall`]: the policy-level firewall trait and its backends.
 //! - [`metrics`], [`txrate`], [`tls`], [`logging`].
 
 pub mod access;
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod firewall;

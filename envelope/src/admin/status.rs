@@ -1,0 +1,26 @@
+//! `GET /v1/status`: what this envelope is and how full it is.
+
+use hyper::{Method, StatusCode};
+
+use super::{json, method_not_allowed, query_pairs, AdminResponse, AdminState};
+
+pub async fn handle(state: &AdminState, method: &Method, query: Option<&str>) -> AdminResponse {
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
+    if let Err(response) = query_pairs(query, &[]) {
+        return response;
+    }
+    let (_, occupancy) = state.grants.list().await;
+    let status = common::admin::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        machine: state.machine.clone(),
+        subject: state.subject.clone(),
+        firewall: state.firewall.clone(),
+        max_clients: state.max_clients,
+        active_grants: occupancy.sessions,
+        pending_revokes: occupancy.stuck_revokes,
+        uptime_seconds: state.started.elapsed().as_secs(),
+    };
+    json(StatusCode::OK, &status)
+}

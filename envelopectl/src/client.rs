@@ -1,0 +1,123 @@
+//! HTTP/1.1 over the admin unix socket (hyper), JSON in and out, and the errors
+//! an operator sees — the daemon's cause chain printed like a local error.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use common::admin::ApiError;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+#[derive(Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+#[derive(Debug)]
+pub enum CtlError {
+    /// The socket cannot be connected to.
+    Unreachable { socket: PathBuf, cause: String },
+    /// The envelope answered with an error.
+    Api { status: StatusCode, errors: Vec<String> },
+    /// The answer made no sense.
+    Protocol(String),
+    /// The command line was fine for clap but not for us.
+    Usage(String),
+}
+
+impl CtlError {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match self {
+            CtlError::Unreachable { socket, cause } => {
+                let _ = writeln!(out, "envelopectl: cannot reach the envelope at {}: {cause}", socket.display());
+                let _ = writeln!(
+                    out,
+                    "  is the envelope running? Point --socket (or ENVELOPE_ADMIN_SOCKET) at its admin socket."
+                );
+            }
+            CtlError::Api { errors, .. } => {
+                let mut lines = errors.iter();
+                let first = lines.next().map_or("the envelope refused the request", String::as_str);
+                let _ = writeln!(out, "envelopectl: {first}");
+                for cause in lines {
+                    let _ = writeln!(out, "  caused by: {cause}");
+                }
+            }
+            CtlError::Protocol(what) => {
+                let _ = writeln!(out, "envelopectl: unexpected answer from the envelope: {what}");
+            }
+            CtlError::Usage(what) => {
+                let _ = writeln!(out, "envelopectl: {what}");
+            }
+        }
+        out
+    }
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Client {
+        Client { socket }
+    }
+
+    /// Sends one request and decodes the JSON answer.
+    pub async fn call<T: DeserializeOwned>(&self, method: Method, path_and_query: &str) -> Result<T, CtlError> {
+        let body = self.call_raw(method, path_and_query).await?;
+        serde_json::from_slice(&body).map_err(|e| CtlError::Protocol(e.to_string()))
+    }
+
+    /// The JSON text of a GET exactly as the envelope sent it, so `--json`
+    /// output and `curl --unix-socket` agree byte for byte.
+    pub async fn get_json(&self, path: &str) -> Result<String, CtlError> {
+        let body = self.call_raw(Method::GET, path).await?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| CtlError::Protocol(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&body).trim_end().to_owned())
+    }
+
+    /// Sends one request; a non-2xx answer becomes [`CtlError::Api`].
+    async fn call_raw(&self, method: Method, path_and_query: &str) -> Result<Bytes, CtlError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| CtlError::Unreachable {
+                socket: self.socket.clone(),
+                cause: e.to_string(),
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CtlError::Unreachable {
+                socket: self.socket.clone(),
+                cause: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, "envelope")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CtlError::Protocol(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| CtlError::Protocol(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CtlError::Protocol(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            let errors = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| e.errors)
+                .unwrap_or_else(|_| vec![format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())]);
+            return Err(CtlError::Api { status, errors });
+        }
+        Ok(body)
+    }
+}

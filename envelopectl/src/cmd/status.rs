@@ -1,0 +1,25 @@
+//! `envelopectl status [--json]`.
+
+use common::admin::{Status, STATUS_PATH};
+use hyper::Method;
+
+use super::human;
+use crate::client::{Client, CtlError};
+
+pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
+    if json {
+        println!("{}", client.get_json(STATUS_PATH).await?);
+        return Ok(());
+    }
+    let s: Status = client.call(Method::GET, STATUS_PATH).await?;
+    println!("version:          {}", s.version);
+    println!("machine:          {}", s.machine.as_deref().unwrap_or("-"));
+    println!("subject:          {}", s.subject.as_deref().unwrap_or("-"));
+    println!("firewall:         {}", s.firewall);
+    println!("clients:          {} of {}", s.active_grants, s.max_clients);
+    if s.pending_revokes > 0 {
+        println!("pending revokes:  {} (retrying)", s.pending_revokes);
+    }
+    println!("uptime:           {}", human(std::time::Duration::from_secs(s.uptime_seconds)));
+    Ok(())
+}
