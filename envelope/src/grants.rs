@@ -246,7 +246,10 @@ struct Owner {
 #[derive(Default)]
 struct Pending {
     acquires: Vec<(GrantId, oneshot::Sender<Result<Lease, AcquireError>>)>,
-    revokes: Vec<(Vec<(GrantId, Subnet)>, oneshot::Sender<Result<Vec<GrantId>, RevokeError>>)>,
+    revokes: Vec<(
+        Vec<(GrantId, Subnet)>,
+        oneshot::Sender<Result<Vec<GrantId>, RevokeError>>,
+    )>,
     lists: Vec<oneshot::Sender<(Vec<GrantInfo>, Occupancy)>>,
     shutdown: Option<oneshot::Sender<Result<(), FirewallError>>>,
 }
@@ -319,7 +322,7 @@ impl Owner {
             }
             Command::Release { id } => self.remove_session(id, None),
             Command::Revoke { selector, reply } => {
-                let chosen: Vec<(GrantId, Subnet)> = self
+                let mut chosen: Vec<(GrantId, Subnet)> = self
                     .sessions
                     .values()
                     .filter(|s| match selector {
@@ -329,6 +332,7 @@ impl Owner {
                     })
                     .map(|s| (s.info.id, s.info.subnet))
                     .collect();
+                chosen.sort_unstable();
                 for (id, _) in &chosen {
                     self.remove_session(*id, Some(EndReason::Revoked));
                 }
@@ -510,7 +514,12 @@ impl Owner {
         result
     }
 
-    fn mark(&mut self, change: &Change, failed_grants: &BTreeSet<Subnet>, failed_revokes: &BTreeSet<Subnet>) {
+    fn mark(
+        &mut self,
+        change: &Change,
+        failed_grants: &BTreeSet<Subnet>,
+        failed_revokes: &BTreeSet<Subnet>,
+    ) {
         for subnet in &change.grant {
             if !failed_grants.contains(subnet) {
                 self.subnets.entry(*subnet).or_default().installed = true;
@@ -578,7 +587,10 @@ impl Owner {
             let result = if occupancy.stuck_revokes > 0 {
                 Err(FirewallError::Failed {
                     operation: "revoke at shutdown".into(),
-                    message: format!("{} subnet rules could not be removed", occupancy.stuck_revokes),
+                    message: format!(
+                        "{} subnet rules could not be removed",
+                        occupancy.stuck_revokes
+                    ),
                 })
             } else {
                 Ok(())
