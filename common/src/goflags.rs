@@ -36,7 +36,12 @@ pub fn go_style_args(cmd: &clap::Command, args: impl IntoIterator<Item = String>
 fn collect_longs(cmd: &clap::Command, out: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
         out.extend(arg.get_long().map(str::to_owned));
-        out.extend(arg.get_all_aliases().unwrap_or_default().into_iter().map(str::to_owned));
+        out.extend(
+            arg.get_all_aliases()
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_owned),
+        );
     }
     for sub in cmd.get_subcommands() {
         collect_longs(sub, out);
@@ -56,13 +61,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "h" => value.checked_mul(3600).map(Duration::from_secs),
             "m" => value.checked_mul(60).map(Duration::from_secs),
@@ -98,8 +107,18 @@ mod tests {
     #[test]
     fn known_single_dash_long_flags_become_double_dash() {
         assert_eq!(
-            rewrite(&["prog", "-envelope.listen-address=:8880", "-listen-address", "x"]),
-            ["prog", "--envelope.listen-address=:8880", "--listen-address", "x"]
+            rewrite(&[
+                "prog",
+                "-envelope.listen-address=:8880",
+                "-listen-address",
+                "x"
+            ]),
+            [
+                "prog",
+                "--envelope.listen-address=:8880",
+                "--listen-address",
+                "x"
+            ]
         );
     }
 

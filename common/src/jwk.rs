@@ -384,7 +384,9 @@ fn check_common(raw: &RawJwk) -> Result<(String, Algorithm), String> {
     if let Some(want) = alg.crv() {
         let crv = member(&raw.crv, "crv")?;
         if crv != want {
-            return Err(format!("curve {crv} does not match alg {alg} (needs {want})"));
+            return Err(format!(
+                "curve {crv} does not match alg {alg} (needs {want})"
+            ));
         }
     }
     Ok((kid.to_string(), alg))
@@ -421,7 +423,9 @@ fn rsa_public(n: &[u8], e: &[u8]) -> Result<RsaPublic, String> {
         ));
     }
     if bits > 8192 {
-        return Err(format!("RSA key of {bits} bits is too large (maximum 8192)"));
+        return Err(format!(
+            "RSA key of {bits} bits is too large (maximum 8192)"
+        ));
     }
     if n.last().is_none_or(|b| b & 1 == 0) {
         return Err("RSA modulus \"n\" must be odd".to_string());
@@ -492,9 +496,8 @@ fn private_from_raw(raw: &RawJwk) -> Result<PrivateKey, String> {
     let material = match (alg, public) {
         (Algorithm::EdDSA, PublicMaterial::Ed(vk)) => {
             let d = private_string(&raw.d, "d")?;
-            let seed = <[u8; 32]>::try_from(d.as_slice()).map_err(|_| {
-                format!("Ed25519 \"d\" must be 32 bytes, found {}", d.len())
-            })?;
+            let seed = <[u8; 32]>::try_from(d.as_slice())
+                .map_err(|_| format!("Ed25519 \"d\" must be 32 bytes, found {}", d.len()))?;
             let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
             if sk.verifying_key() != vk {
                 return Err("private key \"d\" does not match public key \"x\"".to_string());
@@ -524,11 +527,7 @@ fn private_from_raw(raw: &RawJwk) -> Result<PrivateKey, String> {
         }
         _ => unreachable!("public_material returns the material of alg"),
     };
-    Ok(PrivateKey {
-        kid,
-        alg,
-        material,
-    })
+    Ok(PrivateKey { kid, alg, material })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -543,7 +542,14 @@ fn rsa_private(
     qi: Vec<u8>,
 ) -> Result<PrivateMaterial, String> {
     let strip = |v: Vec<u8>| strip_leading_zeros(&v).to_vec();
-    let (d, p, q, dp, dq, qi) = (strip(d), strip(p), strip(q), strip(dp), strip(dq), strip(qi));
+    let (d, p, q, dp, dq, qi) = (
+        strip(d),
+        strip(p),
+        strip(q),
+        strip(dp),
+        strip(dq),
+        strip(qi),
+    );
     let components = aws_lc_rs::rsa::KeyPairComponents {
         public_key: aws_lc_rs::rsa::PublicKeyComponents {
             n: n.as_slice(),
@@ -692,8 +698,9 @@ fn generate_rsa() -> Result<PrivateMaterial, String> {
     use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
     let key_pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
         .map_err(|_| "RSA key generation failed".to_string())?;
-    let der: Pkcs8V1Der<'static> =
-        key_pair.as_der().map_err(|_| "RSA key export failed".to_string())?;
+    let der: Pkcs8V1Der<'static> = key_pair
+        .as_der()
+        .map_err(|_| "RSA key export failed".to_string())?;
     let info = pkcs8::PrivateKeyInfo::try_from(der.as_ref())
         .map_err(|e| format!("RSA key export failed: {e}"))?;
     let rsa = pkcs1::RsaPrivateKey::try_from(info.private_key)
@@ -825,7 +832,9 @@ mod tests {
 
     #[test]
     fn every_private_member_is_detected() {
-        let pk = PrivateKey::generate(Algorithm::EdDSA, "k").unwrap().public_key();
+        let pk = PrivateKey::generate(Algorithm::EdDSA, "k")
+            .unwrap()
+            .public_key();
         let base = pk.to_jwk_json();
         for name in PRIVATE_MEMBERS {
             for value in ["\"AAAA\"", "null", "7"] {
@@ -894,15 +903,31 @@ mod tests {
     fn go_jose_member_order() {
         let sk = PrivateKey::generate(Algorithm::EdDSA, "1").unwrap();
         let t = sk.to_jwk_json();
-        assert!(t.starts_with(r#"{"use":"sig","kty":"OKP","kid":"1","crv":"Ed25519","alg":"EdDSA","x":""#), "{t}");
+        assert!(
+            t.starts_with(
+                r#"{"use":"sig","kty":"OKP","kid":"1","crv":"Ed25519","alg":"EdDSA","x":""#
+            ),
+            "{t}"
+        );
         assert!(t.contains(r#"","d":""#));
-        let t = PrivateKey::generate(Algorithm::ES256, "1").unwrap().public_key().to_jwk_json();
-        assert!(t.starts_with(r#"{"use":"sig","kty":"EC","kid":"1","crv":"P-256","alg":"ES256","x":""#), "{t}");
+        let t = PrivateKey::generate(Algorithm::ES256, "1")
+            .unwrap()
+            .public_key()
+            .to_jwk_json();
+        assert!(
+            t.starts_with(r#"{"use":"sig","kty":"EC","kid":"1","crv":"P-256","alg":"ES256","x":""#),
+            "{t}"
+        );
         assert!(t.contains(r#"","y":""#));
-        let t = PrivateKey::generate(Algorithm::RS256, "1").unwrap().to_jwk_json();
-        let order: Vec<&str> = ["\"use\"", "\"kty\"", "\"kid\"", "\"alg\"", "\"n\"", "\"e\"", "\"d\"", "\"p\"", "\"q\"", "\"dp\"", "\"dq\"", "\"qi\""]
-            .into_iter()
-            .collect();
+        let t = PrivateKey::generate(Algorithm::RS256, "1")
+            .unwrap()
+            .to_jwk_json();
+        let order: Vec<&str> = [
+            "\"use\"", "\"kty\"", "\"kid\"", "\"alg\"", "\"n\"", "\"e\"", "\"d\"", "\"p\"",
+            "\"q\"", "\"dp\"", "\"dq\"", "\"qi\"",
+        ]
+        .into_iter()
+        .collect();
         let positions: Vec<usize> = order.iter().map(|m| t.find(m).unwrap()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{t}");
         assert!(t.contains(r#""e":"AQAB""#), "{t}");

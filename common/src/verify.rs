@@ -220,7 +220,8 @@ impl Verifier {
         if !starts_object(header) {
             return Err(Rejection::Malformed);
         }
-        let header: Header<'_> = serde_json::from_slice(header).map_err(|_| Rejection::Malformed)?;
+        let header: Header<'_> =
+            serde_json::from_slice(header).map_err(|_| Rejection::Malformed)?;
         let alg = match header.alg.0 {
             None => return Err(Rejection::Malformed),
             Some(AlgName(None)) => return Err(Rejection::AlgNotAllowed),
@@ -550,7 +551,10 @@ mod tests {
         let e = serde_json::from_str::<RawClaims>(r#"{"exp":1,"exp":2}"#)
             .err()
             .unwrap();
-        assert!(e.is_data() && e.to_string().starts_with("duplicate field"), "{e}");
+        assert!(
+            e.is_data() && e.to_string().starts_with("duplicate field"),
+            "{e}"
+        );
     }
 
     #[test]

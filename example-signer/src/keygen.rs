@@ -79,7 +79,10 @@ fn public_path_for(private_path: &Path) -> PathBuf {
 
 fn refuse_existing(path: &Path) -> Result<()> {
     if fs::symlink_metadata(path).is_ok() {
-        bail!("{} already exists; use --force to replace it", path.display());
+        bail!(
+            "{} already exists; use --force to replace it",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use common::jwk::load_private_key;
 use common::goflags::parse_duration;
+use common::jwk::load_private_key;
 use common::{Audience, Claims, Signer};
 
 pub const DEFAULT_URL: &str = "ws://localhost:8880/v0/envelope/access";
@@ -51,7 +51,9 @@ fn parse_expiry(text: &str) -> Result<i64, String> {
 pub fn run(args: &SignArgs) -> Result<()> {
     let key = load_private_key(&args.private)?;
     let claims = claims_at(args, unix_now()?)?;
-    let token = Signer::new(key).sign(&claims).context("cannot sign the token")?;
+    let token = Signer::new(key)
+        .sign(&claims)
+        .context("cannot sign the token")?;
     eprintln!("{}", serde_json::to_string_pretty(&claims)?);
     if args.token_only {
         println!("{token}");
@@ -100,7 +102,10 @@ mod tests {
     #[test]
     fn token_is_appended_as_a_query_parameter() {
         assert_eq!(url_with_token("ws://h/p", "t"), "ws://h/p?access_token=t");
-        assert_eq!(url_with_token("ws://h/p?x=1", "t"), "ws://h/p?x=1&access_token=t");
+        assert_eq!(
+            url_with_token("ws://h/p?x=1", "t"),
+            "ws://h/p?x=1&access_token=t"
+        );
         assert_eq!(url_with_token("ws://h/p?", "t"), "ws://h/p?access_token=t");
     }
 
@@ -108,8 +113,11 @@ mod tests {
     fn expiry_must_be_whole_positive_seconds() {
         assert_eq!(parse_expiry("2m"), Ok(120));
         assert_eq!(parse_expiry("1h30m"), Ok(5400));
-        assert_eq!(parse_expiry("1.5s").unwrap_err(), "expiry must be whole seconds and at least 1s (got \"1.5s\")");
-        for bad in ["500ms", "0", "0s", "-1m", "2x"] {
+        assert_eq!(
+            parse_expiry("1500ms").unwrap_err(),
+            "expiry must be whole seconds and at least 1s (got \"1500ms\")"
+        );
+        for bad in ["500ms", "0", "0s", "-1m", "1.5s", "2x"] {
             assert!(parse_expiry(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -127,8 +135,18 @@ mod tests {
         };
         let claims = claims_at(&args, 1000).unwrap();
         assert_eq!(claims.aud, Audience::One("mlab1-test0".into()));
-        assert_eq!((claims.exp, claims.nbf, claims.iat), (1120, Some(1000), Some(1000)));
+        assert_eq!(
+            (claims.exp, claims.nbf, claims.iat),
+            (1120, Some(1000), Some(1000))
+        );
         assert_eq!(claims.jti.unwrap().len(), 32);
-        assert!(claims_at(&SignArgs { expiry: i64::MAX, ..args }, 1000).is_err());
+        assert!(claims_at(
+            &SignArgs {
+                expiry: i64::MAX,
+                ..args
+            },
+            1000
+        )
+        .is_err());
     }
 }
