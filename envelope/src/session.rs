@@ -27,11 +27,15 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
             return;
         }
     };
-    let mut config = WebSocketConfig::default();
-    // Clients have nothing to send; any frame ends the session, so keep buffers small.
-    config.max_message_size = Some(64 << 10);
-    config.max_frame_size = Some(16 << 10);
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // Clients have nothing to send and any frame ends the session, so thousands of
+    // held sessions need only small buffers (the defaults are 128 KiB each).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(64 << 10))
+        .max_frame_size(Some(16 << 10));
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let ending = tokio::select! {
         why = lease.ended() => Ending::Server(why),
         frame = ws.next() => Ending::Client(match frame {
@@ -55,7 +59,8 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
                 reason: text.into(),
             };
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(frame))).await?;
+                ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))
+                    .await?;
                 // Wait for the client's answering Close, then the socket closes.
                 while let Some(frame) = ws.next().await {
                     frame?;

@@ -265,3 +265,67 @@ async fn curl_and_envelopectl_json_agree() {
     );
     assert!(ctl_json.contains("\"subnet\":\"127.0.0.0/24\""));
 }
+
+/// The shell lines of the fenced block that follows `heading` in a doc.
+fn doc_commands(doc: &str, heading: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(doc))
+        .unwrap();
+    let after = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} in {doc}"))..];
+    let block = after
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    block
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_in_the_admin_api_doc_works() {
+    let daemon = start(2);
+    let socket = daemon.admin_socket().display().to_string();
+    let _ws = hold(&daemon).await;
+    let bin_dir = envelopectl_bin().parent().unwrap().display().to_string();
+    let run = |line: &str| {
+        let line = line.replace("/run/envelope/admin.sock", &socket);
+        Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .env(
+                "PATH",
+                format!("{bin_dir}:{}", std::env::var("PATH").unwrap()),
+            )
+            .env("ENVELOPE_ADMIN_SOCKET", &socket)
+            .output()
+            .unwrap()
+    };
+    let curls = doc_commands("docs/admin-api.md", "## With curl");
+    assert_eq!(curls.len(), 5);
+    for line in &curls {
+        let out = run(line);
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{line}: not JSON ({e}): {}", stdout(&out)));
+        if line.contains("DELETE") && line.ends_with("/v1/grants") {
+            assert_eq!(body["revoked"], serde_json::json!([1]), "{line}");
+        }
+    }
+    let ctls = doc_commands("docs/admin-api.md", "## With envelopectl");
+    assert_eq!(ctls.len(), 6);
+    for line in &ctls {
+        let out = run(line);
+        // 0 done, 1 nothing matched: both mean the command was understood and answered.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{line}: {}",
+            stderr(&out)
+        );
+    }
+}
