@@ -71,7 +71,13 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
             text
         }
         Ending::Client(what) => {
-            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+            // Reading on drives tungstenite's queued answer to the client's Close
+            // (or our own Close) out, then sees the connection end.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                let _ = ws.close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
             what
         }
     };

@@ -1,0 +1,134 @@
+//! Runs every client recipe in docs/client-protocol.md against a live envelope
+//! (TLS with the test CA, recording firewall), so the documentation cannot rot.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::{testdata, token, Daemon, Options};
+
+/// The body of the first fenced block in `lang` after `heading`.
+fn recipe(heading: &str, lang: &str) -> String {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/client-protocol.md"),
+    )
+    .unwrap();
+    let after = &doc[doc.find(heading).unwrap_or_else(|| panic!("no {heading}"))..];
+    let fence = format!("```{lang}\n");
+    let start = after
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {lang} block after {heading}"))
+        + fence.len();
+    after[start..start + after[start..].find("```").unwrap()].to_owned()
+}
+
+fn run(daemon: &Daemon, program: &str, args: &[&str]) -> Output {
+    let url = daemon.url(Some(&token())).replace("127.0.0.1", "localhost");
+    Command::new(program)
+        .args(args)
+        .env("URL", url)
+        .env("CA", testdata("insecure-test-ca.pem"))
+        .env("NODE_EXTRA_CA_CERTS", testdata("insecure-test-ca.pem"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed for the client recipes: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The session was granted and, once the client left, revoked.
+fn granted_then_revoked(daemon: &Daemon) {
+    daemon.wait_for(Duration::from_secs(5), "grant and revoke", |d| {
+        d.firewall_calls() == ["grant 127.0.0.0/24", "revoke 127.0.0.0/24"]
+    });
+}
+
+#[test]
+fn curl_recipe_gets_101_with_the_subprotocol() {
+    let daemon = Daemon::start(Options::default());
+    let out = run(&daemon, "bash", &["-c", &recipe("## curl", "sh")]);
+    let err = text(&out.stderr);
+    assert!(err.contains("< HTTP/1.1 101 Switching Protocols"), "{err}");
+    assert!(
+        err.contains("< sec-websocket-protocol: net.measurementlab.envelope"),
+        "{err}"
+    );
+    // --max-time ends the hold (exit 28); the envelope sees the connection go.
+    assert_eq!(out.status.code(), Some(28), "{err}");
+    granted_then_revoked(&daemon);
+}
+
+#[test]
+fn python_websockets_recipe_is_granted() {
+    let daemon = Daemon::start(Options::default());
+    let out = run(&daemon, "python3", &["-c", &recipe("## Python", "python")]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "granted, subprotocol net.measurementlab.envelope\n"
+    );
+    granted_then_revoked(&daemon);
+}
+
+#[test]
+fn browser_recipe_is_granted() {
+    // Node's WebSocket is the browser's (WHATWG) API; `url` comes from the page in a browser.
+    let daemon = Daemon::start(Options::default());
+    let script = format!(
+        "const url = process.env.URL;\n{}",
+        recipe("## Browser", "javascript")
+    );
+    let out = run(
+        &daemon,
+        "node",
+        &["--experimental-websocket", "--no-warnings", "-e", &script],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("granted, subprotocol net.measurementlab.envelope\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("closed 1005") || stdout.contains("closed 1000"),
+        "{stdout}"
+    );
+    granted_then_revoked(&daemon);
+}
+
+#[test]
+fn websocat_recipe_is_granted() {
+    let Ok(found) = Command::new("websocat").arg("--version").output() else {
+        panic!("websocat is needed for the websocat recipe; .ci/run installs it (cargo install websocat)");
+    };
+    assert!(found.status.success());
+    let daemon = Daemon::start(Options::default());
+    // websocat trusts the system store; SSL_CERT_FILE points OpenSSL at the test CA.
+    let script = format!("exec timeout 2 {}", recipe("## websocat", "sh").trim());
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env(
+            "URL",
+            daemon.url(Some(&token())).replace("127.0.0.1", "localhost"),
+        )
+        .env("SSL_CERT_FILE", testdata("insecure-test-ca.pem"))
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    // Held until `timeout` ends it.
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    granted_then_revoked(&daemon);
+}
