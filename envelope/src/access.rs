@@ -49,6 +49,9 @@ pub fn plain(status: StatusCode, text: &str) -> HttpResponse {
     response
 }
 
+/// A refused request: its status and the one-line reason sent back.
+struct Refusal(StatusCode, String);
+
 /// Who the client is, once the token (if any) has been accepted.
 struct Client {
     subject: String,
@@ -58,15 +61,21 @@ struct Client {
 }
 
 impl Access {
-    pub async fn handle(self: &Arc<Self>, peer: SocketAddr, mut req: Request<Incoming>) -> HttpResponse {
+    pub async fn handle(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> HttpResponse {
         if req.method() != Method::GET {
             let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
             return response;
         }
         let client = match self.check_token(req.uri().query()) {
             Ok(client) => client,
-            Err(response) => return response,
+            Err(Refusal(status, text)) => return plain(status, &text),
         };
         if !client.monitoring {
             if let Some(expected) = &self.tokens.subject {
@@ -77,13 +86,19 @@ impl Access {
             }
         }
         let Some(accept_key) = websocket_accept_key(req.headers()) else {
-            return plain(StatusCode::BAD_REQUEST, "not a valid WebSocket upgrade request");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "not a valid WebSocket upgrade request",
+            );
         };
         let offered_subprotocol = offers_subprotocol(req.headers());
         if let Some(gate) = &self.tx_gate {
             if !client.monitoring && gate.over_limit() {
                 self.metrics.count_tx(false, self.tls);
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "transmit rate over the limit; try later");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transmit rate over the limit; try later",
+                );
             }
             self.metrics.count_tx(true, self.tls);
         }
@@ -109,18 +124,24 @@ impl Access {
         switching_protocols(&accept_key, offered_subprotocol)
     }
 
-    fn check_token(&self, query: Option<&str>) -> Result<Client, HttpResponse> {
+    fn check_token(&self, query: Option<&str>) -> Result<Client, Refusal> {
         let token = match single_access_token(query) {
             Ok(token) => token,
             Err(()) => {
                 self.metrics.count_token(PATH, false, "duplicate-parameter");
-                return Err(plain(StatusCode::BAD_REQUEST, "access_token given more than once"));
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "access_token given more than once".into(),
+                ));
             }
         };
         let Some(token) = token else {
             if self.tokens.required {
                 self.metrics.count_token(PATH, false, "missing");
-                return Err(plain(StatusCode::UNAUTHORIZED, "access token required"));
+                return Err(Refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "access token required".into(),
+                ));
             }
             return Ok(Client {
                 subject: String::new(),
@@ -130,7 +151,10 @@ impl Access {
         };
         let Some(verifier) = &self.tokens.verifier else {
             self.metrics.count_token(PATH, false, "no-verify-key");
-            return Err(plain(StatusCode::UNAUTHORIZED, "tokens cannot be verified here (no --verify-key)"));
+            return Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "tokens cannot be verified here (no --verify-key)".into(),
+            ));
         };
         match verifier.verify(&token) {
             Ok(claims) => {
@@ -143,7 +167,10 @@ impl Access {
             }
             Err(rejection) => {
                 self.metrics.count_token(PATH, false, rejection.label());
-                Err(plain(StatusCode::UNAUTHORIZED, &format!("invalid access token: {rejection}")))
+                Err(Refusal(
+                    StatusCode::UNAUTHORIZED,
+                    format!("invalid access token: {rejection}"),
+                ))
             }
         }
     }
@@ -243,7 +270,10 @@ fn switching_protocols(accept_key: &str, subprotocol: bool) -> HttpResponse {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     if subprotocol {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
     }
     response
 }
@@ -256,18 +286,39 @@ mod tests {
     fn access_token_is_taken_once_and_duplicates_are_refused() {
         assert_eq!(single_access_token(None), Ok(None));
         assert_eq!(single_access_token(Some("a=1")), Ok(None));
-        assert_eq!(single_access_token(Some("access_token=x.y.z&a=1")), Ok(Some("x.y.z".into())));
-        assert_eq!(single_access_token(Some("access_token=A&access_token=B")), Err(()));
-        assert_eq!(single_access_token(Some("access%5Ftoken=A&access_token=B")), Err(()));
-        assert_eq!(single_access_token(Some("access_token=a%2Eb")), Ok(Some("a.b".into())));
+        assert_eq!(
+            single_access_token(Some("access_token=x.y.z&a=1")),
+            Ok(Some("x.y.z".into()))
+        );
+        assert_eq!(
+            single_access_token(Some("access_token=A&access_token=B")),
+            Err(())
+        );
+        assert_eq!(
+            single_access_token(Some("access%5Ftoken=A&access_token=B")),
+            Err(())
+        );
+        assert_eq!(
+            single_access_token(Some("access_token=a%2Eb")),
+            Ok(Some("a.b".into()))
+        );
     }
 
     fn upgrade_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
         h
     }
 
@@ -300,7 +351,10 @@ mod tests {
     fn subprotocol_is_echoed_only_when_offered() {
         let mut h = upgrade_headers();
         assert!(!offers_subprotocol(&h));
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, net.measurementlab.envelope"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, net.measurementlab.envelope"),
+        );
         assert!(offers_subprotocol(&h));
     }
 }

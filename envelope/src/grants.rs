@@ -242,14 +242,13 @@ struct Owner {
     retry_backoff: Duration,
 }
 
+type RevokeReply = oneshot::Sender<Result<Vec<GrantId>, RevokeError>>;
+
 /// Replies held back until the firewall change they depend on is done.
 #[derive(Default)]
 struct Pending {
     acquires: Vec<(GrantId, oneshot::Sender<Result<Lease, AcquireError>>)>,
-    revokes: Vec<(
-        Vec<(GrantId, Subnet)>,
-        oneshot::Sender<Result<Vec<GrantId>, RevokeError>>,
-    )>,
+    revokes: Vec<(Vec<(GrantId, Subnet)>, RevokeReply)>,
     lists: Vec<oneshot::Sender<(Vec<GrantInfo>, Occupancy)>>,
     shutdown: Option<oneshot::Sender<Result<(), FirewallError>>>,
 }

@@ -7,7 +7,10 @@ use envelope::config::Flags;
 fn main() -> ExitCode {
     let flags = Flags::from_env_args();
     envelope::logging::init(flags.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("envelope: cannot start the async runtime: {e}");

@@ -75,8 +75,12 @@ pub async fn serve<H, F>(
             tracing::warn!(%peer, "connection limit reached; connection dropped");
             continue;
         };
-        let (tls, handler, stop, timeout) =
-            (tls.clone(), handler.clone(), stop.clone(), limits.handshake_timeout);
+        let (tls, handler, stop, timeout) = (
+            tls.clone(),
+            handler.clone(),
+            stop.clone(),
+            limits.handshake_timeout,
+        );
         conns.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
@@ -99,15 +103,22 @@ async fn connection<H, F>(
     match tls {
         None => http(TokioIo::new(stream), peer, timeout, handler, stop).await,
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => http(TokioIo::new(tls_stream), peer, timeout, handler, stop).await,
+            Ok(Ok(tls_stream)) => {
+                http(TokioIo::new(tls_stream), peer, timeout, handler, stop).await
+            }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
     }
 }
 
-async fn http<I, H, F>(io: I, peer: SocketAddr, timeout: Duration, handler: H, stop: CancellationToken)
-where
+async fn http<I, H, F>(
+    io: I,
+    peer: SocketAddr,
+    timeout: Duration,
+    handler: H,
+    stop: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,

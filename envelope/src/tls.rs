@@ -11,7 +11,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
-        .with_context(|| format!("--cert {}: cannot read a PEM certificate chain", cert.display()))?;
+        .with_context(|| {
+            format!(
+                "--cert {}: cannot read a PEM certificate chain",
+                cert.display()
+            )
+        })?;
     if chain.is_empty() {
         bail!("--cert {}: no certificate found", cert.display());
     }
@@ -23,7 +28,13 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(chain, private)
-        .with_context(|| format!("--key {} does not match --cert {}", key.display(), cert.display()))?;
+        .with_context(|| {
+            format!(
+                "--key {} does not match --cert {}",
+                key.display(),
+                cert.display()
+            )
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -11,30 +11,40 @@ use time::OffsetDateTime;
 use super::{error, json, method_not_allowed, query_pairs, AdminResponse, AdminState};
 use crate::grants::{GrantInfo, Selector};
 
-pub async fn handle(state: &AdminState, method: &Method, path: &str, query: Option<&str>) -> AdminResponse {
+pub async fn handle(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> AdminResponse {
     let id = path.strip_prefix("/v1/grants/");
     match (method, id) {
         (&Method::GET, None) => match query_pairs(query, &[]) {
             Ok(_) => list(state).await,
-            Err(response) => response,
+            Err(message) => error(StatusCode::BAD_REQUEST, message),
         },
         (&Method::DELETE, None) => {
             let pairs = match query_pairs(query, &["ip"]) {
                 Ok(pairs) => pairs,
-                Err(response) => return response,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
             match pairs.as_slice() {
                 [] => revoke(state, Selector::All, "every grant".into()).await,
                 [("ip", text)] => match text.parse::<IpAddr>() {
-                    Ok(ip) => revoke(state, Selector::Ip(ip), format!("no grant covers {ip}")).await,
-                    Err(_) => error(StatusCode::BAD_REQUEST, format!("ip={text:?} is not an IP address")),
+                    Ok(ip) => {
+                        revoke(state, Selector::Ip(ip), format!("no grant covers {ip}")).await
+                    }
+                    Err(_) => error(
+                        StatusCode::BAD_REQUEST,
+                        format!("ip={text:?} is not an IP address"),
+                    ),
                 },
                 _ => error(StatusCode::BAD_REQUEST, "give ip at most once"),
             }
         }
         (&Method::DELETE, Some(text)) => {
-            if let Err(response) = query_pairs(query, &[]) {
-                return response;
+            if let Err(message) = query_pairs(query, &[]) {
+                return error(StatusCode::BAD_REQUEST, message);
             }
             match text.parse::<u64>() {
                 Ok(id) => revoke(state, Selector::Id(id), format!("no grant with id {id}")).await,
@@ -54,7 +64,9 @@ async fn list(state: &AdminState) -> AdminResponse {
 
 async fn revoke(state: &AdminState, selector: Selector, none_matched: String) -> AdminResponse {
     match state.grants.revoke(selector).await {
-        Ok(ids) if ids.is_empty() && selector != Selector::All => error(StatusCode::NOT_FOUND, none_matched),
+        Ok(ids) if ids.is_empty() && selector != Selector::All => {
+            error(StatusCode::NOT_FOUND, none_matched)
+        }
         Ok(ids) => json(StatusCode::OK, &Revoked { revoked: ids }),
         Err(e) => {
             let mut body = ApiError::from_chain(&e);

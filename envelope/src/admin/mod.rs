@@ -44,7 +44,8 @@ pub struct AdminState {
 pub type AdminResponse = Response<Full<Bytes>>;
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> AdminResponse {
-    let mut text = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"errors\":[\"encoding failed\"]}".to_vec());
+    let mut text =
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"errors\":[\"encoding failed\"]}".to_vec());
     text.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(text)));
     *response.status_mut() = status;
@@ -82,12 +83,21 @@ pub async fn serve(socket: AdminSocket, state: Arc<AdminState>, stop: Cancellati
     let _ = std::fs::remove_file(&socket.path);
 }
 
-async fn connection(stream: UnixStream, state: Arc<AdminState>, policy: PeerPolicy, stop: CancellationToken) {
+async fn connection(
+    stream: UnixStream,
+    state: Arc<AdminState>,
+    policy: PeerPolicy,
+    stop: CancellationToken,
+) {
     let allowed = match stream.peer_cred() {
         Ok(cred) => {
             let ok = policy.allows(cred.uid(), cred.gid());
             if !ok {
-                tracing::warn!(uid = cred.uid(), gid = cred.gid(), "admin connection refused");
+                tracing::warn!(
+                    uid = cred.uid(),
+                    gid = cred.gid(),
+                    "admin connection refused"
+                );
             }
             ok
         }
@@ -105,7 +115,9 @@ async fn connection(stream: UnixStream, state: Arc<AdminState>, policy: PeerPoli
         }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -135,7 +147,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
     } else if path == common::admin::GRANTS_PATH || path.starts_with("/v1/grants/") {
         grants::handle(state, &parts.method, path, query).await
     } else {
-        error(StatusCode::NOT_FOUND, format!("no such admin resource: {path}"))
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no such admin resource: {path}"),
+        )
     };
     tracing::info!(
         method = %parts.method,
@@ -147,13 +162,16 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
     response
 }
 
-/// Splits a query into pairs, refusing any name outside `allowed`.
-pub fn query_pairs<'a>(query: Option<&'a str>, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, AdminResponse> {
+/// Splits a query into pairs; a name outside `allowed` is an error message.
+pub fn query_pairs<'a>(
+    query: Option<&'a str>,
+    allowed: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, String> {
     let mut pairs = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if !allowed.contains(&name) {
-            return Err(error(StatusCode::BAD_REQUEST, format!("unknown query parameter {name:?}")));
+            return Err(format!("unknown query parameter {name:?}"));
         }
         pairs.push((name, value));
     }
@@ -161,9 +179,13 @@ pub fn query_pairs<'a>(query: Option<&'a str>, allowed: &[&str]) -> Result<Vec<(
 }
 
 pub fn method_not_allowed(allowed: &'static str) -> AdminResponse {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed (allowed: {allowed})"));
-    response
-        .headers_mut()
-        .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allowed));
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed (allowed: {allowed})"),
+    );
+    response.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allowed),
+    );
     response
 }

@@ -72,10 +72,13 @@ impl AdminSocket {
                 .recursive(true)
                 .mode(if group.is_some() { 0o750 } else { 0o700 })
                 .create(dir)
-                .with_context(|| format!("--admin-socket: cannot create directory {}", dir.display()))?;
+                .with_context(|| {
+                    format!("--admin-socket: cannot create directory {}", dir.display())
+                })?;
             if let Some(group) = &group {
-                nix::unistd::chown(dir, None, Some(group.gid))
-                    .with_context(|| format!("--admin-socket: cannot give {} to its group", dir.display()))?;
+                nix::unistd::chown(dir, None, Some(group.gid)).with_context(|| {
+                    format!("--admin-socket: cannot give {} to its group", dir.display())
+                })?;
             }
         }
         let lock_file = lock_path(path);
@@ -85,7 +88,12 @@ impl AdminSocket {
             .write(true)
             .mode(0o600)
             .open(&lock_file)
-            .with_context(|| format!("--admin-socket: cannot open lock file {}", lock_file.display()))?;
+            .with_context(|| {
+                format!(
+                    "--admin-socket: cannot open lock file {}",
+                    lock_file.display()
+                )
+            })?;
         if lock.try_lock().is_err() {
             bail!(
                 "--admin-socket {}: another envelope is running and holds it (lock {})",
@@ -98,19 +106,28 @@ impl AdminSocket {
             Ok(()) => tracing::info!(path = %path.display(), "replaced a stale admin socket"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("--admin-socket: cannot remove stale {}", path.display()))
+                return Err(e).with_context(|| {
+                    format!("--admin-socket: cannot remove stale {}", path.display())
+                })
             }
         }
         // The socket is born owner-only; it is widened to the group only after chown.
         let previous = umask(Mode::from_bits_truncate(0o177));
         let bound = UnixListener::bind(path);
         umask(previous);
-        let listener = bound.with_context(|| format!("--admin-socket: cannot listen on {}", path.display()))?;
+        let listener = bound
+            .with_context(|| format!("--admin-socket: cannot listen on {}", path.display()))?;
         if let Some(group) = &group {
-            nix::unistd::chown(path, None, Some(group.gid))
-                .with_context(|| format!("--admin-socket: cannot give {} to group {}", path.display(), group.name))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-                .with_context(|| format!("--admin-socket: cannot set mode of {}", path.display()))?;
+            nix::unistd::chown(path, None, Some(group.gid)).with_context(|| {
+                format!(
+                    "--admin-socket: cannot give {} to group {}",
+                    path.display(),
+                    group.name
+                )
+            })?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).with_context(
+                || format!("--admin-socket: cannot set mode of {}", path.display()),
+            )?;
         }
         Ok(AdminSocket {
             listener,
@@ -130,7 +147,10 @@ mod tests {
 
     #[test]
     fn lock_file_sits_beside_the_socket() {
-        assert_eq!(lock_path(Path::new("/run/envelope/admin.sock")), PathBuf::from("/run/envelope/admin.sock.lock"));
+        assert_eq!(
+            lock_path(Path::new("/run/envelope/admin.sock")),
+            PathBuf::from("/run/envelope/admin.sock.lock")
+        );
     }
 
     #[test]
@@ -151,7 +171,11 @@ mod tests {
         let first = AdminSocket::bind(&path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_mode, 0o700);
         let err = AdminSocket::bind(&path, None).unwrap_err().to_string();
         assert!(err.contains("another envelope is running"), "{err}");

@@ -2,14 +2,14 @@
 
 use hyper::{Method, StatusCode};
 
-use super::{json, method_not_allowed, query_pairs, AdminResponse, AdminState};
+use super::{error, json, method_not_allowed, query_pairs, AdminResponse, AdminState};
 
 pub async fn handle(state: &AdminState, method: &Method, query: Option<&str>) -> AdminResponse {
     if method != Method::GET {
         return method_not_allowed("GET");
     }
-    if let Err(response) = query_pairs(query, &[]) {
-        return response;
+    if let Err(message) = query_pairs(query, &[]) {
+        return error(StatusCode::BAD_REQUEST, message);
     }
     let (_, occupancy) = state.grants.list().await;
     let status = common::admin::Status {

@@ -53,10 +53,7 @@ pub trait Firewall: Send + Sync + fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     #[error("{operation} did not finish within {after:?}")]
-    Timeout {
-        operation: String,
-        after: Duration,
-    },
+    Timeout { operation: String, after: Duration },
     #[error("{operation} failed: {message}")]
     Failed { operation: String, message: String },
     #[error("{operation}")]

@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn ipv4_client_gets_its_slash_24() {
-        assert_eq!(Subnet::of_client(ip("192.0.2.77")).to_string(), "192.0.2.0/24");
+        assert_eq!(
+            Subnet::of_client(ip("192.0.2.77")).to_string(),
+            "192.0.2.0/24"
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! real TLS, and read what the recording firewall was asked to do.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -448,4 +450,150 @@ pub fn status_of(response: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+// ---- Added for tests/daemon.rs -------------------------------------------------
+
+/// TCP (and TLS, when `tls`) to `addr`, from the local address `local` when given
+/// (e.g. 127.0.0.2, to be a second client in the same /24).
+pub async fn connect_from(
+    addr: SocketAddr,
+    tls: bool,
+    local: Option<std::net::IpAddr>,
+) -> std::io::Result<Box<dyn Stream>> {
+    let Some(local) = local else {
+        return connect(addr, tls).await;
+    };
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    Ok(Box::new(tls_connector().connect(name, tcp).await?))
+}
+
+/// Like [`ws_connect`], from an optional local address and with extra request headers.
+pub async fn ws_connect_with(
+    daemon: &Daemon,
+    token: Option<&str>,
+    subprotocol: bool,
+    local: Option<std::net::IpAddr>,
+    headers: &[(&'static str, &str)],
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut request = daemon.url(token).into_client_request()?;
+    if subprotocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .append(*name, HeaderValue::from_str(value).unwrap());
+    }
+    let stream = connect_from(daemon.addr, daemon.tls, local).await?;
+    tokio_tungstenite::client_async(request, stream).await
+}
+
+impl Daemon {
+    /// Starts the envelope with exactly `args(dir)` (no defaults added), where `dir`
+    /// is the daemon's temporary directory, and waits (bounded) until it listens.
+    /// `tls` only tells [`Daemon::url`] which scheme to use.
+    pub fn start_with_args(
+        args: impl FnOnce(&Path) -> Vec<String>,
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(envelope_bin());
+        cmd.args(args(dir.path()))
+            .env("RUST_LOG", "info")
+            .env_remove("ENVELOPE_ADMIN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn envelope");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let mut daemon = Daemon {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            metrics_addr: None,
+            tls,
+            dir,
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(addr) = find_address(&daemon.logs(), "listen-address listening address=") {
+                daemon.addr = addr;
+                return daemon;
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("envelope exited with {status}\n{}", daemon.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no listening line within 20 s\n{}",
+                daemon.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs the envelope with `args` expecting it to refuse to start: returns its exit
+/// status and stderr (panics if it is still running after 15 s).
+pub fn run_expecting_exit(args: &[String]) -> (ExitStatus, String) {
+    let mut child = Command::new(envelope_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("ENVELOPE_ADMIN_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn envelope");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("envelope {args:?} still running after 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
 }

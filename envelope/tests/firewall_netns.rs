@@ -1,0 +1,534 @@
+//! The real iptables/ip6tables backend, end to end: the envelope binary runs in a
+//! server network namespace this test creates, clients connect from a client
+//! namespace over a veth pair, and the kernel's rules are read with
+//! iptables-save inside the server namespace. Nothing runs in the host's own
+//! network namespace. Needs root and iproute2; fails (never skips) without them.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use support::netns::{
+    FaultyBins, NetPair, DEVICE, ENVELOPE_PORT, SERVER_V4, SERVER_V6, SERVICE_PORT,
+};
+use support::{Daemon, Options, Stream, Ws, ACCESS_PATH, SUBPROTOCOL};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const PROXY_PORT: u16 = 8080;
+const LIFETIME: Duration = Duration::from_secs(90);
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn options(ns: &NetPair, extra: &[&str]) -> Options {
+    let mut all = vec![
+        "--firewall=iptables".to_owned(),
+        format!("--device={DEVICE}"),
+        format!("--proxy-ports={PROXY_PORT}"),
+    ];
+    all.extend(extra.iter().map(|s| s.to_string()));
+    Options {
+        wrapper: ns.wrapper(),
+        record: false,
+        listen: format!(":{ENVELOPE_PORT}"),
+        extra: all,
+        ..Options::default()
+    }
+}
+
+/// A WebSocket session over TLS from the client namespace (optionally from `local`).
+async fn ws_from(
+    ns: &NetPair,
+    local: Option<IpAddr>,
+    server_ip: &str,
+    token: &str,
+) -> Result<(Ws, Response), String> {
+    let to = addr(server_ip, ENVELOPE_PORT);
+    let tcp = ns
+        .connect_from_client(local, to)
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    tcp.set_nonblocking(true).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        support::tls_connector().connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())?
+    .map_err(|e| format!("TLS: {e}"))?;
+    let host = if server_ip.contains(':') {
+        format!("[{server_ip}]")
+    } else {
+        server_ip.to_owned()
+    };
+    let mut request = format!("wss://{host}:{ENVELOPE_PORT}{ACCESS_PATH}?access_token={token}")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let stream: Box<dyn Stream> = Box::new(tls);
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    {
+        Err(_) => Err("WebSocket handshake timed out".into()),
+        Ok(Ok(ok)) => Ok(ok),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            Err(format!("HTTP {}", response.status().as_u16()))
+        }
+        Ok(Err(e)) => Err(format!("handshake: {e}")),
+    }
+}
+
+/// The HTTP status of an upgrade attempt: 101, or the refusal's status.
+async fn status_from(ns: &NetPair, local: Option<IpAddr>, server_ip: &str) -> (u16, Option<Ws>) {
+    match ws_from(ns, local, server_ip, &support::token()).await {
+        Ok((ws, response)) => (response.status().as_u16(), Some(ws)),
+        Err(e) => match e.strip_prefix("HTTP ") {
+            Some(code) => (code.parse().unwrap(), None),
+            None => panic!("upgrade from {local:?}: {e}"),
+        },
+    }
+}
+
+async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
+    match ws_from(ns, None, server_ip, &support::token()).await {
+        Ok((ws, response)) => {
+            assert_eq!(response.status().as_u16(), 101);
+            ws
+        }
+        Err(e) => panic!("session via {server_ip}: {e}\n{}", daemon.logs()),
+    }
+}
+
+async fn close(mut ws: Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    drop(ws);
+}
+
+fn lo_works(ns: &NetPair) {
+    ns.connect_in_server(addr("127.0.0.1", SERVICE_PORT))
+        .expect("lo inside the server namespace must stay open");
+}
+
+/// Envelope rules (lines mentioning our chains or comments) in both dumps.
+fn envelope_lines(ns: &NetPair) -> String {
+    let (v4, v6) = ns.save_both();
+    format!("{v4}{v6}")
+        .lines()
+        .filter(|l| l.contains("ENVELOPE") || l.contains("envelope"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_open_the_service_only_while_held_v4_and_v6() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let _proxy = ns.listener(PROXY_PORT, LIFETIME);
+    let v4 = addr(SERVER_V4, SERVICE_PORT);
+    let v6 = addr(SERVER_V6, SERVICE_PORT);
+    let proxy4 = addr(SERVER_V4, PROXY_PORT);
+    let proxy6 = addr(SERVER_V6, PROXY_PORT);
+    // Without the envelope everything is open.
+    assert!(ns.client_can_reach(v4));
+
+    let mut daemon = Daemon::start(options(&ns, &[]));
+    assert!(
+        daemon.logs().contains("iptables (nf_tables)")
+            || daemon.logs().contains("iptables (legacy)"),
+        "{}",
+        daemon.logs()
+    );
+    for to in [v4, v6, proxy4, proxy6] {
+        assert!(
+            !ns.client_can_reach(to),
+            "{to} must be refused before any grant"
+        );
+    }
+    lo_works(&ns);
+    // Replies to the server's own outgoing connections come back in on the
+    // device and pass as established (conntrack works in the namespace).
+    let _outside = NetPair::listener_in(&ns.client, 7777, LIFETIME);
+    for to in [
+        addr(support::netns::CLIENT_V4, 7777),
+        addr(support::netns::CLIENT_V6, 7777),
+    ] {
+        ns.connect_in_server(to)
+            .unwrap_or_else(|e| panic!("outgoing {to} from the server: {e}"));
+    }
+
+    // IPv4 session: the client's /24 and the proxy port open, IPv6 stays shut.
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert_eq!(ns.grant_rules().len(), 1, "{:?}", ns.grant_rules());
+    assert!(ns.grant_rules()[0].contains("-s 192.0.2.0/24"));
+    assert!(ns.client_can_reach(v4));
+    assert!(ns.client_can_reach(proxy4));
+    assert!(!ns.client_can_reach(v6));
+    assert!(!ns.client_can_reach(proxy6));
+    lo_works(&ns);
+    close(ws).await;
+    let took = ns.wait_reach(v4, false, Duration::from_secs(2));
+    assert!(
+        took < Duration::from_secs(1),
+        "refused again only after {took:?}"
+    );
+    assert!(
+        !ns.client_can_reach(proxy4),
+        "proxy port must close with the last grant"
+    );
+    assert!(envelope_lines(&ns).matches("proxy ports").count() == 0);
+
+    // IPv6 session.
+    let ws = session(&ns, SERVER_V6, &daemon).await;
+    let rules = ns.grant_rules();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(rules[0].contains("-s 2001:db8::/64"), "{rules:?}");
+    assert!(ns.client_can_reach(v6));
+    assert!(ns.client_can_reach(proxy6));
+    assert!(!ns.client_can_reach(v4));
+    lo_works(&ns);
+    close(ws).await;
+    let took = ns.wait_reach(v6, false, Duration::from_secs(2));
+    assert!(
+        took < Duration::from_secs(1),
+        "refused again only after {took:?}"
+    );
+    assert!(!ns.client_can_reach(proxy6));
+    lo_works(&ns);
+
+    assert!(
+        daemon.terminate(Duration::from_secs(10)).success(),
+        "{}",
+        daemon.logs()
+    );
+    assert!(ns.client_can_reach(v4), "the guard must be gone after exit");
+    assert_eq!(envelope_lines(&ns), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_sigkill_removes_the_stale_grant() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let v4 = addr(SERVER_V4, SERVICE_PORT);
+
+    let mut daemon = Daemon::start(options(&ns, &[]));
+    let fresh = ns.save_both();
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert!(ns.client_can_reach(v4));
+    daemon.signal("KILL");
+    daemon.wait_exit(Duration::from_secs(5));
+    drop(ws);
+    assert_eq!(
+        ns.grant_rules().len(),
+        1,
+        "a SIGKILLed envelope cannot clean up"
+    );
+    drop(daemon);
+
+    let daemon = Daemon::start(options(&ns, &[]));
+    // Set-up runs before the port opens, so the grant is gone by now.
+    assert_eq!(
+        ns.grant_rules(),
+        Vec::<String>::new(),
+        "stale grant survived the restart"
+    );
+    assert_eq!(
+        ns.save_both(),
+        fresh,
+        "only the fresh base rules may remain"
+    );
+    assert!(!ns.client_can_reach(v4));
+    // And the fresh instance works.
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert!(ns.client_can_reach(v4));
+    close(ws).await;
+    ns.wait_reach(v4, false, Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let before = ns.save_both();
+
+    // Without sessions.
+    let mut daemon = Daemon::start(options(&ns, &[]));
+    assert_ne!(ns.save_both(), before);
+    assert!(
+        daemon.terminate(Duration::from_secs(10)).success(),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(ns.save_both(), before);
+
+    // With live sessions (v4 and v6) and a foreign rule added meanwhile.
+    let mut daemon = Daemon::start(options(&ns, &["--max-clients=2"]));
+    let a = session(&ns, SERVER_V4, &daemon).await;
+    let b = session(&ns, SERVER_V6, &daemon).await;
+    ns.server_cmd(&[
+        "/usr/sbin/iptables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-s",
+        "203.0.113.9",
+        "-j",
+        "DROP",
+    ]);
+    ns.server_cmd(&[
+        "/usr/sbin/ip6tables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-s",
+        "2001:db8:ffff::9",
+        "-j",
+        "DROP",
+    ]);
+    assert_eq!(ns.grant_rules().len(), 2);
+    assert!(
+        daemon.terminate(Duration::from_secs(10)).success(),
+        "{}",
+        daemon.logs()
+    );
+    drop((a, b));
+    let (v4, v6) = ns.save_both();
+    assert!(
+        v4.contains("-A INPUT -s 203.0.113.9/32 -j DROP"),
+        "foreign v4 rule lost:\n{v4}"
+    );
+    assert!(
+        v6.contains("-A INPUT -s 2001:db8:ffff::9/128 -j DROP"),
+        "foreign v6 rule lost:\n{v6}"
+    );
+    ns.server_cmd(&[
+        "/usr/sbin/iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-s",
+        "203.0.113.9",
+        "-j",
+        "DROP",
+    ]);
+    ns.server_cmd(&[
+        "/usr/sbin/ip6tables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-s",
+        "2001:db8:ffff::9",
+        "-j",
+        "DROP",
+    ]);
+    assert_eq!(ns.save_both(), before);
+
+    // `envelope --cleanup` removes what a killed instance left.
+    let mut daemon = Daemon::start(options(&ns, &[]));
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    daemon.signal("KILL");
+    daemon.wait_exit(Duration::from_secs(5));
+    drop(ws);
+    let out = ns.server_cmd(&[support::envelope_bin().to_str().unwrap(), "--cleanup"]);
+    assert!(out.status.success());
+    assert_eq!(ns.save_both(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_faults_fail_safe() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let v4 = addr(SERVER_V4, SERVICE_PORT);
+    let bins = FaultyBins::new();
+    let dir = format!("--iptables-dir={}", bins.path());
+    let daemon = Daemon::start(options(
+        &ns,
+        &[&dir, "--firewall-timeout=1s", "--max-clients=1"],
+    ));
+    let base = ns.save_both();
+
+    // 1. The grant batch fails: 500, nothing in the kernel, the slot is free.
+    bins.set_nth("fail", bins.calls() + 1);
+    let (status, _) = status_from(&ns, None, SERVER_V4).await;
+    assert_eq!(status, 500, "{}", daemon.logs());
+    assert_eq!(ns.save_both(), base, "a failed grant left something behind");
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert!(ns.client_can_reach(v4));
+    close(ws).await;
+    ns.wait_grant_rules(0, Duration::from_secs(2));
+
+    // 2. The batch hangs: 500 within about the timeout, the slot is free.
+    bins.set(Some("hang"));
+    let started = Instant::now();
+    let (status, _) = status_from(&ns, None, SERVER_V4).await;
+    let took = started.elapsed();
+    assert_eq!(status, 500, "{}", daemon.logs());
+    assert!(
+        took < Duration::from_secs(4),
+        "hung grant answered only after {took:?}"
+    );
+    bins.set(None);
+    assert_eq!(ns.grant_rules(), Vec::<String>::new());
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert!(ns.client_can_reach(v4));
+    close(ws).await;
+    ns.wait_grant_rules(0, Duration::from_secs(2));
+    assert_eq!(ns.save_both(), base);
+
+    // 3. The xtables lock is held (exit 4): 500, the slot is free.
+    bins.set(Some("lock"));
+    let (status, _) = status_from(&ns, None, SERVER_V4).await;
+    assert_eq!(status, 500, "{}", daemon.logs());
+    bins.set(None);
+    assert_eq!(ns.save_both(), base);
+
+    // 4. The revoke fails: the grant stays (fail safe) and keeps the slot while it
+    //    is retried, and is gone once the firewall works again.
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    bins.set(Some("fail"));
+    close(ws).await;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ns.grant_rules().len(),
+        1,
+        "the grant must stay while its revoke fails"
+    );
+    assert!(ns.client_can_reach(v4));
+    let (status, _) = status_from(&ns, None, SERVER_V4).await;
+    assert_eq!(status, 503, "a stuck revoke keeps its slot");
+    bins.set(None);
+    ns.wait_grant_rules(0, Duration::from_secs(10));
+    ns.wait_reach(v4, false, Duration::from_secs(2));
+    assert_eq!(ns.save_both(), base);
+
+    // 5. A grant rule deleted by hand counts as revoked.
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    let rule = ns.grant_rules().pop().unwrap();
+    let spec = rule.strip_prefix("-A ENVELOPE-GRANTS ").unwrap().to_owned();
+    let mut args = vec![
+        "/usr/sbin/iptables".to_owned(),
+        "-w".into(),
+        "-D".into(),
+        "ENVELOPE-GRANTS".into(),
+    ];
+    args.extend(split_spec(&spec));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ns.server_cmd(&refs);
+    assert_eq!(ns.grant_rules(), Vec::<String>::new());
+    close(ws).await;
+    // The revoke succeeds (no stuck slot): a new client is served at once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let ws = loop {
+        let (status, ws) = status_from(&ns, None, SERVER_V4).await;
+        if status == 101 {
+            break ws.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot not freed after a hand-deleted rule: {status}\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ns.grant_rules().len(), 1);
+    close(ws).await;
+    ns.wait_grant_rules(0, Duration::from_secs(2));
+    assert_eq!(ns.save_both(), base, "proxy rule or grant left behind");
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+    if std::env::var_os("SHOW_LOGS").is_some() {
+        eprintln!("{}", daemon.logs());
+    }
+}
+
+/// Splits a listed rule spec (with one double-quoted comment) into arguments.
+fn split_spec(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = spec;
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap();
+            out.push(quoted[..end].to_owned());
+            rest = &quoted[end + 1..];
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_subnets_race_for_four_slots() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let locals = ns.add_client_subnets(30);
+    let daemon = Daemon::start(options(&ns, &["--max-clients=4"]));
+
+    let attempts = locals.iter().map(|local| {
+        let ns = &ns;
+        let local = *local;
+        async move {
+            (
+                local,
+                ws_from(ns, Some(local), SERVER_V4, &support::token()).await,
+            )
+        }
+    });
+    let results = join_all(attempts).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for (local, result) in results {
+        match result {
+            Ok((ws, response)) => {
+                assert_eq!(response.status().as_u16(), 101);
+                held.push((local, ws));
+            }
+            Err(e) if e == "HTTP 503" => refused += 1,
+            Err(e) => panic!("client {local}: {e}\n{}", daemon.logs()),
+        }
+    }
+    assert_eq!((held.len(), refused), (4, 26), "{}", daemon.logs());
+    let rules = ns.grant_rules();
+    assert_eq!(rules.len(), 4, "{rules:#?}");
+    for (local, _) in &held {
+        let IpAddr::V4(v4) = local else {
+            unreachable!()
+        };
+        let [a, b, c, _] = v4.octets();
+        let subnet = format!("-s {a}.{b}.{c}.0/24");
+        assert!(
+            rules.iter().any(|r| r.contains(&subnet)),
+            "{subnet} missing: {rules:#?}"
+        );
+    }
+    join_all(held.into_iter().map(|(_, ws)| close(ws))).await;
+    ns.wait_grant_rules(0, Duration::from_secs(3));
+    assert!(!envelope_lines(&ns).contains("proxy ports"));
+}
+
+#[test]
+fn missing_binary_fails_start_up_with_one_line() {
+    let ns = NetPair::new();
+    let empty = tempfile::tempdir().unwrap();
+    let dir = format!("--iptables-dir={}", empty.path().display());
+    let (why, logs) = Daemon::try_start(options(&ns, &[&dir])).expect_err("must not start");
+    assert!(why.starts_with("exited with"), "{why}\n{logs}");
+    assert!(
+        logs.contains("iptables") && logs.contains("not found"),
+        "{logs}"
+    );
+    assert_eq!(envelope_lines(&ns), "", "nothing may be installed");
+}
