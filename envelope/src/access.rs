@@ -175,13 +175,17 @@ impl Access {
         }
     }
 
-    /// max(exp − now, timeout), capped by max-hold.
+    /// max(exp − now, timeout), capped by max-hold; exact to the sub-second, so
+    /// a token-set deadline falls on `exp` itself.
     fn hold_for(&self, exp: Option<i64>) -> Duration {
         let until_exp = exp.map_or(Duration::ZERO, |exp| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            Duration::from_secs(exp.saturating_sub(now).max(0) as u64)
+            // A far-future exp (even i64::MAX) must not overflow: it is capped below anyway.
+            match UNIX_EPOCH.checked_add(Duration::from_secs(exp.max(0) as u64)) {
+                Some(at) => at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+                None => self.max_hold,
+            }
         });
         until_exp.max(self.timeout).min(self.max_hold)
     }
@@ -281,6 +285,41 @@ fn switching_protocols(accept_key: &str, subprotocol: bool) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn far_future_expiry_is_capped_without_overflow() {
+        assert_eq!(hold(60, 3600, Some(i64::MAX)), Duration::from_secs(3600));
+        assert_eq!(
+            hold(60, 3600, Some(253_402_300_800)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(hold(60, 3600, None), Duration::from_secs(60));
+        assert_eq!(hold(60, 3600, Some(0)), Duration::from_secs(60));
+    }
+
+    fn hold(timeout: u64, max_hold: u64, exp: Option<i64>) -> Duration {
+        let metrics = Arc::new(Metrics::new());
+        let (grants, _) = crate::grants::Grants::spawn(
+            Arc::new(crate::firewall::NoopFirewall),
+            1,
+            metrics.clone(),
+        );
+        let access = Access {
+            tokens: TokenPolicy {
+                required: false,
+                verifier: None,
+                subject: None,
+            },
+            timeout: Duration::from_secs(timeout),
+            max_hold: Duration::from_secs(max_hold),
+            grants,
+            metrics,
+            tx_gate: None,
+            tls: false,
+            sessions: TaskTracker::new(),
+        };
+        access.hold_for(exp)
+    }
 
     #[test]
     fn access_token_is_taken_once_and_duplicates_are_refused() {

@@ -10,23 +10,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::{token, ws_connect, Daemon, Options, Ws};
+use support::{envelopectl_bin, token, ws_connect, Daemon, Options, Ws};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The envelopectl binary beside the envelope binary, built on demand when only
-/// this package's tests were asked for.
-fn envelopectl_bin() -> PathBuf {
-    let path = support::envelope_bin().with_file_name("envelopectl");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "envelopectl"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building envelopectl failed");
-    }
-    path
-}
 
 fn ctl(socket: &Path, args: &[&str]) -> Output {
     Command::new(envelopectl_bin())

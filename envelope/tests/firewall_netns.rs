@@ -532,3 +532,35 @@ fn missing_binary_fails_start_up_with_one_line() {
     );
     assert_eq!(envelope_lines(&ns), "", "nothing may be installed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopectl_revoke_closes_the_kernel_rule_before_it_returns() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let daemon = Daemon::start(options(&ns, &[]));
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    let _ws = session(&ns, SERVER_V4, &daemon).await;
+    assert!(ns.client_can_reach(service), "granted while held");
+
+    let socket = daemon.admin_socket();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::envelopectl_bin())
+            .arg(format!("--socket={}", socket.display()))
+            .args(["revoke", support::netns::CLIENT_V4])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No waiting: the rule is gone by the time envelopectl has returned.
+    assert!(
+        !ns.client_can_reach(service),
+        "refused right after revoke returned"
+    );
+    assert!(ns.grant_rules().is_empty(), "{:?}", ns.grant_rules());
+}

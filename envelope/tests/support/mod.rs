@@ -118,6 +118,20 @@ pub fn envelope_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_envelope"))
 }
 
+/// The envelopectl binary beside the envelope binary (`cargo test --workspace`
+/// builds it), built on demand when only this package's tests were asked for.
+pub fn envelopectl_bin() -> PathBuf {
+    let path = envelope_bin().with_file_name("envelopectl");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "envelopectl"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building envelopectl failed");
+    }
+    path
+}
+
 impl Daemon {
     pub fn start(options: Options) -> Daemon {
         Self::try_start(options)
