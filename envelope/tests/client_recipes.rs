@@ -110,25 +110,34 @@ fn browser_recipe_is_granted() {
 }
 
 #[test]
-fn websocat_recipe_is_granted() {
+fn websocat_recipe_holds_until_its_input_closes() {
     let Ok(found) = Command::new("websocat").arg("--version").output() else {
         panic!("websocat is needed for the websocat recipe; .ci/run installs it (cargo install websocat)");
     };
     assert!(found.status.success());
     let daemon = Daemon::start(Options::default());
     // websocat trusts the system store; SSL_CERT_FILE points OpenSSL at the test CA.
-    let script = format!("exec timeout 2 {}", recipe("## websocat", "sh").trim());
-    let out = Command::new("bash")
-        .args(["-c", &script])
-        .env(
-            "URL",
-            daemon.url(Some(&token())).replace("127.0.0.1", "localhost"),
-        )
+    let mut child = Command::new("bash")
+        .args(["-c", &format!("exec {}", recipe("## websocat", "sh").trim())])
+        .env("URL", daemon.url(Some(&token())).replace("127.0.0.1", "localhost"))
         .env("SSL_CERT_FILE", testdata("insecure-test-ca.pem"))
         .stdin(std::process::Stdio::piped())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    // Held until `timeout` ends it.
-    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    daemon.wait_for(Duration::from_secs(5), "the grant", |d| {
+        d.firewall_calls() == ["grant 127.0.0.0/24"]
+    });
+    // Ctrl-D: websocat closes the WebSocket and exits.
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "websocat did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
     granted_then_revoked(&daemon);
 }
