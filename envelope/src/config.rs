@@ -216,6 +216,10 @@ pub struct Flags {
     )]
     pub iptables_dir: PathBuf,
 
+    /// Benchmark baseline: grant and revoke the Go original's way (3 commands each).
+    #[arg(long, hide = true)]
+    pub firewall_go_sequential: bool,
+
     /// Longest a single firewall command may run before it is killed.
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub firewall_timeout: Duration,
@@ -259,6 +263,7 @@ pub struct Config {
     pub firewall_journal_fail_grants: bool,
     pub iptables_dir: PathBuf,
     pub firewall_timeout: Duration,
+    pub firewall_go_sequential: bool,
 }
 
 impl Flags {
@@ -362,6 +367,7 @@ impl Flags {
             firewall_journal_fail_grants: self.firewall_journal_fail_grants,
             iptables_dir: self.iptables_dir,
             firewall_timeout: self.firewall_timeout,
+            firewall_go_sequential: self.firewall_go_sequential,
         })
     }
 }

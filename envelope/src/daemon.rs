@@ -264,6 +264,7 @@ fn iptables_config(config: &Config) -> IptablesConfig {
         proxy_ports: config.proxy_ports.clone(),
         bin_dir: config.iptables_dir.clone(),
         command_timeout: config.firewall_timeout,
+        go_sequential: config.firewall_go_sequential,
     }
 }
 

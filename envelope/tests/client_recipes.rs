@@ -118,8 +118,14 @@ fn websocat_recipe_holds_until_its_input_closes() {
     let daemon = Daemon::start(Options::default());
     // websocat trusts the system store; SSL_CERT_FILE points OpenSSL at the test CA.
     let mut child = Command::new("bash")
-        .args(["-c", &format!("exec {}", recipe("## websocat", "sh").trim())])
-        .env("URL", daemon.url(Some(&token())).replace("127.0.0.1", "localhost"))
+        .args([
+            "-c",
+            &format!("exec {}", recipe("## websocat", "sh").trim()),
+        ])
+        .env(
+            "URL",
+            daemon.url(Some(&token())).replace("127.0.0.1", "localhost"),
+        )
         .env("SSL_CERT_FILE", testdata("insecure-test-ca.pem"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -135,7 +141,10 @@ fn websocat_recipe_holds_until_its_input_closes() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "websocat did not exit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "websocat did not exit"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success());

@@ -22,7 +22,10 @@ pub enum CtlError {
     /// The socket cannot be connected to.
     Unreachable { socket: PathBuf, cause: String },
     /// The envelope answered with an error.
-    Api { status: StatusCode, errors: Vec<String> },
+    Api {
+        status: StatusCode,
+        errors: Vec<String>,
+    },
     /// The answer made no sense.
     Protocol(String),
     /// The command line was fine for clap but not for us.
@@ -34,7 +37,11 @@ impl CtlError {
         let mut out = String::new();
         match self {
             CtlError::Unreachable { socket, cause } => {
-                let _ = writeln!(out, "envelopectl: cannot reach the envelope at {}: {cause}", socket.display());
+                let _ = writeln!(
+                    out,
+                    "envelopectl: cannot reach the envelope at {}: {cause}",
+                    socket.display()
+                );
                 let _ = writeln!(
                     out,
                     "  is the envelope running? Point --socket (or ENVELOPE_ADMIN_SOCKET) at its admin socket."
@@ -42,14 +49,19 @@ impl CtlError {
             }
             CtlError::Api { errors, .. } => {
                 let mut lines = errors.iter();
-                let first = lines.next().map_or("the envelope refused the request", String::as_str);
+                let first = lines
+                    .next()
+                    .map_or("the envelope refused the request", String::as_str);
                 let _ = writeln!(out, "envelopectl: {first}");
                 for cause in lines {
                     let _ = writeln!(out, "  caused by: {cause}");
                 }
             }
             CtlError::Protocol(what) => {
-                let _ = writeln!(out, "envelopectl: unexpected answer from the envelope: {what}");
+                let _ = writeln!(
+                    out,
+                    "envelopectl: unexpected answer from the envelope: {what}"
+                );
             }
             CtlError::Usage(what) => {
                 let _ = writeln!(out, "envelopectl: {what}");
@@ -65,7 +77,11 @@ impl Client {
     }
 
     /// Sends one request and decodes the JSON answer.
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path_and_query: &str) -> Result<T, CtlError> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+    ) -> Result<T, CtlError> {
         let body = self.call_raw(method, path_and_query).await?;
         serde_json::from_slice(&body).map_err(|e| CtlError::Protocol(e.to_string()))
     }
@@ -74,18 +90,20 @@ impl Client {
     /// output and `curl --unix-socket` agree byte for byte.
     pub async fn get_json(&self, path: &str) -> Result<String, CtlError> {
         let body = self.call_raw(Method::GET, path).await?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| CtlError::Protocol(e.to_string()))?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|e| CtlError::Protocol(e.to_string()))?;
         Ok(String::from_utf8_lossy(&body).trim_end().to_owned())
     }
 
     /// Sends one request; a non-2xx answer becomes [`CtlError::Api`].
     async fn call_raw(&self, method: Method, path_and_query: &str) -> Result<Bytes, CtlError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| CtlError::Unreachable {
-                socket: self.socket.clone(),
-                cause: e.to_string(),
-            })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| CtlError::Unreachable {
+                    socket: self.socket.clone(),
+                    cause: e.to_string(),
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| CtlError::Unreachable {
@@ -115,7 +133,12 @@ impl Client {
         if !status.is_success() {
             let errors = serde_json::from_slice::<ApiError>(&body)
                 .map(|e| e.errors)
-                .unwrap_or_else(|_| vec![format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())]);
+                .unwrap_or_else(|_| {
+                    vec![format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    )]
+                });
             return Err(CtlError::Api { status, errors });
         }
         Ok(body)

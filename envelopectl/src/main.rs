@@ -35,7 +35,11 @@ enum Command {
     /// End a session by grant ID, every session whose subnet contains IP, or --all.
     Revoke {
         /// A grant ID (from `list`) or a client IP address.
-        #[arg(required_unless_present = "all", conflicts_with = "all", value_name = "ID|IP")]
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "ID|IP"
+        )]
         target: Option<String>,
         #[arg(long)]
         all: bool,
@@ -49,7 +53,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("envelopectl: cannot start: {e}");
@@ -60,7 +67,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::List { json } => cmd::list::run(&client, json).await,
-            Command::Revoke { target, all } => cmd::revoke::run(&client, target.as_deref(), all).await,
+            Command::Revoke { target, all } => {
+                cmd::revoke::run(&client, target.as_deref(), all).await
+            }
             Command::Status { json } => cmd::status::run(&client, json).await,
         }
     });

@@ -51,7 +51,11 @@ fn table(grants: &[Grant], now: OffsetDateTime) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -79,6 +83,9 @@ mod tests {
             text,
             "ID  CLIENT     SUBNET        SUBJECT  AGE  LEFT\n3   192.0.2.7  192.0.2.0/24  ndt      12s  48s\n"
         );
-        assert_eq!(table(&[], datetime!(2026-11-25 10:00:12 UTC)), "no live grants\n");
+        assert_eq!(
+            table(&[], datetime!(2026-11-25 10:00:12 UTC)),
+            "no live grants\n"
+        );
     }
 }

@@ -14,9 +14,17 @@ pub async fn run(client: &Client, target: Option<&str>, all: bool) -> Result<(),
         (Some(text), false) => match text.parse::<IpAddr>() {
             Ok(ip) => format!("{GRANTS_PATH}?ip={ip}"),
             Err(_) if text.parse::<u64>().is_ok() => format!("{GRANTS_PATH}/{text}"),
-            Err(_) => return Err(CtlError::Usage(format!("{text:?} is neither a grant ID nor an IP address"))),
+            Err(_) => {
+                return Err(CtlError::Usage(format!(
+                    "{text:?} is neither a grant ID nor an IP address"
+                )))
+            }
         },
-        _ => return Err(CtlError::Usage("give a grant ID, an IP address, or --all".into())),
+        _ => {
+            return Err(CtlError::Usage(
+                "give a grant ID, an IP address, or --all".into(),
+            ))
+        }
     };
     let revoked: Revoked = client.call(Method::DELETE, &path).await?;
     if revoked.revoked.is_empty() {

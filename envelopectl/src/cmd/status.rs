@@ -20,6 +20,9 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
     if s.pending_revokes > 0 {
         println!("pending revokes:  {} (retrying)", s.pending_revokes);
     }
-    println!("uptime:           {}", human(std::time::Duration::from_secs(s.uptime_seconds)));
+    println!(
+        "uptime:           {}",
+        human(std::time::Duration::from_secs(s.uptime_seconds))
+    );
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! lock, permission or timeout failure is never taken as "absent".
 
 mod command;
+mod go_sequential;
 mod rules;
 
 use std::collections::BTreeSet;
@@ -39,6 +40,8 @@ pub struct IptablesConfig {
     pub bin_dir: PathBuf,
     /// Longest any single command may run before it is killed.
     pub command_timeout: Duration,
+    /// Benchmark baseline only: grant and revoke the Go original's way.
+    pub go_sequential: bool,
 }
 
 /// The four binaries the backend drives.
@@ -58,6 +61,7 @@ pub struct IptablesFirewall {
     mode: String,
     runner: Runner,
     state: Mutex<State>,
+    go_sequential: bool,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +139,7 @@ impl IptablesFirewall {
             mode,
             runner,
             state: Mutex::new(State::default()),
+            go_sequential: config.go_sequential,
         })
     }
 
@@ -155,6 +160,21 @@ impl IptablesFirewall {
         grant: &[Subnet],
         revoke: &[Subnet],
     ) -> Result<(), FirewallError> {
+        if self.go_sequential {
+            for subnet in grant {
+                if !state.installed.contains(subnet) {
+                    go_sequential::grant(&self.runner, subnet).await?;
+                    state.installed.insert(*subnet);
+                }
+            }
+            for subnet in revoke {
+                if state.installed.contains(subnet) {
+                    go_sequential::revoke(&self.runner, subnet).await?;
+                    state.installed.remove(subnet);
+                }
+            }
+            return Ok(());
+        }
         let mut target = state.installed.clone();
         target.extend(grant.iter().copied());
         for subnet in revoke {
@@ -394,6 +414,7 @@ mod tests {
             proxy_ports: vec![80, 443],
             bin_dir: dir,
             command_timeout: Duration::from_secs(1),
+            go_sequential: false,
         })
         .await;
         let message = result.unwrap_err().to_string();
@@ -408,6 +429,7 @@ mod tests {
             proxy_ports: vec![],
             bin_dir: "/usr/sbin".into(),
             command_timeout: Duration::from_secs(1),
+            go_sequential: false,
         })
         .await;
         assert!(result.is_err());

@@ -1,0 +1,117 @@
+//! Client side of the measurements. Runs on a thread that has joined the client
+//! namespace, so every socket made here belongs to that namespace.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::WebSocketStream;
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub type Ws = WebSocketStream<Box<dyn Stream>>;
+
+pub fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// TCP (from `local`, if given) and, with a connector, TLS — not timed.
+pub async fn connect(
+    local: Option<IpAddr>,
+    to: SocketAddr,
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let socket = if to.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    if let Some(local) = local {
+        socket.bind(SocketAddr::new(local, 0))?;
+    }
+    let tcp = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+        .await
+        .map_err(|_| anyhow!("connect {to} timed out"))??;
+    tcp.set_nodelay(true)?;
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            Ok(Box::new(connector.connect(name, tcp).await?))
+        }
+    }
+}
+
+/// Sends the upgrade and waits for the answer: the grant latency when it is 101.
+pub async fn upgrade(
+    stream: Box<dyn Stream>,
+    to: SocketAddr,
+    tls: bool,
+    token: &str,
+) -> anyhow::Result<(Ws, Duration)> {
+    let scheme = if tls { "wss" } else { "ws" };
+    let mut request =
+        format!("{scheme}://{to}/v0/envelope/access?access_token={token}").into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("net.measurementlab.envelope"),
+    );
+    let started = Instant::now();
+    let (ws, response) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    .map_err(|_| anyhow!("upgrade timed out"))?
+    .context("upgrade")?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        response.status().as_u16() == 101,
+        "answer {}",
+        response.status()
+    );
+    Ok((ws, took))
+}
+
+/// Whether a new TCP connection to `to` is refused right now.
+pub fn refused(to: SocketAddr) -> anyhow::Result<bool> {
+    match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(true),
+        Err(e) => Err(anyhow!("probing {to}: {e}")),
+    }
+}
+
+/// Polls (every 0.2 ms, for at most `within`) until `to` refuses; returns when it did.
+pub fn wait_refused(to: SocketAddr, within: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        if refused(to)? {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{to} still open after {within:?}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
