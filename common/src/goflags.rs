@@ -24,7 +24,11 @@ pub fn go_style_args(cmd: &clap::Command, args: impl IntoIterator<Item = String>
                 return arg;
             };
             let name = body.split_once('=').map_or(body, |(n, _)| n);
-            if longs.iter().any(|l| l == name) {
+            // A known long name, or any other multi-letter word: Go has no short
+            // flags, so `-httpx.tcp-network` must not be read as `-h` (help).
+            let multi_letter =
+                name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic());
+            if longs.iter().any(|l| l == name) || multi_letter {
                 format!("-{arg}")
             } else {
                 arg
@@ -123,11 +127,22 @@ mod tests {
     }
 
     #[test]
-    fn short_flags_unknown_names_and_positionals_after_double_dash_are_kept() {
+    fn short_flags_values_and_positionals_after_double_dash_are_kept() {
         assert_eq!(
-            rewrite(&["prog", "-v", "-nope", "--", "-listen-address"]),
-            ["prog", "-v", "-nope", "--", "-listen-address"]
+            rewrite(&["prog", "-v", "-1m", "--", "-listen-address"]),
+            ["prog", "-v", "-1m", "--", "-listen-address"]
         );
+    }
+
+    #[test]
+    fn unknown_go_flags_are_not_mistaken_for_short_flags() {
+        // `-httpx.tcp-network` must be an unknown long flag, not `-h` (help, exit 0).
+        assert_eq!(
+            rewrite(&["prog", "-httpx.tcp-network=tcp"]),
+            ["prog", "--httpx.tcp-network=tcp"]
+        );
+        let err = Cli::try_parse_from(rewrite(&["prog", "-httpx.tcp-network=tcp"])).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
     }
 
     #[test]

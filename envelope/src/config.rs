@@ -3,7 +3,7 @@
 //! the flag or file at fault.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,6 +178,18 @@ pub struct Flags {
     #[arg(long, env = "ENVELOPE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Accepted for compatibility with the Go original; the envelope always
+    /// listens as --listen-address says.
+    #[arg(long = "httpx.tcp-network", hide = true, value_name = "tcp|tcp4|tcp6")]
+    pub httpx_tcp_network: Option<String>,
+
+    /// The Go original's paths to iptables, ip6tables and their -save/-restore:
+    /// they must share one directory, which then stands for --iptables-dir.
+    #[arg(long = "address.iptables", hide = true, value_name = "PATH",
+          aliases = ["address.iptables-save", "address.iptables-restore", "address.ip6tables",
+                     "address.ip6tables-save", "address.ip6tables-restore"])]
+    pub go_iptables_paths: Vec<PathBuf>,
+
     /// Remove every rule and chain the envelope ever installs, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -277,6 +289,14 @@ impl Flags {
     }
 
     pub fn validate(self) -> anyhow::Result<Config> {
+        let iptables_dir =
+            go_iptables_dir(&self.go_iptables_paths)?.unwrap_or(self.iptables_dir.clone());
+        if let Some(network) = self.httpx_tcp_network.as_deref().filter(|n| *n != "tcp") {
+            tracing::warn!(
+                network,
+                "-httpx.tcp-network is ignored; --listen-address decides the address family"
+            );
+        }
         let listen = parse_listen(&self.listen_address).context("--listen-address")?;
         let metrics = match self.metrics_address.as_str() {
             "off" | "" => None,
@@ -365,7 +385,7 @@ impl Flags {
             handshake_timeout: self.handshake_timeout,
             firewall_journal: self.firewall_journal,
             firewall_journal_fail_grants: self.firewall_journal_fail_grants,
-            iptables_dir: self.iptables_dir,
+            iptables_dir,
             firewall_timeout: self.firewall_timeout,
             firewall_go_sequential: self.firewall_go_sequential,
         })
@@ -395,6 +415,24 @@ pub fn parse_listen(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
         bail!("{text:?} resolves to no address");
     }
     Ok(addrs)
+}
+
+/// The one directory the Go original's `-address.*` binary paths point into.
+fn go_iptables_dir(paths: &[PathBuf]) -> anyhow::Result<Option<PathBuf>> {
+    let mut dirs = paths
+        .iter()
+        .map(|p| p.parent().unwrap_or(Path::new("/")).to_path_buf());
+    let Some(first) = dirs.next() else {
+        return Ok(None);
+    };
+    if let Some(other) = dirs.find(|d| *d != first) {
+        bail!(
+            "-address.iptables*: the iptables binaries must share one directory ({} and {})",
+            first.display(),
+            other.display()
+        );
+    }
+    Ok(Some(first))
 }
 
 fn parse_ports(text: &str) -> anyhow::Result<Vec<u16>> {
@@ -450,5 +488,44 @@ mod tests {
         assert_eq!(flags.listen_address, ":0");
         assert!(!flags.token_required);
         assert_eq!(flags.timeout, Duration::from_secs(90));
+    }
+
+    fn parse(args: &[&str]) -> Flags {
+        use clap::CommandFactory;
+        let args = args.iter().map(|a| a.to_string());
+        Flags::parse_from(common::goflags::go_style_args(&Flags::command(), args))
+    }
+
+    #[test]
+    fn go_iptables_paths_name_the_binaries_directory() {
+        let ok = parse(&[
+            "envelope",
+            "-envelope.token-required=false",
+            "-address.iptables=/opt/fw/iptables",
+            "-address.ip6tables-restore=/opt/fw/ip6tables-restore",
+        ]);
+        assert_eq!(
+            ok.validate().unwrap().iptables_dir,
+            PathBuf::from("/opt/fw")
+        );
+        let mixed = parse(&[
+            "envelope",
+            "-envelope.token-required=false",
+            "-address.iptables=/opt/fw/iptables",
+            "-address.ip6tables=/usr/sbin/ip6tables",
+        ]);
+        let err = mixed.validate().unwrap_err().to_string();
+        assert!(err.contains("share one directory"), "{err}");
+    }
+
+    #[test]
+    fn go_httpx_network_is_accepted() {
+        let flags = parse(&[
+            "envelope",
+            "-httpx.tcp-network=tcp",
+            "-envelope.token-required=false",
+        ]);
+        assert_eq!(flags.httpx_tcp_network.as_deref(), Some("tcp"));
+        assert!(flags.validate().is_ok());
     }
 }

@@ -365,13 +365,24 @@ fn go_spellings_take_a_separate_value_and_double_dashes_too() {
 }
 
 #[test]
-fn flags_the_migration_note_says_are_gone_are_refused() {
-    for gone in [
+fn other_go_flags_the_migration_note_lists_are_accepted_and_unknown_ones_refused() {
+    for accepted in [
         "-address.iptables=/sbin/iptables",
         "-address.iptables-restore=/sbin/iptables-restore",
+        "-httpx.tcp-network=tcp",
     ] {
-        let output = run_envelope(&[gone]);
-        assert_eq!(output.status.code(), Some(2), "{gone}: {}", stderr(&output));
+        let output = run_envelope(&[accepted]);
+        let err = stderr(&output);
+        assert!(err.starts_with(VERIFY_KEY_REQUIRED), "{accepted}: {err}");
+    }
+    for unknown in ["-hello.world=1", "-Vx", "--no-such-flag"] {
+        let output = run_envelope(&[unknown]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{unknown}: {}",
+            stderr(&output)
+        );
     }
 }
 

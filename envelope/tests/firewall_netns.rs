@@ -10,10 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use support::netns::{
-    FaultyBins, NetPair, DEVICE, ENVELOPE_PORT, SERVER_V4, SERVER_V6, SERVICE_PORT,
-};
 use support::{Daemon, Options, Stream, Ws, ACCESS_PATH, SUBPROTOCOL};
+use testbed::{FaultyBins, NetPair, DEVICE, ENVELOPE_PORT, SERVER_V4, SERVER_V6, SERVICE_PORT};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -161,8 +159,8 @@ async fn grants_open_the_service_only_while_held_v4_and_v6() {
     // device and pass as established (conntrack works in the namespace).
     let _outside = NetPair::listener_in(&ns.client, 7777, LIFETIME);
     for to in [
-        addr(support::netns::CLIENT_V4, 7777),
-        addr(support::netns::CLIENT_V6, 7777),
+        addr(testbed::CLIENT_V4, 7777),
+        addr(testbed::CLIENT_V6, 7777),
     ] {
         ns.connect_in_server(to)
             .unwrap_or_else(|e| panic!("outgoing {to} from the server: {e}"));
@@ -546,7 +544,7 @@ async fn envelopectl_revoke_closes_the_kernel_rule_before_it_returns() {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(support::envelopectl_bin())
             .arg(format!("--socket={}", socket.display()))
-            .args(["revoke", support::netns::CLIENT_V4])
+            .args(["revoke", testbed::CLIENT_V4])
             .output()
             .unwrap()
     })

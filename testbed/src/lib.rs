@@ -83,6 +83,7 @@ pub struct NetPair {
 }
 
 impl NetPair {
+    #[allow(clippy::new_without_default)] // it creates namespaces: not a plain default value
     pub fn new() -> NetPair {
         require_root_and_ip();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -442,6 +443,7 @@ pub struct FaultyBins {
 }
 
 impl FaultyBins {
+    #[allow(clippy::new_without_default)] // it writes scripts to disk: not a plain default value
     pub fn new() -> FaultyBins {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,6 @@
 //! real TLS, and read what the recording firewall was asked to do.
 #![allow(dead_code)]
 
-pub mod netns;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
