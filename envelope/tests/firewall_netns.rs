@@ -442,7 +442,12 @@ async fn firewall_faults_fail_safe() {
     assert_eq!(ns.grant_rules().len(), 1);
     close(ws).await;
     ns.wait_grant_rules(0, Duration::from_secs(2));
-    assert_eq!(ns.save_both(), base, "proxy rule or grant left behind");
+    assert_eq!(
+        ns.save_both(),
+        base,
+        "proxy rule or grant left behind; batches:\n{}",
+        std::fs::read_to_string(bins.dir.path().join("batches")).unwrap_or_default()
+    );
     assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
     if std::env::var_os("SHOW_LOGS").is_some() {
         eprintln!("{}", daemon.logs());

@@ -455,17 +455,25 @@ impl FaultyBins {
         ] {
             let fault = if name.ends_with("-restore") {
                 r#"
+# The envelope may start a restore ahead of time (a warm spare): decide only
+# once the batch has arrived, and count only restores that got one.
+case "$1" in --version|-V) exec /usr/sbin/$(basename "$0") "$@" ;; esac
+input=$(cat)
+[ -n "$input" ] || exit 0
 n=$(cat "$dir/calls" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$dir/calls"
 if [ -f "$dir/fault" ]; then
   read -r action at < "$dir/fault" || true
   if [ -z "$at" ] || [ "$at" = "$n" ]; then
     case "$action" in
-      fail) cat > /dev/null; echo "injected failure (call $n)" >&2; exit 1 ;;
-      lock) cat > /dev/null; echo "Another app is currently holding the xtables lock (call $n)" >&2; exit 4 ;;
+      fail) echo "injected failure (call $n)" >&2; exit 1 ;;
+      lock) echo "Another app is currently holding the xtables lock (call $n)" >&2; exit 4 ;;
       hang) exec sleep 60 ;;
     esac
   fi
 fi
+printf '%s\n' "$input" >> "$dir/batches"
+printf '%s\n' "$input" | /usr/sbin/$(basename "$0") "$@"
+rc=$?; echo "-> exit $rc" >> "$dir/batches"; exit $rc
 "#
             } else {
                 ""

@@ -1,12 +1,22 @@
 //! Runs iptables-family binaries without blocking the runtime: `tokio::process`,
 //! absolute paths, a bounded `--wait`, and a hard timeout after which the child
 //! is killed.
+//!
+//! With nf_tables, a spare `iptables-restore` per family is started ahead of
+//! time and waits on its input, so a grant or revoke does not pay for exec and
+//! start-up (about half a millisecond of a ~1.4 ms transaction). The spare has
+//! read nothing, so it holds no cache and no lock: when it finally reads the
+//! batch it works on the ruleset as it is then. A spare nobody uses exits on
+//! end-of-input (the envelope gone) without changing anything. Not used with
+//! the legacy backend, whose restore may take the xtables lock at start-up.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
 
 use super::rules::Family;
 use crate::firewall::FirewallError;
@@ -18,6 +28,8 @@ pub const EXIT_RESOURCE: i32 = 4;
 pub struct Runner {
     bin_dir: PathBuf,
     timeout: Duration,
+    /// Warm `*-restore` processes for V4 and V6, when enabled.
+    spares: Option<Arc<Mutex<[Option<Child>; 2]>>>,
 }
 
 /// Why one command failed.
@@ -85,7 +97,48 @@ impl Runner {
         Runner {
             bin_dir: bin_dir.to_owned(),
             timeout,
+            spares: None,
         }
+    }
+
+    /// Keeps a warm restore process per family (nf_tables only; see the module doc).
+    pub fn with_warm_restore(mut self) -> Runner {
+        self.spares = Some(Arc::new(Mutex::new([None, None])));
+        self
+    }
+
+    fn restore_command(&self, family: Family) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(self.path(family.restore()));
+        command
+            .args(["--noflush", &self.wait_flag()])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// A live spare for `family`, if one is waiting.
+    fn take_spare(&self, family: Family) -> Option<Child> {
+        let spares = self.spares.as_ref()?;
+        let mut spare = spares.lock().unwrap_or_else(|e| e.into_inner())[family as usize].take()?;
+        // One that died meanwhile is of no use (dropping it reaps it).
+        matches!(spare.try_wait(), Ok(None)).then_some(spare)
+    }
+
+    /// Starts the next spare in the background, off the caller's path.
+    fn refill(&self, family: Family) {
+        let Some(spares) = self.spares.clone() else {
+            return;
+        };
+        let mut command = self.restore_command(family);
+        tokio::spawn(async move {
+            if let Ok(child) = command.spawn() {
+                // A spare already there (a race) is dropped, i.e. killed before reading anything.
+                spares.lock().unwrap_or_else(|e| e.into_inner())[family as usize] = Some(child);
+            }
+        });
     }
 
     pub fn path(&self, binary: &str) -> PathBuf {
@@ -119,11 +172,21 @@ impl Runner {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let operation = format!("{operation} ({})", path.display());
+        let child = command.spawn().map_err(|source| RunError::Spawn {
+            operation: operation.clone(),
+            source,
+        })?;
+        self.finish(child, input, operation).await
+    }
+
+    /// Feeds `input` (if any) to a started child and waits for it under the timeout.
+    async fn finish(
+        &self,
+        mut child: Child,
+        input: Option<&str>,
+        operation: String,
+    ) -> Result<String, RunError> {
         let work = async {
-            let mut child = command.spawn().map_err(|source| RunError::Spawn {
-                operation: operation.clone(),
-                source,
-            })?;
             let stdin = child.stdin.take();
             let feed = async move {
                 if let (Some(mut stdin), Some(text)) = (stdin, input) {
@@ -178,16 +241,32 @@ impl Runner {
         document: &str,
         operation: &str,
     ) -> Result<(), RunError> {
-        let wait = self.wait_flag();
         let operation = format!("{} {operation}", family.name());
-        self.run(
-            family.restore(),
-            &["--noflush", wait.as_str()],
-            Some(document),
-            &operation,
-        )
-        .await
-        .map(drop)
+        if self.spares.is_none() {
+            let wait = self.wait_flag();
+            return self
+                .run(
+                    family.restore(),
+                    &["--noflush", wait.as_str()],
+                    Some(document),
+                    &operation,
+                )
+                .await
+                .map(drop);
+        }
+        let child = match self.take_spare(family) {
+            Some(child) => Ok(child),
+            None => self.restore_command(family).spawn(),
+        };
+        self.refill(family);
+        let operation = format!("{operation} ({})", self.path(family.restore()).display());
+        let child = child.map_err(|source| RunError::Spawn {
+            operation: operation.clone(),
+            source,
+        })?;
+        self.finish(child, Some(document), operation)
+            .await
+            .map(drop)
     }
 
     /// `BINARY --version`, trimmed.

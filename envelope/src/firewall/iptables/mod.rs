@@ -116,6 +116,12 @@ impl IptablesFirewall {
                 message: format!("iptables drives {mode} but {binary} drives {other}"),
             });
         }
+        // Warm spares are safe only where restore takes no lock before its input.
+        let runner = if mode == "nf_tables" {
+            runner.with_warm_restore()
+        } else {
+            runner
+        };
         let mut service_ports: Vec<u16> = Vec::new();
         for port in config.service_ports {
             if port == 0 {
