@@ -2,11 +2,9 @@
 //! `testbed`), a measurement service on port 9999, a signing key, and envelope
 //! processes started inside the server namespace.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -103,10 +101,11 @@ impl Lab {
             ))
             .arg("--metrics-address=off")
             .args(extra)
-            .env("RUST_LOG", "warn,envelope::daemon=info")
+            // Production logging (one line per request), written to a file as a
+            // service manager would, not held in memory.
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::null());
         if tls {
             cmd.arg(format!(
                 "--cert={}",
@@ -117,28 +116,21 @@ impl Lab {
                 self.testdata.join("insecure-test-server.key").display()
             ));
         }
-        Envelope::spawn(cmd)
+        Envelope::spawn(cmd, self.dir.path().join(format!("{name}.log")))
     }
 }
 
 /// An envelope process; SIGTERM and wait on drop.
 pub struct Envelope {
     child: Child,
-    logs: Arc<Mutex<String>>,
+    log: PathBuf,
 }
 
 impl Envelope {
-    fn spawn(mut cmd: Command) -> anyhow::Result<Envelope> {
-        let mut child = cmd.spawn().context("starting the envelope")?;
-        let logs = Arc::new(Mutex::new(String::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let envelope = Envelope { child, logs };
+    fn spawn(mut cmd: Command, log: PathBuf) -> anyhow::Result<Envelope> {
+        let file = std::fs::File::create(&log)?;
+        let child = cmd.stderr(file).spawn().context("starting the envelope")?;
+        let envelope = Envelope { child, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !envelope.logs().contains("listen-address listening") {
             if Instant::now() > deadline {
@@ -150,7 +142,7 @@ impl Envelope {
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
