@@ -252,27 +252,6 @@ async fn curl_and_envelopectl_json_agree() {
     assert!(ctl_json.contains("\"subnet\":\"127.0.0.0/24\""));
 }
 
-/// The shell lines of the fenced block that follows `heading` in a doc.
-fn doc_commands(doc: &str, heading: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(doc))
-        .unwrap();
-    let after = &text[text
-        .find(heading)
-        .unwrap_or_else(|| panic!("{heading} in {doc}"))..];
-    let block = after
-        .split("```sh\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    block
-        .lines()
-        .map(|l| l.split('#').next().unwrap().trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_in_the_admin_api_doc_works() {
     let daemon = start(2);
@@ -292,7 +271,7 @@ async fn every_command_in_the_admin_api_doc_works() {
             .output()
             .unwrap()
     };
-    let curls = doc_commands("docs/admin-api.md", "## With curl");
+    let curls = support::doc_commands("docs/admin-api.md", Some("## With curl"));
     assert_eq!(curls.len(), 5);
     for line in &curls {
         let out = run(line);
@@ -303,7 +282,7 @@ async fn every_command_in_the_admin_api_doc_works() {
             assert_eq!(body["revoked"], serde_json::json!([1]), "{line}");
         }
     }
-    let ctls = doc_commands("docs/admin-api.md", "## With envelopectl");
+    let ctls = support::doc_commands("docs/admin-api.md", Some("## With envelopectl"));
     assert_eq!(ctls.len(), 6);
     for line in &ctls {
         let out = run(line);

@@ -567,3 +567,111 @@ async fn envelopectl_revoke_closes_the_kernel_rule_before_it_returns() {
     );
     assert!(ns.grant_rules().is_empty(), "{:?}", ns.grant_rules());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_in_the_operations_doc_works_in_a_namespace() {
+    let commands = support::doc_commands("docs/operations.md", None);
+    let [run, cleanup, metrics, status, list, revoke] = commands.as_slice() else {
+        panic!("docs/operations.md: expected six commands, found {commands:#?}");
+    };
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let bin_dir = support::envelope_bin().parent().unwrap().to_owned();
+    let path_env = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let substituted = run
+        .replace(
+            "/etc/envelope/tls.crt",
+            &support::testdata("insecure-test-server.pem")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "/etc/envelope/tls.key",
+            &support::testdata("insecure-test-server.key")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "/etc/envelope/verify.pub",
+            &support::testdata("insecure-test-eddsa.jwk.pub")
+                .display()
+                .to_string(),
+        )
+        .replace("mlab1-abc0t", support::MACHINE)
+        .replace("eth0", DEVICE);
+    let in_server = |line: &str| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.server, "sh", "-c", line])
+            .env("PATH", &path_env)
+            .env("ENVELOPE_ADMIN_SOCKET", &socket);
+        cmd
+    };
+    // The documented command, plus where this test wants its port and socket.
+    let log = dir.path().join("envelope.log");
+    let mut daemon = in_server(&format!(
+        "exec {substituted} --listen-address=:{ENVELOPE_PORT}"
+    ))
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("listen-address listening")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    let (_ws, response) = ws_from(&ns, None, SERVER_V4, &support::token())
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 101);
+    assert!(ns.client_can_reach(service));
+
+    let out = in_server(metrics).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("envelope_active_grants 1"),
+        "{metrics}: {text}"
+    );
+    for line in [status, list] {
+        let out = in_server(line).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = in_server(revoke).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{revoke}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !ns.client_can_reach(service),
+        "{revoke} must close 192.0.2.0/24"
+    );
+
+    // After a crash the documented clean-up leaves no envelope rule behind.
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        !envelope_lines(&ns).is_empty(),
+        "SIGKILL leaves the guard in place"
+    );
+    let out = in_server(cleanup).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cleanup}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(envelope_lines(&ns), "");
+}

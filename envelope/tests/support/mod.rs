@@ -609,3 +609,29 @@ pub fn run_expecting_exit(args: &[String]) -> (ExitStatus, String) {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status, stderr)
 }
+
+/// The shell lines (comments stripped) of the ```sh blocks in a doc under the
+/// workspace root: the first block after `heading`, or every block when `None`.
+pub fn doc_commands(doc: &str, heading: Option<&str>) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(doc))
+        .unwrap_or_else(|e| panic!("{doc}: {e}"));
+    let text = match heading {
+        Some(h) => &text[text.find(h).unwrap_or_else(|| panic!("{h} in {doc}"))..],
+        None => text.as_str(),
+    };
+    let blocks = text
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap_or(""));
+    let blocks: Vec<&str> = if heading.is_some() {
+        blocks.take(1).collect()
+    } else {
+        blocks.collect()
+    };
+    blocks
+        .iter()
+        .flat_map(|b| b.lines())
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
