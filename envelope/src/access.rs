@@ -79,7 +79,9 @@ impl Access {
         };
         if !client.monitoring {
             if let Some(expected) = &self.tokens.subject {
-                if client.exp.is_some() && &client.subject != expected {
+                // Only a token names a subject; token-less clients (when allowed) have none.
+                let has_token = client.exp.is_some();
+                if has_token && &client.subject != expected {
                     self.metrics.count_token(PATH, false, "wrong-subject");
                     return plain(StatusCode::BAD_REQUEST, "token subject is not this service");
                 }
@@ -110,7 +112,10 @@ impl Access {
         };
         let lease = match self.grants.acquire(request).await {
             Ok(lease) => lease,
-            Err(e @ (AcquireError::Full(_) | AcquireError::ShuttingDown)) => {
+            Err(
+                e
+                @ (AcquireError::Full(_) | AcquireError::ShuttingDown | AcquireError::EndedAtOnce),
+            ) => {
                 return plain(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
             }
             Err(e @ AcquireError::Firewall(_)) => {

@@ -79,6 +79,9 @@ pub enum AcquireError {
     Full(usize),
     #[error("the envelope is shutting down")]
     ShuttingDown,
+    /// Revoked (e.g. `revoke --all`) or past its deadline before it was granted.
+    #[error("the session was ended before it was granted")]
+    EndedAtOnce,
     #[error("firewall change failed: {0}")]
     Firewall(String),
 }
@@ -534,8 +537,13 @@ impl Owner {
     async fn answer(&mut self, pending: Pending, outcome: &Outcome) {
         for (id, reply) in pending.acquires {
             let Some(session) = self.sessions.get_mut(&id) else {
-                // Expired or revoked within the same batch.
-                let _ = reply.send(Err(AcquireError::ShuttingDown));
+                // Expired, revoked or shut down within the same batch.
+                let error = if self.shutting_down {
+                    AcquireError::ShuttingDown
+                } else {
+                    AcquireError::EndedAtOnce
+                };
+                let _ = reply.send(Err(error));
                 continue;
             };
             if outcome.failed_grants.contains(&session.info.subnet) {
@@ -611,5 +619,213 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::firewall::FwFuture;
+
+    /// Records every change; fails grants of subnets in `fail_grants` and
+    /// revokes while `fail_revokes` is set. Each apply takes `delay`.
+    #[derive(Debug, Default)]
+    struct FakeFirewall {
+        changes: Mutex<Vec<Change>>,
+        fail_grants: Mutex<Vec<Subnet>>,
+        fail_revokes: Mutex<bool>,
+        delay: Duration,
+        entered: tokio::sync::Notify,
+    }
+
+    impl Firewall for FakeFirewall {
+        fn backend(&self) -> String {
+            "fake".into()
+        }
+        fn setup(&self) -> FwFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
+            Box::pin(async move {
+                self.entered.notify_one();
+                tokio::time::sleep(self.delay).await;
+                let bad_grant = change
+                    .grant
+                    .iter()
+                    .any(|s| self.fail_grants.lock().unwrap().contains(s));
+                let bad_revoke = !change.revoke.is_empty() && *self.fail_revokes.lock().unwrap();
+                if bad_grant || bad_revoke {
+                    return Err(FirewallError::Failed {
+                        operation: "fake".into(),
+                        message: "injected".into(),
+                    });
+                }
+                self.changes.lock().unwrap().push(change.clone());
+                Ok(())
+            })
+        }
+        fn teardown(&self) -> FwFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn request(ip: &str, hold: Duration) -> GrantRequest {
+        GrantRequest {
+            peer: ip.parse().unwrap(),
+            subject: "ndt".into(),
+            monitoring: false,
+            deadline: Instant::now() + hold,
+        }
+    }
+
+    fn subnet(ip: &str) -> Subnet {
+        Subnet::of_client(ip.parse().unwrap())
+    }
+
+    fn spawn(firewall: &Arc<FakeFirewall>, max: usize) -> Grants {
+        Grants::spawn(firewall.clone(), max, Arc::new(Metrics::new())).0
+    }
+
+    const LONG: Duration = Duration::from_secs(600);
+
+    #[tokio::test]
+    async fn concurrent_grants_share_one_transaction() {
+        let firewall = Arc::new(FakeFirewall {
+            delay: Duration::from_millis(20),
+            ..FakeFirewall::default()
+        });
+        let grants = spawn(&firewall, 10);
+        // The first grant occupies the firewall; the next three queue up behind it.
+        let owner = grants.clone();
+        let first = tokio::spawn(async move { owner.acquire(request("198.18.1.2", LONG)).await });
+        firewall.entered.notified().await;
+        let rest = futures_util::future::join_all(
+            ["198.18.2.2", "198.18.3.2", "198.18.4.2"].map(|ip| grants.acquire(request(ip, LONG))),
+        )
+        .await;
+        let first = first.await.unwrap();
+        assert!(first.is_ok() && rest.iter().all(Result::is_ok));
+        let changes = firewall.changes.lock().unwrap().clone();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(changes[1].grant.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_bad_subnet_in_a_shared_transaction_fails_alone() {
+        let firewall = Arc::new(FakeFirewall::default());
+        firewall
+            .fail_grants
+            .lock()
+            .unwrap()
+            .push(subnet("198.18.9.2"));
+        let grants = spawn(&firewall, 10);
+        let (good, bad) = tokio::join!(
+            grants.acquire(request("198.18.8.2", LONG)),
+            grants.acquire(request("198.18.9.2", LONG))
+        );
+        assert!(good.is_ok());
+        assert!(matches!(bad, Err(AcquireError::Firewall(_))));
+        let (list, occupancy) = grants.list().await;
+        assert_eq!(list.len(), 1, "the failed grant's slot is free again");
+        assert_eq!(occupancy.stuck_revokes, 0);
+    }
+
+    #[tokio::test]
+    async fn one_subnet_two_sessions_one_rule() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 10);
+        let a = grants.acquire(request("192.0.2.1", LONG)).await.unwrap();
+        let b = grants.acquire(request("192.0.2.2", LONG)).await.unwrap();
+        drop(a);
+        assert_eq!(grants.list().await.0.len(), 1);
+        assert_eq!(
+            firewall.changes.lock().unwrap().len(),
+            1,
+            "no revoke while b holds it"
+        );
+        drop(b);
+        assert!(grants.list().await.0.is_empty());
+        let changes = firewall.changes.lock().unwrap().clone();
+        assert_eq!(changes.last().unwrap().revoke, vec![subnet("192.0.2.1")]);
+    }
+
+    #[tokio::test]
+    async fn max_clients_is_never_exceeded() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 3);
+        let all = futures_util::future::join_all(
+            (1..=10).map(|k| grants.acquire(request(&format!("198.18.{k}.2"), LONG))),
+        )
+        .await;
+        assert_eq!(all.iter().filter(|r| r.is_ok()).count(), 3);
+        assert_eq!(
+            all.iter()
+                .filter(|r| matches!(r, Err(AcquireError::Full(3))))
+                .count(),
+            7
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_revoke_keeps_its_slot_until_a_retry_succeeds() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 1);
+        let lease = grants.acquire(request("192.0.2.9", LONG)).await.unwrap();
+        *firewall.fail_revokes.lock().unwrap() = true;
+        drop(lease);
+        let (_, occupancy) = grants.list().await;
+        assert_eq!(occupancy.stuck_revokes, 1);
+        assert!(matches!(
+            grants.acquire(request("198.18.1.2", LONG)).await,
+            Err(AcquireError::Full(1))
+        ));
+        *firewall.fail_revokes.lock().unwrap() = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while grants.list().await.1.stuck_revokes > 0 {
+            assert!(std::time::Instant::now() < deadline, "the retry never came");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(grants.acquire(request("198.18.1.2", LONG)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_owner_ends_a_session_at_its_deadline_and_revokes_it() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 1);
+        let mut lease = grants
+            .acquire(request("192.0.2.9", Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(lease.ended().await, EndReason::Deadline);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(grants.list().await.0.is_empty());
+        assert_eq!(
+            firewall.changes.lock().unwrap().last().unwrap().revoke,
+            vec![subnet("192.0.2.9")]
+        );
+    }
+
+    #[tokio::test]
+    async fn revoke_by_ip_ends_every_session_of_the_subnet_after_the_rule_is_gone() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 5);
+        let mut a = grants.acquire(request("192.0.2.1", LONG)).await.unwrap();
+        let mut b = grants.acquire(request("192.0.2.200", LONG)).await.unwrap();
+        let _other = grants.acquire(request("198.18.1.2", LONG)).await.unwrap();
+        let ids = grants
+            .revoke(Selector::Ip("192.0.2.77".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(ids, vec![a.id(), b.id()]);
+        assert_eq!(
+            firewall.changes.lock().unwrap().last().unwrap().revoke,
+            vec![subnet("192.0.2.1")]
+        );
+        assert_eq!(a.ended().await, EndReason::Revoked);
+        assert_eq!(b.ended().await, EndReason::Revoked);
+        assert_eq!(grants.list().await.0.len(), 1);
     }
 }

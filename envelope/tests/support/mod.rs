@@ -202,7 +202,18 @@ impl Daemon {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn envelope");
+        Daemon::launch(cmd, dir, options.tls, options.metrics)
+    }
+
+    /// Spawns `cmd` (stderr captured) and waits (bounded) for its listening line,
+    /// and for the metrics one too when `metrics`.
+    fn launch(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        tls: bool,
+        metrics: bool,
+    ) -> Result<Daemon, (String, String)> {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn envelope");
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
@@ -218,7 +229,7 @@ impl Daemon {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             metrics_addr: None,
-            tls: options.tls,
+            tls,
             dir,
             logs,
         };
@@ -226,11 +237,11 @@ impl Daemon {
         loop {
             let text = daemon.logs();
             let listen = find_address(&text, "listen-address listening address=");
-            let metrics = find_address(&text, "metrics-address listening address=");
+            let metrics_addr = find_address(&text, "metrics-address listening address=");
             if let Some(addr) = listen {
-                if !options.metrics || metrics.is_some() {
+                if !metrics || metrics_addr.is_some() {
                     daemon.addr = addr;
-                    daemon.metrics_addr = metrics;
+                    daemon.metrics_addr = metrics_addr;
                     return Ok(daemon);
                 }
             }
@@ -541,43 +552,8 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn envelope");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut all = sink.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        let mut daemon = Daemon {
-            child: Some(child),
-            addr: "0.0.0.0:0".parse().unwrap(),
-            metrics_addr: None,
-            tls,
-            dir,
-            logs,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(addr) = find_address(&daemon.logs(), "listen-address listening address=") {
-                daemon.addr = addr;
-                return daemon;
-            }
-            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                panic!("envelope exited with {status}\n{}", daemon.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no listening line within 20 s\n{}",
-                daemon.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Daemon::launch(cmd, dir, tls, false)
+            .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
 }
 
