@@ -675,3 +675,46 @@ async fn every_command_in_the_operations_doc_works_in_a_namespace() {
     );
     assert_eq!(envelope_lines(&ns), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_in_flight_grant_leaves_no_rule() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let bins = FaultyBins::new();
+    let base = ns.save_both();
+    let mut daemon = Daemon::start(options(
+        &ns,
+        &[
+            &format!("--iptables-dir={}", bins.path()),
+            "--firewall-timeout=5s",
+        ],
+    ));
+    // Every following restore takes 2 s; the grant is still running at SIGTERM.
+    bins.set(Some("slow"));
+    let attempt = async {
+        ws_from(&ns, None, SERVER_V4, &support::token())
+            .await
+            .map(|_| ())
+    };
+    let terminate = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while bins.calls() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the grant never reached iptables-restore"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The restore has its batch and is inside its 2 s: the grant is in flight.
+        daemon.signal("TERM");
+    };
+    let (_outcome, ()) = tokio::join!(attempt, terminate);
+    let status = daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{}", daemon.logs());
+    assert_eq!(
+        ns.save_both(),
+        base,
+        "a rule survived SIGTERM during a grant\n{}",
+        daemon.logs()
+    );
+}

@@ -468,6 +468,7 @@ if [ -f "$dir/fault" ]; then
       fail) echo "injected failure (call $n)" >&2; exit 1 ;;
       lock) echo "Another app is currently holding the xtables lock (call $n)" >&2; exit 4 ;;
       hang) exec sleep 60 ;;
+      slow) sleep 2 ;;
     esac
   fi
 fi
@@ -501,7 +502,7 @@ rc=$?; echo "-> exit $rc" >> "$dir/batches"; exit $rc
             .unwrap_or(0)
     }
 
-    /// `Some("fail")`, `Some("hang")`, `Some("lock")` for every following restore
+    /// `Some("fail")`, `Some("hang")`, `Some("lock")`, `Some("slow")` (2 s, then succeed) for every following restore
     /// call, or `None` to stop failing.
     pub fn set(&self, action: Option<&str>) {
         let path = self.dir.path().join("fault");
