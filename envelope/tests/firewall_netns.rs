@@ -718,3 +718,50 @@ async fn sigterm_during_an_in_flight_grant_leaves_no_rule() {
         daemon.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_backend_guards_and_cleans_up_too() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let legacy = tempfile::tempdir().unwrap();
+    for (name, target) in [
+        ("iptables", "iptables-legacy"),
+        ("ip6tables", "ip6tables-legacy"),
+        ("iptables-restore", "iptables-legacy-restore"),
+        ("ip6tables-restore", "ip6tables-legacy-restore"),
+    ] {
+        std::os::unix::fs::symlink(format!("/usr/sbin/{target}"), legacy.path().join(name))
+            .unwrap();
+    }
+    let save = || {
+        let v4 = ns.server_cmd(&["/usr/sbin/iptables-legacy-save"]);
+        let v6 = ns.server_cmd(&["/usr/sbin/ip6tables-legacy-save"]);
+        (
+            testbed::normalize(&String::from_utf8_lossy(&v4.stdout)),
+            testbed::normalize(&String::from_utf8_lossy(&v6.stdout)),
+        )
+    };
+    // A host's filter table exists before the envelope starts; a fresh namespace's
+    // is made on first use, so list it once.
+    ns.server_cmd(&["/usr/sbin/iptables-legacy", "-S"]);
+    ns.server_cmd(&["/usr/sbin/ip6tables-legacy", "-S"]);
+    let base = save();
+    let mut daemon = Daemon::start(options(
+        &ns,
+        &[&format!("--iptables-dir={}", legacy.path().display())],
+    ));
+    assert!(
+        daemon.logs().contains("backend=iptables (legacy)"),
+        "{}",
+        daemon.logs()
+    );
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    assert!(!ns.client_can_reach(service));
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert!(ns.client_can_reach(service));
+    close(ws).await;
+    ns.wait_reach(service, false, Duration::from_secs(1));
+    let status = daemon.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(save(), base, "legacy rules left behind");
+}
