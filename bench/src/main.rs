@@ -103,7 +103,20 @@ fn main() -> anyhow::Result<()> {
     let lab = Lab::new(envelope, lab::find_testdata()?, cli.burst)?;
     let mut report = Report::default();
 
-    println!("== firewall: ours (group-committed iptables-restore) vs the Go original's sequence");
+    println!("== floor: one warm iptables-restore deleting one rule (no envelope)");
+    let (server_ns, service) = (lab.ns.server.clone(), lab.service());
+    let floor = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move { measure::warm_restore_floor(server_ns, service, 20).await })
+    })?;
+    println!(
+        "   batch handed over → service refused: p50 {} p90 {}",
+        ms(floor.pct(50)),
+        ms(floor.pct(90))
+    );
+
+    println!(
+        "\n== firewall: ours (group-committed iptables-restore) vs the Go original's sequence"
+    );
     let ours = firewall_round(&lab, "ours", &[], cli.sessions)?;
     let go = firewall_round(&lab, "go", &["--firewall-go-sequential"], cli.sessions)?;
     for (what, o, g, goal) in [
@@ -124,6 +137,12 @@ fn main() -> anyhow::Result<()> {
             "revoke p90",
             ours.revoke.pct(90),
             go.revoke.pct(90),
+            f64::NAN,
+        ),
+        (
+            "revoke p50 vs the warm-restore floor",
+            ours.revoke.pct(50),
+            floor.pct(50),
             f64::NAN,
         ),
         (

@@ -182,3 +182,116 @@ pub async fn hold_many(
     }
     Ok(held)
 }
+
+/// The floor under any process-based revoke: a warm `iptables-restore` (started
+/// and waiting) is handed a one-rule delete; time until the service refuses.
+/// Runs without an envelope, on a chain of its own in the server namespace.
+pub async fn warm_restore_floor(
+    server_ns: String,
+    service: SocketAddr,
+    rounds: usize,
+) -> anyhow::Result<Sample> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let ip = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &server_ns])
+            .args(args)
+            .status()?;
+        anyhow::ensure!(status.success(), "{args:?} failed");
+        Ok(())
+    };
+    let port = service.port().to_string();
+    ip(&["iptables", "-w", "-N", "BENCH-FLOOR"])?;
+    ip(&[
+        "iptables",
+        "-w",
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "BENCH-FLOOR",
+    ])?;
+    ip(&[
+        "iptables",
+        "-w",
+        "-I",
+        "INPUT",
+        "2",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ])?;
+    let rule = [
+        "-s",
+        "192.0.2.0/24",
+        "-m",
+        "comment",
+        "--comment",
+        "bench floor",
+        "-j",
+        "ACCEPT",
+    ];
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let mut add = vec!["iptables", "-w", "-A", "BENCH-FLOOR"];
+        add.extend(rule);
+        ip(&add)?;
+        anyhow::ensure!(!refused(service)?, "the floor rule must open the service");
+        let mut spare = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server_ns,
+                "iptables-restore",
+                "--noflush",
+                "-w",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let mut stdin = spare.stdin.take().expect("piped");
+        stdin.write_all(b"*filter\n-D BENCH-FLOOR -s 192.0.2.0/24 -m comment --comment \"bench floor\" -j ACCEPT\nCOMMIT\n")?;
+        drop(stdin);
+        let gone = wait_refused(service, Duration::from_secs(5))?;
+        times.push(gone - started);
+        anyhow::ensure!(spare.wait()?.success(), "the floor restore failed");
+    }
+    ip(&[
+        "iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "BENCH-FLOOR",
+    ])?;
+    ip(&[
+        "iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ])?;
+    ip(&["iptables", "-w", "-X", "BENCH-FLOOR"])?;
+    Ok(Sample::new(times))
+}
