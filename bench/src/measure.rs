@@ -202,34 +202,30 @@ pub async fn warm_restore_floor(
         Ok(())
     };
     let port = service.port().to_string();
-    ip(&["iptables", "-w", "-N", "BENCH-FLOOR"])?;
-    ip(&[
-        "iptables",
-        "-w",
-        "-I",
+    // In front of everything for the service port: our chain, then a reset.
+    let jump = [
         "INPUT",
         "-p",
         "tcp",
         "--dport",
-        &port,
+        port.as_str(),
         "-j",
         "BENCH-FLOOR",
-    ])?;
-    ip(&[
-        "iptables",
-        "-w",
-        "-I",
+    ];
+    let reject = [
         "INPUT",
-        "2",
         "-p",
         "tcp",
         "--dport",
-        &port,
+        port.as_str(),
         "-j",
         "REJECT",
         "--reject-with",
         "tcp-reset",
-    ])?;
+    ];
+    ip(&["iptables", "-w", "-N", "BENCH-FLOOR"])?;
+    ip(&[&["iptables", "-w", "-I"][..], &jump].concat())?;
+    ip(&[&["iptables", "-w", "-A"][..], &reject].concat())?;
     let rule = [
         "-s",
         "192.0.2.0/24",
@@ -266,32 +262,8 @@ pub async fn warm_restore_floor(
         times.push(gone - started);
         anyhow::ensure!(spare.wait()?.success(), "the floor restore failed");
     }
-    ip(&[
-        "iptables",
-        "-w",
-        "-D",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        &port,
-        "-j",
-        "BENCH-FLOOR",
-    ])?;
-    ip(&[
-        "iptables",
-        "-w",
-        "-D",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        &port,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-    ])?;
+    ip(&[&["iptables", "-w", "-D"][..], &jump].concat())?;
+    ip(&[&["iptables", "-w", "-D"][..], &reject].concat())?;
     ip(&["iptables", "-w", "-X", "BENCH-FLOOR"])?;
     Ok(Sample::new(times))
 }

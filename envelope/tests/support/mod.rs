@@ -421,15 +421,7 @@ pub async fn ws_connect(
     ),
     tokio_tungstenite::tungstenite::Error,
 > {
-    let mut request = daemon.url(token).into_client_request()?;
-    if subprotocol {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    let stream = connect(daemon.addr, daemon.tls).await?;
-    tokio_tungstenite::client_async(request, stream).await
+    ws_connect_with(daemon, token, subprotocol, None, &[]).await
 }
 
 /// The HTTP status of a failed WebSocket handshake (panics if it succeeded).
