@@ -393,10 +393,24 @@ async fn firewall_faults_fail_safe() {
 
     // 4. The revoke fails: the grant stays (fail safe) and keeps the slot while it
     //    is retried, and is gone once the firewall works again.
+    let failed_revokes = |d: &Daemon| {
+        d.logs()
+            .lines()
+            .filter(|l| {
+                l.contains("firewall change failed") && l.contains("revoke=[\"192.0.2.0/24\"]")
+            })
+            .count()
+    };
+    let earlier = failed_revokes(&daemon);
     let ws = session(&ns, SERVER_V4, &daemon).await;
     bins.set(Some("fail"));
     close(ws).await;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait for the revoke and its first retry to have failed.
+    daemon.wait_for(
+        Duration::from_secs(5),
+        "a failed revoke and a failed retry",
+        |d| failed_revokes(d) >= earlier + 2,
+    );
     assert_eq!(
         ns.grant_rules().len(),
         1,
