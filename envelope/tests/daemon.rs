@@ -1174,6 +1174,34 @@ mod observability {
     use super::*;
 
     #[tokio::test]
+    async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+        let daemon = Daemon::start(Options::default().arg("--log-format=json"));
+        let token = token();
+        let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, "valid");
+        close(ws).await;
+        daemon.wait_for(Duration::from_secs(2), "the request line", |d| {
+            d.logs().contains("\"message\":\"request\"")
+        });
+        let logs = daemon.logs();
+        for line in logs.lines() {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(value["level"].is_string(), "{line}");
+        }
+        let request: serde_json::Value = logs
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["message"] == "request")
+            .unwrap();
+        assert_eq!(request["method"], "GET");
+        assert_eq!(request["path"], ACCESS_PATH);
+        assert_eq!(request["status"], 101);
+        assert!(request["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(request["duration_ms"].is_f64());
+        assert!(!logs.contains(&token) && !logs.contains("access_token"));
+    }
+
+    #[tokio::test]
     async fn metrics_count_requests_and_logs_never_show_tokens() {
         let daemon = Daemon::start(Options {
             metrics: true,

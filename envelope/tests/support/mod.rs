@@ -158,8 +158,10 @@ impl Daemon {
                 dir.path().join("admin.sock").display()
             ));
         }
-        cmd.arg("--log-format=text")
-            .env("RUST_LOG", "info")
+        if !options.extra.iter().any(|a| a.starts_with("--log-format")) {
+            cmd.arg("--log-format=text");
+        }
+        cmd.env("RUST_LOG", "info")
             .env_remove("ENVELOPE_ADMIN_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -370,8 +372,20 @@ impl Drop for Daemon {
 }
 
 fn find_address(text: &str, marker: &str) -> Option<SocketAddr> {
-    let start = text.find(marker)? + marker.len();
-    text[start..].split_whitespace().next()?.parse().ok()
+    if let Some(start) = text.find(marker) {
+        return text[start + marker.len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok();
+    }
+    // --log-format=json: {"message":"listen-address listening","address":"…",…}
+    let message = marker.trim_end_matches(" address=");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"message\":\"{message}\"")))?;
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value["address"].as_str()?.parse().ok()
 }
 
 /// A TLS client trusting only the insecure test CA.
