@@ -14,6 +14,17 @@ use support::{envelopectl_bin, token, ws_connect, Daemon, Options, Ws};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A copy of envelopectl that any user can execute, wherever the checkout lives
+/// (CI's work tree may sit below a directory other users cannot enter).
+fn envelopectl_for_anyone() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("envelopectl");
+    std::fs::copy(envelopectl_bin(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
+
 fn ctl(socket: &Path, args: &[&str]) -> Output {
     Command::new(envelopectl_bin())
         .arg(format!("--socket={}", socket.display()))
@@ -170,16 +181,16 @@ fn socket_is_0600_and_other_users_are_refused() {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
+    let (_bin_dir, ctl_bin) = envelopectl_for_anyone();
     let as_nobody = |socket: &Path| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(envelopectl_bin())
+            .arg(&ctl_bin)
             .arg(format!("--socket={}", socket.display()))
             .arg("list")
             .output()
             .unwrap()
     };
-    // The binary must be reachable for nobody; tests build it under /work or similar.
     let denied = as_nobody(&socket);
     assert_eq!(denied.status.code(), Some(3), "{}", stderr(&denied));
     assert!(stderr(&denied).contains(&socket.display().to_string()));
@@ -293,4 +304,35 @@ async fn every_command_in_the_admin_api_doc_works() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn admin_group_makes_the_socket_0660_and_lets_its_members_in() {
+    let daemon = Daemon::start(Options::default().arg("--admin-group=nogroup"));
+    let socket = daemon.admin_socket();
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::gid(&meta),
+        65534,
+        "owned by nogroup"
+    );
+    // Let nobody reach the socket's directory; the socket's own mode and the
+    // peer check decide the rest.
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_bin_dir, ctl_bin) = envelopectl_for_anyone();
+    let as_user = |gid: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
+            .arg(&ctl_bin)
+            .arg(format!("--socket={}", socket.display()))
+            .arg("status")
+            .output()
+            .unwrap()
+    };
+    let member = as_user("65534");
+    assert!(member.status.success(), "{}", stderr(&member));
+    // The same user outside the group is refused by the file mode.
+    let outsider = as_user("1");
+    assert_eq!(outsider.status.code(), Some(3), "{}", stderr(&outsider));
 }
