@@ -113,11 +113,19 @@ pub(crate) struct RsaPublic {
     pub(crate) parsed: aws_lc_rs::signature::ParsedPublicKey,
 }
 
+/// P-256 public material: the point (for the JWK) and aws-lc's parsed key, which
+/// verifies about ten times faster than the pure-Rust p256 crate — it matters when
+/// a flood of forged ES256 tokens must be refused at line rate.
+pub(crate) struct EcPublic {
+    pub(crate) key: p256::ecdsa::VerifyingKey,
+    pub(crate) parsed: aws_lc_rs::signature::ParsedPublicKey,
+}
+
 /// The verification material of a [`PublicKey`].
 #[derive(Clone)]
 pub(crate) enum PublicMaterial {
     Ed(ed25519_dalek::VerifyingKey),
-    Ec(p256::ecdsa::VerifyingKey),
+    Ec(Arc<EcPublic>),
     Rsa(Arc<RsaPublic>),
 }
 
@@ -404,13 +412,24 @@ fn ed_public(x: [u8; 32]) -> Result<ed25519_dalek::VerifyingKey, String> {
     Ok(key)
 }
 
-fn ec_public(x: &[u8; 32], y: &[u8; 32]) -> Result<p256::ecdsa::VerifyingKey, String> {
+fn ec_public(x: &[u8; 32], y: &[u8; 32]) -> Result<EcPublic, String> {
     let mut sec1 = [0u8; 65];
     sec1[0] = 4;
     sec1[1..33].copy_from_slice(x);
     sec1[33..].copy_from_slice(y);
-    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-        .map_err(|_| "EC point (x, y) is not on curve P-256".to_string())
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+        .map_err(|_| "EC point (x, y) is not on curve P-256".to_string())?;
+    ec_from_key(key)
+}
+
+fn ec_from_key(key: p256::ecdsa::VerifyingKey) -> Result<EcPublic, String> {
+    let point = key.to_encoded_point(false);
+    let parsed = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        point.as_bytes(),
+    )
+    .map_err(|e| format!("invalid P-256 public key: {e}"))?;
+    Ok(EcPublic { key, parsed })
 }
 
 fn rsa_public(n: &[u8], e: &[u8]) -> Result<RsaPublic, String> {
@@ -456,7 +475,7 @@ fn public_material(raw: &RawJwk, alg: Algorithm) -> Result<PublicMaterial, Strin
         Algorithm::ES256 => {
             let x = decode_fixed::<32>(&raw.x, "x", "P-256")?;
             let y = decode_fixed::<32>(&raw.y, "y", "P-256")?;
-            PublicMaterial::Ec(ec_public(&x, &y)?)
+            PublicMaterial::Ec(Arc::new(ec_public(&x, &y)?))
         }
         Algorithm::RS256 => {
             let n = decode_member(&raw.n, "n")?;
@@ -504,14 +523,14 @@ fn private_from_raw(raw: &RawJwk) -> Result<PrivateKey, String> {
             }
             PrivateMaterial::Ed(sk)
         }
-        (Algorithm::ES256, PublicMaterial::Ec(vk)) => {
+        (Algorithm::ES256, PublicMaterial::Ec(ec)) => {
             let d = private_string(&raw.d, "d")?;
             if d.len() != 32 {
                 return Err(format!("P-256 \"d\" must be 32 bytes, found {}", d.len()));
             }
             let sk = p256::ecdsa::SigningKey::from_slice(&d)
                 .map_err(|_| "P-256 \"d\" is not a valid private scalar".to_string())?;
-            if *sk.verifying_key() != vk {
+            if *sk.verifying_key() != ec.key {
                 return Err("private key \"d\" does not match public key (x, y)".to_string());
             }
             PrivateMaterial::Ec(sk)
@@ -602,8 +621,8 @@ impl PublicKey {
         let mut out = OutJwk::new(&self.kid, self.alg);
         match &self.material {
             PublicMaterial::Ed(vk) => out.x = Some(b64_encode(vk.as_bytes())),
-            PublicMaterial::Ec(vk) => {
-                let point = vk.to_encoded_point(false);
+            PublicMaterial::Ec(ec) => {
+                let point = ec.key.to_encoded_point(false);
                 out.x = point.x().map(|x| b64_encode(x));
                 out.y = point.y().map(|y| b64_encode(y));
             }
@@ -653,7 +672,9 @@ impl PrivateKey {
     pub fn public_key(&self) -> PublicKey {
         let material = match &self.material {
             PrivateMaterial::Ed(sk) => PublicMaterial::Ed(sk.verifying_key()),
-            PrivateMaterial::Ec(sk) => PublicMaterial::Ec(*sk.verifying_key()),
+            PrivateMaterial::Ec(sk) => PublicMaterial::Ec(Arc::new(
+                ec_from_key(*sk.verifying_key()).expect("a P-256 signing key has a valid point"),
+            )),
             PrivateMaterial::Rsa(rsa) => PublicMaterial::Rsa(Arc::new(
                 rsa_public(&rsa.n, &rsa.e).expect("checked when the private key was made"),
             )),

@@ -302,11 +302,10 @@ fn check_signature(key: &PublicKey, message: &[u8], signature: &[u8]) -> Result<
             }
             Err(_) => false,
         },
-        PublicMaterial::Ec(vk) => {
-            use p256::ecdsa::signature::Verifier as _;
-            signature.len() == 64
-                && p256::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+        // Fixed-length R‖S only (a DER signature is 70-odd bytes and fails here);
+        // aws-lc rejects r or s of zero or ≥ n.
+        PublicMaterial::Ec(ec) => {
+            signature.len() == 64 && ec.parsed.verify_sig(message, signature).is_ok()
         }
         PublicMaterial::Rsa(rsa) => rsa.parsed.verify_sig(message, signature).is_ok(),
     };
