@@ -198,6 +198,13 @@ fn wrong_audience_token() -> String {
 }
 
 /// Closes politely and drains until the server closes too.
+/// The session holds exactly one grant; closing it revokes that within 1 s.
+async fn one_grant_then_revoked_on_close(daemon: &Daemon, ws: Ws) {
+    assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
+    close(ws).await;
+    await_journal(daemon, REVOKE, 1, Duration::from_secs(1)).await;
+}
+
 async fn close(mut ws: Ws) {
     let _ = ws.close(None).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
@@ -288,9 +295,7 @@ mod table {
         );
         assert_eq!(response.status().as_u16(), 101);
         assert_eq!(subprotocol_header(&response).as_deref(), Some(SUBPROTOCOL));
-        assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
-        close(ws).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
+        one_grant_then_revoked_on_close(&daemon, ws).await;
     }
 
     #[tokio::test]
@@ -490,9 +495,7 @@ mod table {
         assert_eq!(response.status().as_u16(), 101);
         assert_eq!(subprotocol_header(&response).as_deref(), Some(SUBPROTOCOL));
         // Read right after the handshake returned: the grant was there before the 101.
-        assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
-        close(offered).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
+        one_grant_then_revoked_on_close(&daemon, offered).await;
 
         let (plain, response) = expect_ok(
             ws_connect(&daemon, Some(&token()), false).await,
@@ -842,9 +845,7 @@ mod network {
         // The peer arrives as ::ffff:127.0.0.1 on the dual-stack socket.
         daemon.addr = std::net::SocketAddr::new([127, 0, 0, 1].into(), daemon.addr.port());
         let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token()), true).await, "over IPv4");
-        assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
-        close(ws).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
+        one_grant_then_revoked_on_close(&daemon, ws).await;
     }
 
     #[tokio::test]
@@ -1031,9 +1032,7 @@ mod lifecycle {
         );
         let (ws, response) = expect_ok(ws_connect(&daemon, None, true).await, "token-less");
         assert_eq!(subprotocol_header(&response).as_deref(), Some(SUBPROTOCOL));
-        assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
-        close(ws).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
+        one_grant_then_revoked_on_close(&daemon, ws).await;
         // A token that is present must still be valid.
         let (status, body) = status_and_body(ws_connect(&daemon, Some("garbage"), true).await);
         assert_eq!(status, 401, "{body}");

@@ -274,26 +274,15 @@ async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
     let mut daemon = Daemon::start(options(&ns, &["--max-clients=2"]));
     let a = session(&ns, SERVER_V4, &daemon).await;
     let b = session(&ns, SERVER_V6, &daemon).await;
-    ns.server_cmd(&[
-        "/usr/sbin/iptables",
-        "-w",
-        "-A",
-        "INPUT",
-        "-s",
-        "203.0.113.9",
-        "-j",
-        "DROP",
-    ]);
-    ns.server_cmd(&[
-        "/usr/sbin/ip6tables",
-        "-w",
-        "-A",
-        "INPUT",
-        "-s",
-        "2001:db8:ffff::9",
-        "-j",
-        "DROP",
-    ]);
+    let foreign = |op: &str| {
+        for (bin, source) in [
+            ("/usr/sbin/iptables", "203.0.113.9"),
+            ("/usr/sbin/ip6tables", "2001:db8:ffff::9"),
+        ] {
+            ns.server_cmd(&[bin, "-w", op, "INPUT", "-s", source, "-j", "DROP"]);
+        }
+    };
+    foreign("-A");
     assert_eq!(ns.grant_rules().len(), 2);
     assert!(
         daemon.terminate(Duration::from_secs(10)).success(),
@@ -310,26 +299,7 @@ async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
         v6.contains("-A INPUT -s 2001:db8:ffff::9/128 -j DROP"),
         "foreign v6 rule lost:\n{v6}"
     );
-    ns.server_cmd(&[
-        "/usr/sbin/iptables",
-        "-w",
-        "-D",
-        "INPUT",
-        "-s",
-        "203.0.113.9",
-        "-j",
-        "DROP",
-    ]);
-    ns.server_cmd(&[
-        "/usr/sbin/ip6tables",
-        "-w",
-        "-D",
-        "INPUT",
-        "-s",
-        "2001:db8:ffff::9",
-        "-j",
-        "DROP",
-    ]);
+    foreign("-D");
     assert_eq!(ns.save_both(), before);
 
     // `envelope --cleanup` removes what a killed instance left.

@@ -1,0 +1,28 @@
+#!/bin/bash
+# The whole test suite (the README's "run every test" command; .ci/run calls it): formatting, lints,
+# every crate's tests (the firewall tests run real iptables inside network
+# namespaces they create, so this runs as root), the demo script, and a tiny
+# benchmark run.
+# Installs what the tests need only when it is missing, so a bare machine works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in iptables-save:iptables ip:iproute2 curl:curl setpriv:util-linux; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+command -v websocat >/dev/null || cargo install -q --locked --root /usr/local websocat@1.14.1
+command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
+# The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
+cargo build -q -p envelope -p envelope-bench
+target/debug/envelope-bench --sessions 3 --burst 4 --flood-secs 1 --flood-conns 4 --held 100
