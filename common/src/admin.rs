@@ -29,6 +29,12 @@ pub struct Grant {
     pub started: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub deadline: OffsetDateTime,
+    /// Seconds the kernel itself still keeps the subnet open (its set member's
+    /// timeout: the deadline plus a safety margin), read when listed; absent
+    /// when the firewall backend has no kernel timeouts. `0` means the kernel
+    /// holds no member for it (deleted by hand, or expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_remaining_seconds: Option<u64>,
 }
 
 /// Answer to every revoke: the ids whose sessions were closed and rules removed.
@@ -88,7 +94,12 @@ mod tests {
         let json = r#"{"id":7,"ip":"192.0.2.7","subnet":"192.0.2.0/24","subject":"ndt","monitoring":false,"started":"2026-11-25T10:00:00Z","deadline":"2026-11-25T10:01:00Z"}"#;
         let grant: Grant = serde_json::from_str(json).unwrap();
         assert_eq!(grant.id, 7);
+        assert_eq!(grant.kernel_remaining_seconds, None);
         assert_eq!(serde_json::to_string(&grant).unwrap(), json);
+        let with_kernel = json.replace('}', r#","kernel_remaining_seconds":64}"#);
+        let grant: Grant = serde_json::from_str(&with_kernel).unwrap();
+        assert_eq!(grant.kernel_remaining_seconds, Some(64));
+        assert_eq!(serde_json::to_string(&grant).unwrap(), with_kernel);
     }
 
     #[test]

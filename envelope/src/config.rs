@@ -14,8 +14,11 @@ use common::Verifier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FirewallKind {
-    /// Real iptables/ip6tables rules on --device.
+    /// Real iptables/ip6tables guard on --device; grants are ipset members
+    /// (falls back to iptables-restore rules where the kernel has no ipset).
     Iptables,
+    /// The same guard with one rule per grant through iptables-restore.
+    IptablesRestore,
     /// Touch nothing (for development, or when another layer guards the host).
     None,
     /// Test backend: append each operation to --firewall-journal.
@@ -228,9 +231,13 @@ pub struct Flags {
     )]
     pub iptables_dir: PathBuf,
 
-    /// Benchmark baseline: grant and revoke the Go original's way (3 commands each).
+    /// Kernel timeout of a grant's set member beyond its session's deadline.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub kernel_margin: Duration,
+
+    /// Test hook: behave as if the kernel had no ipset (exercises the fallback).
     #[arg(long, hide = true)]
-    pub firewall_go_sequential: bool,
+    pub ipset_unavailable: bool,
 
     /// Longest a single firewall command may run before it is killed.
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
@@ -275,7 +282,8 @@ pub struct Config {
     pub firewall_journal_fail_grants: bool,
     pub iptables_dir: PathBuf,
     pub firewall_timeout: Duration,
-    pub firewall_go_sequential: bool,
+    pub kernel_margin: Duration,
+    pub ipset_unavailable: bool,
 }
 
 impl Flags {
@@ -387,7 +395,8 @@ impl Flags {
             firewall_journal_fail_grants: self.firewall_journal_fail_grants,
             iptables_dir,
             firewall_timeout: self.firewall_timeout,
-            firewall_go_sequential: self.firewall_go_sequential,
+            kernel_margin: self.kernel_margin,
+            ipset_unavailable: self.ipset_unavailable,
         })
     }
 }

@@ -20,7 +20,10 @@ use tokio_util::task::TaskTracker;
 use crate::access::{self, plain, Access, HttpResponse};
 use crate::admin::{self, AdminSocket, AdminState};
 use crate::config::{Config, FirewallKind};
-use crate::firewall::{Firewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall};
+use crate::firewall::ipset::NewError;
+use crate::firewall::{
+    Firewall, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall,
+};
 use crate::grants::Grants;
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
@@ -39,10 +42,37 @@ pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>
                 .context("--firewall-journal")?,
             config.firewall_journal_fail_grants,
         )),
-        FirewallKind::Iptables => Arc::new(
+        FirewallKind::Iptables => {
+            let probe = if config.ipset_unavailable {
+                Err(NewError::NoIpset(
+                    std::io::Error::other("--ipset-unavailable").into(),
+                ))
+            } else {
+                IpsetFirewall::new(iptables_config(config), config.kernel_margin).await
+            };
+            match probe {
+                Ok(firewall) => Arc::new(firewall),
+                Err(NewError::Firewall(e)) => {
+                    return Err(anyhow::Error::new(e).context("--firewall iptables"))
+                }
+                Err(NewError::NoIpset(e)) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the kernel offers no ipset: grants fall back to one iptables rule each \
+                         (iptables-restore per change, no kernel timeouts)"
+                    );
+                    Arc::new(
+                        IptablesFirewall::new(iptables_config(config))
+                            .await
+                            .context("--firewall iptables")?,
+                    )
+                }
+            }
+        }
+        FirewallKind::IptablesRestore => Arc::new(
             IptablesFirewall::new(iptables_config(config))
                 .await
-                .context("--firewall iptables")?,
+                .context("--firewall iptables-restore")?,
         ),
     })
 }
@@ -264,16 +294,19 @@ fn iptables_config(config: &Config) -> IptablesConfig {
         proxy_ports: config.proxy_ports.clone(),
         bin_dir: config.iptables_dir.clone(),
         command_timeout: config.firewall_timeout,
-        go_sequential: config.firewall_go_sequential,
     }
 }
 
 /// `envelope --cleanup`: removes everything the envelope ever installs, whatever
 /// the other flags say, and exits.
 pub async fn cleanup(flags: crate::config::Flags) -> anyhow::Result<()> {
+    // Rules first: a set that a rule references cannot be destroyed.
     crate::firewall::iptables::cleanup(&flags.iptables_dir, flags.firewall_timeout)
         .await
         .context("--cleanup")?;
-    tracing::info!("removed every envelope chain and rule");
+    crate::firewall::ipset::cleanup(flags.firewall_timeout)
+        .await
+        .context("--cleanup")?;
+    tracing::info!("removed every envelope chain, rule and set");
     Ok(())
 }

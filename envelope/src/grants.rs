@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::firewall::{Change, Firewall, FirewallError, Subnet};
+use crate::firewall::{Change, Firewall, FirewallError, Opening, Subnet};
 use crate::metrics::Metrics;
 
 pub type GrantId = u64;
@@ -54,6 +54,9 @@ pub struct GrantInfo {
     pub monitoring: bool,
     pub started: SystemTime,
     pub deadline: SystemTime,
+    /// How long the kernel itself still keeps the subnet open (backends with
+    /// kernel timeouts only), as read when the list was asked for.
+    pub kernel_remaining: Option<Duration>,
 }
 
 /// Which grants an operator revokes.
@@ -227,6 +230,8 @@ struct Session {
 struct SubnetState {
     sessions: usize,
     installed: bool,
+    /// The deadline the kernel's copy was opened or last refreshed for.
+    until: Option<Instant>,
 }
 
 struct Owner {
@@ -374,6 +379,7 @@ impl Owner {
             monitoring: request.monitoring,
             started,
             deadline: started + request.deadline.saturating_duration_since(now),
+            kernel_remaining: None,
         };
         self.subnets.entry(subnet).or_default().sessions += 1;
         self.touched.insert(subnet);
@@ -429,18 +435,33 @@ impl Owner {
         }
     }
 
-    /// Brings the kernel in line with the table for every touched subnet.
+    /// The latest deadline among the subnet's live sessions.
+    fn wanted_until(&self, subnet: Subnet) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter(|s| s.info.subnet == subnet)
+            .map(|s| s.deadline)
+            .max()
+    }
+
+    /// Brings the kernel in line with the table for every touched subnet: opens
+    /// new ones, moves an open one's kernel deadline to its latest session's,
+    /// closes those no session holds.
     async fn commit(&mut self) -> Outcome {
         let mut change = Change::default();
         for subnet in std::mem::take(&mut self.touched) {
+            let wanted = self.wanted_until(subnet);
             let state = self.subnets.entry(subnet).or_default();
-            match (state.sessions > 0, state.installed) {
-                (true, false) => change.grant.push(subnet),
-                (false, true) => change.revoke.push(subnet),
-                (false, false) => {
+            match (wanted, state.installed) {
+                (Some(until), false) => change.grant.push(Opening { subnet, until }),
+                (Some(until), true) if state.until != Some(until) => {
+                    change.refresh.push(Opening { subnet, until })
+                }
+                (None, true) => change.revoke.push(subnet),
+                (None, false) => {
                     self.subnets.remove(&subnet);
                 }
-                (true, true) => {}
+                (Some(_), true) => {}
             }
         }
         if change.is_empty() {
@@ -451,21 +472,30 @@ impl Owner {
         let mut failed_revokes = BTreeSet::new();
         if self.apply(&change).await.is_ok() {
             self.mark(&change, &BTreeSet::new(), &BTreeSet::new());
-        } else if change.grant.len() + change.revoke.len() > 1 {
+        } else if change.grant.len() + change.refresh.len() + change.revoke.len() > 1 {
             // Isolate the failure: one transaction per subnet.
-            for &subnet in &change.grant {
+            for &opening in &change.grant {
                 let one = Change {
-                    grant: vec![subnet],
-                    revoke: vec![],
+                    grant: vec![opening],
+                    ..Change::default()
                 };
                 if self.apply(&one).await.is_err() {
-                    failed_grants.insert(subnet);
+                    failed_grants.insert(opening.subnet);
+                }
+            }
+            for &opening in &change.refresh {
+                let one = Change {
+                    refresh: vec![opening],
+                    ..Change::default()
+                };
+                if self.apply(&one).await.is_err() {
+                    failed_grants.insert(opening.subnet);
                 }
             }
             for &subnet in &change.revoke {
                 let one = Change {
-                    grant: vec![],
                     revoke: vec![subnet],
+                    ..Change::default()
                 };
                 if self.apply(&one).await.is_err() {
                     failed_revokes.insert(subnet);
@@ -473,7 +503,8 @@ impl Owner {
             }
             self.mark(&change, &failed_grants, &failed_revokes);
         } else {
-            failed_grants.extend(change.grant.iter().copied());
+            failed_grants.extend(change.granted());
+            failed_grants.extend(change.refresh.iter().map(|o| o.subnet));
             failed_revokes.extend(change.revoke.iter().copied());
             self.mark(&change, &failed_grants, &failed_revokes);
         }
@@ -496,18 +527,18 @@ impl Owner {
     async fn apply(&self, change: &Change) -> Result<(), FirewallError> {
         let started = std::time::Instant::now();
         let result = self.firewall.apply(change).await;
-        let op = if change.grant.is_empty() {
-            "revoke"
-        } else if change.revoke.is_empty() {
-            "grant"
-        } else {
-            "mixed"
+        let opens = !change.grant.is_empty() || !change.refresh.is_empty();
+        let op = match (opens, change.revoke.is_empty()) {
+            (false, _) => "revoke",
+            (true, true) => "grant",
+            (true, false) => "mixed",
         };
         self.metrics
             .observe_firewall(op, started.elapsed(), result.is_ok());
         if let Err(e) = &result {
             tracing::error!(
-                grant = ?change.grant.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                grant = ?change.granted().map(|s| s.to_string()).collect::<Vec<_>>(),
+                refresh = ?change.refresh.iter().map(|o| o.subnet.to_string()).collect::<Vec<_>>(),
                 revoke = ?change.revoke.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 error = %e,
                 "firewall change failed"
@@ -522,9 +553,11 @@ impl Owner {
         failed_grants: &BTreeSet<Subnet>,
         failed_revokes: &BTreeSet<Subnet>,
     ) {
-        for subnet in &change.grant {
-            if !failed_grants.contains(subnet) {
-                self.subnets.entry(*subnet).or_default().installed = true;
+        for opening in change.grant.iter().chain(&change.refresh) {
+            if !failed_grants.contains(&opening.subnet) {
+                let state = self.subnets.entry(opening.subnet).or_default();
+                state.installed = true;
+                state.until = Some(opening.until);
             }
         }
         for subnet in &change.revoke {
@@ -587,6 +620,19 @@ impl Owner {
         let occupancy = self.occupancy();
         let mut list: Vec<GrantInfo> = self.sessions.values().map(|s| s.info.clone()).collect();
         list.sort_by_key(|g| g.id);
+        if !pending.lists.is_empty() {
+            // The kernel's word, read now: a member deleted by hand shows as none.
+            match self.firewall.kernel_expiries().await {
+                Ok(Some(kernel)) => {
+                    for grant in &mut list {
+                        grant.kernel_remaining =
+                            Some(kernel.get(&grant.subnet).copied().unwrap_or_default());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the kernel's grant timeouts"),
+            }
+        }
         for reply in pending.lists {
             let _ = reply.send((list.clone(), occupancy));
         }
@@ -652,9 +698,9 @@ mod tests {
                 self.entered.notify_one();
                 tokio::time::sleep(self.delay).await;
                 let bad_grant = change
-                    .grant
-                    .iter()
-                    .any(|s| self.fail_grants.lock().unwrap().contains(s));
+                    .granted()
+                    .chain(change.refresh.iter().map(|o| o.subnet))
+                    .any(|s| self.fail_grants.lock().unwrap().contains(&s));
                 let bad_revoke = !change.revoke.is_empty() && *self.fail_revokes.lock().unwrap();
                 if bad_grant || bad_revoke {
                     return Err(FirewallError::Failed {
@@ -713,6 +759,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shared_subnet_follows_its_latest_session_deadline() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 10);
+        let short = request("198.18.5.2", Duration::from_secs(60));
+        let long = request("198.18.5.3", Duration::from_secs(120));
+        let (short_until, long_until) = (short.deadline, long.deadline);
+        let first = grants.acquire(short).await.unwrap();
+        let second = grants.acquire(long).await.unwrap();
+        // A list is answered after the releases before it are committed.
+        drop(second);
+        grants.list().await;
+        drop(first);
+        grants.list().await;
+        let changes = firewall.changes.lock().unwrap().clone();
+        let net = subnet("198.18.5.2");
+        let opened = Opening {
+            subnet: net,
+            until: short_until,
+        };
+        let longer = Opening {
+            subnet: net,
+            until: long_until,
+        };
+        assert_eq!(changes[0].grant, [opened]);
+        assert_eq!(
+            changes[1].refresh,
+            [longer],
+            "the later session extends the kernel's timeout"
+        );
+        assert_eq!(
+            changes[2].refresh,
+            [opened],
+            "closing it brings the timeout back"
+        );
+        assert!(
+            changes[2].revoke.is_empty(),
+            "closing one must not cut the other"
+        );
+        assert_eq!(changes[3].revoke, [net]);
+        assert_eq!(changes.len(), 4, "{changes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_fails_only_the_newcomer() {
+        let firewall = Arc::new(FakeFirewall::default());
+        let grants = spawn(&firewall, 10);
+        let first = grants
+            .acquire(request("198.18.6.2", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        firewall
+            .fail_grants
+            .lock()
+            .unwrap()
+            .push(subnet("198.18.6.2"));
+        let second = grants
+            .acquire(request("198.18.6.3", Duration::from_secs(120)))
+            .await;
+        assert!(
+            matches!(second, Err(AcquireError::Firewall(_))),
+            "{second:?}"
+        );
+        let (live, _) = grants.list().await;
+        assert_eq!(live.iter().map(|g| g.id).collect::<Vec<_>>(), [first.id()]);
+        let changes = firewall.changes.lock().unwrap().clone();
+        assert!(changes.iter().all(|c| c.revoke.is_empty()), "{changes:?}");
+    }
+
+    #[tokio::test]
     async fn a_bad_subnet_in_a_shared_transaction_fails_alone() {
         let firewall = Arc::new(FakeFirewall::default());
         firewall
@@ -740,10 +855,11 @@ mod tests {
         let b = grants.acquire(request("192.0.2.2", LONG)).await.unwrap();
         drop(a);
         assert_eq!(grants.list().await.0.len(), 1);
-        assert_eq!(
-            firewall.changes.lock().unwrap().len(),
-            1,
-            "no revoke while b holds it"
+        let changes = firewall.changes.lock().unwrap().clone();
+        assert_eq!(changes[0].grant.len(), 1);
+        assert!(
+            changes.iter().all(|c| c.revoke.is_empty() && c.grant.len() <= 1),
+            "no revoke while b holds it, and only one opening: {changes:?}"
         );
         drop(b);
         assert!(grants.list().await.0.is_empty());

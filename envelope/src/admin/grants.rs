@@ -85,5 +85,6 @@ pub fn to_wire(info: &GrantInfo) -> Grant {
         monitoring: info.monitoring,
         started: OffsetDateTime::from(info.started),
         deadline: OffsetDateTime::from(info.deadline),
+        kernel_remaining_seconds: info.kernel_remaining.map(|d| d.as_secs()),
     }
 }

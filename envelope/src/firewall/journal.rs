@@ -65,9 +65,13 @@ impl Firewall for JournalFirewall {
                     message: "injected failure (--firewall-journal-fail-grants)".to_owned(),
                 });
             }
-            let lines: Vec<String> = (change.grant.iter().map(|s| format!("grant {s}")))
+            // A refresh changes no rule, so the journal does not show it.
+            let lines: Vec<String> = (change.granted().map(|s| format!("grant {s}")))
                 .chain(change.revoke.iter().map(|s| format!("revoke {s}")))
                 .collect();
+            if lines.is_empty() {
+                return Ok(());
+            }
             self.record(&lines)
         })
     }

@@ -1,17 +1,22 @@
 //! The firewall at policy level: set up a default-deny guard, open and close
-//! client subnets, tear everything down. Backends: `iptables` (the real one),
-//! `none` (no-op), and `record` (a journal file, for tests of the daemon).
+//! client subnets, tear everything down. Backends: `iptables+ipset` (the real
+//! one: static rules, grants as kernel set members with timeouts), `iptables`
+//! (one rule per grant through `iptables-restore`, where the kernel has no
+//! ipset), `none` (no-op), and `record` (a journal file, for tests of the daemon).
 
+pub mod ipset;
 pub mod iptables;
 mod journal;
 mod noop;
 mod subnet;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use ipset::IpsetFirewall;
 pub use iptables::{IptablesConfig, IptablesFirewall};
 pub use journal::JournalFirewall;
 pub use noop::NoopFirewall;
@@ -20,18 +25,34 @@ pub use subnet::Subnet;
 /// A boxed future, so backends can sit behind `dyn Firewall`.
 pub type FwFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, FirewallError>> + Send + 'a>>;
 
-/// One atomic change: every subnet in `grant` is opened and every subnet in
-/// `revoke` is closed, all or nothing. The grant owner coalesces concurrent
-/// requests into one change (group commit).
+/// A subnet to open, and until when its sessions need it. Backends with kernel
+/// timeouts let the kernel close it by then (plus a margin) on their own, so a
+/// grant cannot outlive a crashed envelope for long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    pub subnet: Subnet,
+    pub until: tokio::time::Instant,
+}
+
+/// One atomic change: every subnet in `grant` is opened, every subnet in
+/// `refresh` (already open) gets its new `until`, and every subnet in `revoke`
+/// is closed, all or nothing. The grant owner coalesces concurrent requests
+/// into one change (group commit).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Change {
-    pub grant: Vec<Subnet>,
+    pub grant: Vec<Opening>,
+    pub refresh: Vec<Opening>,
     pub revoke: Vec<Subnet>,
 }
 
 impl Change {
     pub fn is_empty(&self) -> bool {
-        self.grant.is_empty() && self.revoke.is_empty()
+        self.grant.is_empty() && self.refresh.is_empty() && self.revoke.is_empty()
+    }
+
+    /// The subnets newly opened.
+    pub fn granted(&self) -> impl Iterator<Item = Subnet> + '_ {
+        self.grant.iter().map(|o| o.subnet)
     }
 }
 
@@ -47,6 +68,11 @@ pub trait Firewall: Send + Sync + fmt::Debug {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()>;
     /// Removes everything the envelope installed. Idempotent.
     fn teardown(&self) -> FwFuture<'_, ()>;
+    /// How long the kernel itself keeps each open subnet open, for backends
+    /// whose members carry kernel timeouts; `None` for the others.
+    fn kernel_expiries(&self) -> FwFuture<'_, Option<BTreeMap<Subnet, Duration>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Why a firewall operation failed.

@@ -43,6 +43,10 @@ impl Subnet {
         self.network
     }
 
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` lies inside this subnet.
     pub fn contains(&self, ip: IpAddr) -> bool {
         Subnet::of_client(ip) == *self

@@ -22,8 +22,15 @@ fn table(grants: &[Grant], now: OffsetDateTime) -> String {
     if grants.is_empty() {
         return "no live grants\n".to_owned();
     }
-    let header = ["ID", "CLIENT", "SUBNET", "SUBJECT", "AGE", "LEFT"].map(String::from);
-    let rows: Vec<[String; 6]> = grants
+    // KERNEL: how long the kernel itself still holds the subnet open.
+    let kernel = grants.iter().any(|g| g.kernel_remaining_seconds.is_some());
+    let mut header: Vec<String> = ["ID", "CLIENT", "SUBNET", "SUBJECT", "AGE", "LEFT"]
+        .map(String::from)
+        .to_vec();
+    if kernel {
+        header.push("KERNEL".into());
+    }
+    let rows: Vec<Vec<String>> = grants
         .iter()
         .map(|g| {
             let subject = if g.monitoring && g.subject != "monitoring" {
@@ -33,17 +40,25 @@ fn table(grants: &[Grant], now: OffsetDateTime) -> String {
             } else {
                 g.subject.clone()
             };
-            [
+            let mut row = vec![
                 g.id.to_string(),
                 g.ip.to_string(),
                 g.subnet.clone(),
                 subject,
                 human((now - g.started).try_into().unwrap_or_default()),
                 human((g.deadline - now).try_into().unwrap_or_default()),
-            ]
+            ];
+            if kernel {
+                row.push(match g.kernel_remaining_seconds {
+                    Some(0) => "gone".to_owned(),
+                    Some(secs) => human(std::time::Duration::from_secs(secs)),
+                    None => "-".to_owned(),
+                });
+            }
+            row
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
@@ -53,8 +68,8 @@ fn table(grants: &[Grant], now: OffsetDateTime) -> String {
     for row in std::iter::once(&header).chain(&rows) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -77,8 +92,12 @@ mod tests {
             monitoring: false,
             started: datetime!(2026-11-25 10:00:00 UTC),
             deadline: datetime!(2026-11-25 10:01:00 UTC),
+            kernel_remaining_seconds: None,
         };
-        let text = table(&[grant], datetime!(2026-11-25 10:00:12 UTC));
+        let text = table(
+            std::slice::from_ref(&grant),
+            datetime!(2026-11-25 10:00:12 UTC),
+        );
         assert_eq!(
             text,
             "ID  CLIENT     SUBNET        SUBJECT  AGE  LEFT\n3   192.0.2.7  192.0.2.0/24  ndt      12s  48s\n"
@@ -86,6 +105,14 @@ mod tests {
         assert_eq!(
             table(&[], datetime!(2026-11-25 10:00:12 UTC)),
             "no live grants\n"
+        );
+        let kernel = Grant {
+            kernel_remaining_seconds: Some(53),
+            ..grant
+        };
+        assert_eq!(
+            table(&[kernel], datetime!(2026-11-25 10:00:12 UTC)),
+            "ID  CLIENT     SUBNET        SUBJECT  AGE  LEFT  KERNEL\n3   192.0.2.7  192.0.2.0/24  ndt      12s  48s   53s\n"
         );
     }
 }

@@ -13,9 +13,8 @@
 //! also from a listing, so a rule someone deleted by hand counts as revoked; a
 //! lock, permission or timeout failure is never taken as "absent".
 
-mod command;
-mod go_sequential;
-mod rules;
+pub(crate) mod command;
+pub(crate) mod rules;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,12 +39,10 @@ pub struct IptablesConfig {
     pub bin_dir: PathBuf,
     /// Longest any single command may run before it is killed.
     pub command_timeout: Duration,
-    /// Benchmark baseline only: grant and revoke the Go original's way.
-    pub go_sequential: bool,
 }
 
 /// The four binaries the backend drives.
-const BINARIES: [&str; 4] = [
+pub(crate) const BINARIES: [&str; 4] = [
     "iptables",
     "ip6tables",
     "iptables-restore",
@@ -61,7 +58,6 @@ pub struct IptablesFirewall {
     mode: String,
     runner: Runner,
     state: Mutex<State>,
-    go_sequential: bool,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +86,33 @@ struct FamilyState {
 impl IptablesFirewall {
     /// Checks the binaries and detects the backend (nf_tables or legacy).
     pub async fn new(config: IptablesConfig) -> Result<IptablesFirewall, FirewallError> {
+        Self::with_spares(config, true).await
+    }
+
+    /// The guard alone, for a backend that keeps grants elsewhere (ipset): it
+    /// runs `iptables-restore` only at set-up and teardown, so no warm spares.
+    pub(crate) async fn guard_only(
+        config: IptablesConfig,
+    ) -> Result<IptablesFirewall, FirewallError> {
+        Self::with_spares(config, false).await
+    }
+
+    pub(crate) fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    pub(crate) fn mode(&self) -> &str {
+        &self.mode
+    }
+
+    pub(crate) fn proxy_ports(&self) -> &[u16] {
+        &self.proxy_ports
+    }
+
+    async fn with_spares(
+        config: IptablesConfig,
+        spares: bool,
+    ) -> Result<IptablesFirewall, FirewallError> {
         if !rules::valid_device(&config.device) {
             return Err(FirewallError::Failed {
                 operation: "--device".into(),
@@ -117,7 +140,7 @@ impl IptablesFirewall {
             });
         }
         // Warm spares are safe only where restore takes no lock before its input.
-        let runner = if mode == "nf_tables" {
+        let runner = if spares && mode == "nf_tables" {
             runner.with_warm_restore()
         } else {
             runner
@@ -145,7 +168,6 @@ impl IptablesFirewall {
             mode,
             runner,
             state: Mutex::new(State::default()),
-            go_sequential: config.go_sequential,
         })
     }
 
@@ -166,21 +188,6 @@ impl IptablesFirewall {
         grant: &[Subnet],
         revoke: &[Subnet],
     ) -> Result<(), FirewallError> {
-        if self.go_sequential {
-            for subnet in grant {
-                if !state.installed.contains(subnet) {
-                    go_sequential::grant(&self.runner, subnet).await?;
-                    state.installed.insert(*subnet);
-                }
-            }
-            for subnet in revoke {
-                if state.installed.contains(subnet) {
-                    go_sequential::revoke(&self.runner, subnet).await?;
-                    state.installed.remove(subnet);
-                }
-            }
-            return Ok(());
-        }
         let mut target = state.installed.clone();
         target.extend(grant.iter().copied());
         for subnet in revoke {
@@ -309,6 +316,8 @@ impl Firewall for IptablesFirewall {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
+            // One rule per subnet, whatever its deadline: a refresh changes nothing here.
+            let granted: Vec<Subnet> = change.granted().collect();
             let split = |list: &[Subnet], family| -> Vec<Subnet> {
                 list.iter()
                     .filter(|s| Family::of(s) == family)
@@ -317,7 +326,7 @@ impl Firewall for IptablesFirewall {
             };
             let mut done: Vec<(Family, FamilyState)> = Vec::new();
             for family in Family::ALL {
-                let grant = split(&change.grant, family);
+                let grant = split(&granted, family);
                 let revoke = split(&change.revoke, family);
                 if grant.is_empty() && revoke.is_empty() {
                     continue;
@@ -376,7 +385,7 @@ impl Firewall for IptablesFirewall {
 }
 
 /// Removes our jump(s) and chains from one family, if there are any.
-async fn remove_family(runner: &Runner, family: Family) -> Result<(), FirewallError> {
+pub(crate) async fn remove_family(runner: &Runner, family: Family) -> Result<(), FirewallError> {
     let listing = rules::parse_listing(&runner.list(family, None).await?);
     let lines = rules::removal(&listing);
     if lines.is_empty() {
@@ -420,7 +429,6 @@ mod tests {
             proxy_ports: vec![80, 443],
             bin_dir: dir,
             command_timeout: Duration::from_secs(1),
-            go_sequential: false,
         })
         .await;
         let message = result.unwrap_err().to_string();
@@ -435,7 +443,6 @@ mod tests {
             proxy_ports: vec![],
             bin_dir: "/usr/sbin".into(),
             command_timeout: Duration::from_secs(1),
-            go_sequential: false,
         })
         .await;
         assert!(result.is_err());

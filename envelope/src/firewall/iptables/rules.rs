@@ -356,6 +356,23 @@ pub fn install(
     lines
 }
 
+/// The static rules that make ENVELOPE-GRANTS accept members of the envelope's
+/// sets: sources in `nets` (one hash:net set per family), and tcp to a port in
+/// `ports` (a bitmap:port set whose members exist while the family has a grant).
+pub fn set_rules(nets: &str, ports: Option<&str>) -> Vec<String> {
+    let mut lines = vec![format!(
+        "-A {GRANTS_CHAIN} -m set --match-set {nets} src {} -j ACCEPT",
+        comment(&format!("grants in set {nets}"))
+    )];
+    if let Some(ports) = ports {
+        lines.push(format!(
+            "-A {GRANTS_CHAIN} -p tcp -m set --match-set {ports} dst {} -j ACCEPT",
+            comment(&format!("proxy ports in set {ports}"))
+        ));
+    }
+    lines
+}
+
 /// Wraps batch lines into an `iptables-restore` document for the filter table.
 pub fn document(lines: &[String]) -> String {
     let mut text = String::from("*filter\n");

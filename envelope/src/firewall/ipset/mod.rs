@@ -1,0 +1,492 @@
+//! The `iptables+ipset` backend, the default where the kernel has ipset.
+//!
+//! The iptables guard is the same as the `iptables` backend's (own chains,
+//! default-deny on `--device`, installed and removed with `iptables-restore` at
+//! start-up and exit), but ENVELOPE-GRANTS holds only static rules that match
+//! the envelope's kernel sets:
+//!
+//! ```text
+//! envelope-v4, envelope-v6              hash:net   one member per granted /24 or /64
+//! envelope-proxy-v4, envelope-proxy-v6  bitmap:port the proxy ports, while the family has a grant
+//! ```
+//!
+//! Grants and revokes are set members added and deleted over one netlink socket
+//! the daemon keeps open ([`socket`]): no process per change, a few microseconds
+//! each, many in one send. Every member carries a kernel timeout of its deadline
+//! plus a margin, so the kernel closes every grant by itself even if the envelope
+//! is killed and never restarted. A change is all or nothing: the kernel applies
+//! members one by one, so what it took before a failure is rolled back here.
+
+mod socket;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+pub use self::socket::{IpsetError, IpsetSocket};
+use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
+use super::iptables::rules::{self, Family};
+use super::iptables::{IptablesConfig, IptablesFirewall};
+use super::{Change, Firewall, FirewallError, FwFuture, Subnet};
+
+/// Default timeout of a member added by hand without one (the envelope always
+/// gives its own).
+const DEFAULT_TIMEOUT_SECS: u32 = 3600;
+/// Most members per net set.
+const MAX_ELEMENTS: u32 = 65_536;
+
+/// The hash:net set holding one family's granted subnets.
+pub fn nets_set(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "envelope-v4",
+        Family::V6 => "envelope-v6",
+    }
+}
+
+/// The bitmap:port set holding the proxy ports while the family has a grant.
+pub fn ports_set(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "envelope-proxy-v4",
+        Family::V6 => "envelope-proxy-v6",
+    }
+}
+
+/// Every set the envelope ever creates.
+const ALL_SETS: [&str; 4] = [
+    "envelope-v4",
+    "envelope-v6",
+    "envelope-proxy-v4",
+    "envelope-proxy-v6",
+];
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => FAMILY_INET,
+        Family::V6 => FAMILY_INET6,
+    }
+}
+
+/// Why the backend could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NewError {
+    /// The kernel (or this namespace) has no usable ipset: fall back to rules.
+    #[error("the kernel offers no usable ipset")]
+    NoIpset(#[source] IpsetError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+}
+
+/// The kernel's set-type revisions this backend creates sets with.
+#[derive(Debug, Clone, Copy)]
+struct Revisions {
+    net_v4: u8,
+    net_v6: u8,
+    port: u8,
+}
+
+#[derive(Debug)]
+pub struct IpsetFirewall {
+    guard: IptablesFirewall,
+    margin: Duration,
+    revisions: Revisions,
+    socket: Mutex<IpsetSocket>,
+    state: Mutex<State>,
+}
+
+/// What the kernel holds, as far as the backend knows.
+#[derive(Debug, Default, Clone)]
+struct State {
+    v4: FamilyState,
+    v6: FamilyState,
+}
+
+impl State {
+    fn family(&mut self, family: Family) -> &mut FamilyState {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct FamilyState {
+    /// Granted subnets and the deadline their kernel timeout was set from.
+    members: BTreeMap<Subnet, Instant>,
+    /// The deadline the proxy ports' timeout was set from, while any grant is open.
+    ports_until: Option<Instant>,
+}
+
+impl FamilyState {
+    fn latest(&self) -> Option<Instant> {
+        self.members.values().max().copied()
+    }
+}
+
+impl IpsetFirewall {
+    /// Checks the iptables binaries, opens the netlink socket and asks the
+    /// kernel for the set types. `NewError::NoIpset` means: use the `iptables`
+    /// backend instead.
+    pub async fn new(config: IptablesConfig, margin: Duration) -> Result<IpsetFirewall, NewError> {
+        let timeout = config.command_timeout;
+        let guard = IptablesFirewall::guard_only(config).await?;
+        let mut socket = IpsetSocket::open(timeout)
+            .await
+            .map_err(NewError::NoIpset)?;
+        let revisions = Revisions {
+            net_v4: socket
+                .type_revision("hash:net", FAMILY_INET)
+                .await
+                .map_err(NewError::NoIpset)?,
+            net_v6: socket
+                .type_revision("hash:net", FAMILY_INET6)
+                .await
+                .map_err(NewError::NoIpset)?,
+            port: socket
+                .type_revision("bitmap:port", FAMILY_INET)
+                .await
+                .map_err(NewError::NoIpset)?,
+        };
+        Ok(IpsetFirewall {
+            guard,
+            margin,
+            revisions,
+            socket: Mutex::new(socket),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn has_proxy_ports(&self) -> bool {
+        !self.guard.proxy_ports().is_empty()
+    }
+
+    /// Seconds the kernel keeps a member whose sessions need it until `until`.
+    fn timeout(&self, until: Instant, now: Instant) -> u32 {
+        let left = until.saturating_duration_since(now) + self.margin;
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        secs.clamp(1, u64::from(MAX_TIMEOUT_SECS)) as u32
+    }
+
+    /// Replaces whatever sets a dead instance left with empty ones, then adds
+    /// the static rules that match them. The guard's chains are already
+    /// flushed, so no rule of ours references an old set.
+    async fn install_sets(&self) -> Result<(), FirewallError> {
+        let mut socket = self.socket.lock().await;
+        for set in ALL_SETS {
+            socket
+                .destroy(set)
+                .await
+                .map_err(|e| failed(format!("destroy stale set {set}"), e))?;
+        }
+        let protocol = socket.protocol();
+        for family in Family::ALL {
+            let revision = match family {
+                Family::V4 => self.revisions.net_v4,
+                Family::V6 => self.revisions.net_v6,
+            };
+            let set = nets_set(family);
+            socket
+                .run_one(Request::create_nets(
+                    protocol,
+                    set,
+                    nfproto(family),
+                    revision,
+                    DEFAULT_TIMEOUT_SECS,
+                    MAX_ELEMENTS,
+                ))
+                .await
+                .map_err(|e| failed(format!("create set {set}"), e))?;
+            if self.has_proxy_ports() {
+                let set = ports_set(family);
+                socket
+                    .run_one(Request::create_ports(
+                        protocol,
+                        set,
+                        self.revisions.port,
+                        DEFAULT_TIMEOUT_SECS,
+                    ))
+                    .await
+                    .map_err(|e| failed(format!("create set {set}"), e))?;
+            }
+        }
+        drop(socket);
+        for family in Family::ALL {
+            let ports = self.has_proxy_ports().then(|| ports_set(family));
+            let lines = rules::set_rules(nets_set(family), ports);
+            self.guard
+                .runner()
+                .restore(family, &rules::document(&lines), "install set rules")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The requests that turn `before` into `after` for one family, each with
+    /// the request that undoes it.
+    fn plan(
+        &self,
+        family: Family,
+        before: &FamilyState,
+        after: &FamilyState,
+        now: Instant,
+        protocol: u8,
+    ) -> Vec<(Request, Option<Request>)> {
+        let nets = nets_set(family);
+        let net = |s: &Subnet| Element::Net(s.network(), s.prefix());
+        let mut adds = Vec::new();
+        let mut dels = Vec::new();
+        for (subnet, until) in &after.members {
+            let old = before.members.get(subnet);
+            if old == Some(until) {
+                continue;
+            }
+            let undo = match old {
+                Some(old) => Request::add(protocol, nets, net(subnet), self.timeout(*old, now)),
+                None => Request::del(protocol, nets, net(subnet)),
+            };
+            adds.push((
+                Request::add(protocol, nets, net(subnet), self.timeout(*until, now)),
+                Some(undo),
+            ));
+        }
+        for (subnet, old) in &before.members {
+            if !after.members.contains_key(subnet) {
+                dels.push((
+                    Request::del(protocol, nets, net(subnet)),
+                    Some(Request::add(
+                        protocol,
+                        nets,
+                        net(subnet),
+                        self.timeout(*old, now),
+                    )),
+                ));
+            }
+        }
+        if self.has_proxy_ports() && before.ports_until != after.ports_until {
+            let set = ports_set(family);
+            for &port in self.guard.proxy_ports() {
+                let element = Element::Port(port);
+                let undo = match before.ports_until {
+                    Some(old) => Request::add(protocol, set, element, self.timeout(old, now)),
+                    None => Request::del(protocol, set, element),
+                };
+                match after.ports_until {
+                    Some(until) => adds.push((
+                        Request::add(protocol, set, element, self.timeout(until, now)),
+                        Some(undo),
+                    )),
+                    None => dels.push((Request::del(protocol, set, element), Some(undo))),
+                }
+            }
+        }
+        // Opening before closing: a subnet's member goes in before its ports.
+        adds.extend(dels);
+        adds
+    }
+}
+
+fn failed(operation: String, error: IpsetError) -> FirewallError {
+    FirewallError::Failed {
+        operation,
+        message: error.to_string(),
+    }
+}
+
+fn describe(change: &Change) -> String {
+    let list = |s: &mut dyn Iterator<Item = Subnet>| {
+        s.map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let mut parts = Vec::new();
+    if !change.grant.is_empty() {
+        parts.push(format!("grant {}", list(&mut change.granted())));
+    }
+    if !change.refresh.is_empty() {
+        parts.push(format!(
+            "refresh {}",
+            list(&mut change.refresh.iter().map(|o| o.subnet))
+        ));
+    }
+    if !change.revoke.is_empty() {
+        parts.push(format!(
+            "revoke {}",
+            list(&mut change.revoke.iter().copied())
+        ));
+    }
+    parts.join(" ")
+}
+
+impl Firewall for IpsetFirewall {
+    fn backend(&self) -> String {
+        format!("iptables+ipset ({})", self.guard.mode())
+    }
+
+    fn setup(&self) -> FwFuture<'_, ()> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            *state = State::default();
+            self.guard.setup().await?;
+            if let Err(e) = self.install_sets().await {
+                if let Err(undo) = self.guard.teardown().await {
+                    tracing::error!(error = %undo, "removing the guard after a failed set-up");
+                }
+                let mut socket = self.socket.lock().await;
+                for set in ALL_SETS {
+                    let _ = socket.destroy(set).await;
+                }
+                return Err(e);
+            }
+            Ok(())
+        })
+    }
+
+    fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            let mut after = state.clone();
+            for opening in change.grant.iter().chain(&change.refresh) {
+                after
+                    .family(Family::of(&opening.subnet))
+                    .members
+                    .insert(opening.subnet, opening.until);
+            }
+            for subnet in &change.revoke {
+                after.family(Family::of(subnet)).members.remove(subnet);
+            }
+            let now = Instant::now();
+            let mut socket = self.socket.lock().await;
+            let protocol = socket.protocol();
+            let mut plan = Vec::new();
+            for family in Family::ALL {
+                let fam = after.family(family);
+                fam.ports_until = fam.latest();
+                let before = state.family(family).clone();
+                plan.extend(self.plan(family, &before, after.family(family), now, protocol));
+            }
+            if plan.is_empty() {
+                return Ok(());
+            }
+            let (requests, undos): (Vec<Request>, Vec<Option<Request>>) = plan.into_iter().unzip();
+            let outcome = socket.run(requests).await;
+            let first_error = match &outcome {
+                Ok(results) => results
+                    .iter()
+                    .find_map(|r| r.as_ref().err())
+                    .map(ToString::to_string),
+                Err(e) => Some(e.to_string()),
+            };
+            let Some(message) = first_error else {
+                *state = after;
+                return Ok(());
+            };
+            // All or nothing: undo what the kernel took (or may have taken).
+            let rollback: Vec<Request> = undos
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| match &outcome {
+                    Ok(results) => results[*i].is_ok(),
+                    Err(_) => true,
+                })
+                .filter_map(|(_, undo)| undo)
+                .collect();
+            match socket.run(rollback).await {
+                Ok(results) => {
+                    for e in results.into_iter().filter_map(Result::err) {
+                        tracing::error!(error = %e, "rolling back a partly applied change");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "rolling back a partly applied change"),
+            }
+            Err(FirewallError::Failed {
+                operation: describe(change),
+                message,
+            })
+        })
+    }
+
+    fn teardown(&self) -> FwFuture<'_, ()> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            // Rules first: a set a rule references cannot be destroyed.
+            self.guard.teardown().await?;
+            let mut socket = self.socket.lock().await;
+            let mut first_error = None;
+            for set in ALL_SETS {
+                if let Err(e) = socket.destroy(set).await {
+                    first_error.get_or_insert(failed(format!("destroy set {set}"), e));
+                }
+            }
+            *state = State::default();
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+
+    fn kernel_expiries(&self) -> FwFuture<'_, Option<BTreeMap<Subnet, Duration>>> {
+        Box::pin(async move {
+            let mut socket = self.socket.lock().await;
+            let mut out = BTreeMap::new();
+            for family in Family::ALL {
+                let set = nets_set(family);
+                let members = socket
+                    .list(set)
+                    .await
+                    .map_err(|e| failed(format!("list set {set}"), e))?;
+                for (element, timeout) in members {
+                    if let (Element::Net(ip, prefix), Some(secs)) = (element, timeout) {
+                        if let Some(subnet) = exact_subnet(ip, prefix) {
+                            out.insert(subnet, Duration::from_secs(u64::from(secs)));
+                        }
+                    }
+                }
+            }
+            Ok(Some(out))
+        })
+    }
+}
+
+/// The grant subnet a listed member stands for, if it is exactly one.
+fn exact_subnet(ip: IpAddr, prefix: u8) -> Option<Subnet> {
+    let subnet = Subnet::of_client(ip);
+    (subnet.network() == ip && subnet.prefix() == prefix).then_some(subnet)
+}
+
+/// `--cleanup`: destroys every set the envelope ever creates (after the
+/// iptables clean-up has removed the rules that reference them). A kernel
+/// without ipset has nothing to clean.
+pub async fn cleanup(timeout: Duration) -> Result<(), FirewallError> {
+    let Ok(mut socket) = IpsetSocket::open(timeout).await else {
+        return Ok(());
+    };
+    for set in ALL_SETS {
+        socket
+            .destroy(set)
+            .await
+            .map_err(|e| failed(format!("destroy set {set}"), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_names_fit_the_kernel_limit() {
+        for set in ALL_SETS {
+            assert!(set.len() <= wire::MAX_NAME_LEN, "{set}");
+        }
+    }
+
+    #[test]
+    fn listed_members_map_back_to_grant_subnets_only() {
+        let v4: IpAddr = "192.0.2.0".parse().unwrap();
+        assert_eq!(exact_subnet(v4, 24), Some(Subnet::of_client(v4)));
+        assert_eq!(exact_subnet(v4, 25), None);
+        assert_eq!(exact_subnet("192.0.2.7".parse().unwrap(), 24), None);
+        let v6: IpAddr = "2001:db8::".parse().unwrap();
+        assert_eq!(exact_subnet(v6, 64), Some(Subnet::of_client(v6)));
+    }
+}

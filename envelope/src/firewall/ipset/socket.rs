@@ -1,0 +1,288 @@
+//! One netlink socket to the kernel's ipset subsystem, kept open for the life of
+//! the daemon so that a grant costs a few microseconds and no process. Many
+//! requests go out in one send; each is acknowledged on its own, so the caller
+//! learns exactly which ones the kernel took (a multi-member ipset message is not
+//! atomic, so the caller rolls back what it must). Every exchange is bounded by a
+//! timeout.
+
+use std::io;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
+
+use super::wire::{error_name, Cmd, Element, Reply, Request};
+
+/// Most requests in one send: their acknowledgements must fit the receive buffer.
+const MAX_PER_SEND: usize = 256;
+
+/// Why an ipset request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpsetError {
+    #[error("ipset netlink socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("ipset: no answer from the kernel within {0:?}")]
+    Timeout(Duration),
+    #[error("ipset: {what}: {}", describe(*code))]
+    Kernel { what: String, code: i32 },
+    #[error("ipset: malformed reply: {0}")]
+    Decode(String),
+}
+
+impl IpsetError {
+    /// The kernel's error number (positive), if the kernel refused.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            IpsetError::Kernel { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The set named in the request does not exist.
+    pub fn is_missing_set(&self) -> bool {
+        self.code() == Some(libc_enoent())
+    }
+}
+
+const fn libc_enoent() -> i32 {
+    2
+}
+
+fn describe(code: i32) -> String {
+    match error_name(code) {
+        Some(name) => format!("{name} (error {code})"),
+        None => io::Error::from_raw_os_error(code).to_string(),
+    }
+}
+
+/// The socket, the protocol version agreed with the kernel, and a sequence counter.
+pub struct IpsetSocket {
+    socket: TokioSocket,
+    protocol: u8,
+    seq: u32,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for IpsetSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpsetSocket")
+            .field("protocol", &self.protocol)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IpsetSocket {
+    /// Opens the socket and agrees on a protocol version (6 or 7).
+    pub async fn open(timeout: Duration) -> Result<IpsetSocket, IpsetError> {
+        let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
+        socket.socket_mut().bind_auto()?;
+        let mut me = IpsetSocket {
+            socket,
+            protocol: 6,
+            seq: 0,
+            timeout,
+        };
+        let reply = me.query(Request::protocol(6)).await?;
+        let kernel = reply.protocol.unwrap_or(6);
+        me.protocol = kernel.min(7);
+        Ok(me)
+    }
+
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    /// Newest revision of a set type the kernel offers for `family`.
+    pub async fn type_revision(&mut self, typename: &str, family: u8) -> Result<u8, IpsetError> {
+        let reply = self
+            .query(Request::type_query(self.protocol, typename, family))
+            .await?;
+        reply
+            .revision
+            .ok_or_else(|| IpsetError::Decode(format!("no revision for {typename}")))
+    }
+
+    /// Whether a set of this name exists.
+    pub async fn exists(&mut self, set: &str) -> Result<bool, IpsetError> {
+        match self.query(Request::header(self.protocol, set)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_missing_set() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Destroys a set; a set that does not exist is not an error.
+    pub async fn destroy(&mut self, set: &str) -> Result<(), IpsetError> {
+        match self.run_one(Request::destroy(self.protocol, set)).await {
+            Err(e) if e.is_missing_set() => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn flush(&mut self, set: &str) -> Result<(), IpsetError> {
+        self.run_one(Request::flush(self.protocol, set)).await
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    pub async fn run_one(&mut self, request: Request) -> Result<(), IpsetError> {
+        self.run(vec![request])
+            .await?
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Sends every request (several per send) and returns one result per
+    /// request, in order. An `Err` outside means the exchange itself failed, so
+    /// nothing is known about the requests.
+    pub async fn run(
+        &mut self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<(), IpsetError>>, IpsetError> {
+        let mut results = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let chunk: Vec<Request> = requests.by_ref().take(MAX_PER_SEND).collect();
+            let first = self.seq.wrapping_add(1);
+            let mut buf = Vec::new();
+            let mut whats = Vec::with_capacity(chunk.len());
+            for request in chunk {
+                whats.push(format!("{:?}", request.cmd()).to_lowercase());
+                // No NLM_F_EXCL on add/del: add refreshes, del of an absent member succeeds.
+                let flags = NLM_F_REQUEST
+                    | NLM_F_ACK
+                    | if request.cmd() == Cmd::Create {
+                        NLM_F_EXCL
+                    } else {
+                        0
+                    };
+                self.append(&mut buf, request, flags);
+            }
+            self.socket.send(&buf).await?;
+            let mut acks: Vec<Option<Result<(), IpsetError>>> =
+                (0..whats.len()).map(|_| None).collect();
+            let mut missing = whats.len();
+            while missing > 0 {
+                for (seq, payload) in self.receive().await? {
+                    let index = seq.wrapping_sub(first) as usize;
+                    let Some(slot) = acks.get_mut(index) else {
+                        continue;
+                    };
+                    if let NetlinkPayload::Error(e) = payload {
+                        if slot.is_none() {
+                            missing -= 1;
+                        }
+                        *slot = Some(match e.code {
+                            None => Ok(()),
+                            Some(code) => Err(IpsetError::Kernel {
+                                what: whats[index].clone(),
+                                code: -code.get(),
+                            }),
+                        });
+                    }
+                }
+            }
+            results.extend(acks.into_iter().map(|a| a.expect("every ack counted")));
+        }
+        Ok(results)
+    }
+
+    /// One request whose answer is a message (protocol, type, header).
+    async fn query(&mut self, request: Request) -> Result<Reply, IpsetError> {
+        let what = format!("{:?}", request.cmd()).to_lowercase();
+        let mut buf = Vec::new();
+        let seq = self.append(&mut buf, request, NLM_F_REQUEST | NLM_F_ACK);
+        self.socket.send(&buf).await?;
+        let mut answer = None;
+        loop {
+            for (got, payload) in self.receive().await? {
+                if got != seq {
+                    continue;
+                }
+                match payload {
+                    NetlinkPayload::InnerMessage(reply) => answer = Some(reply),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(IpsetError::Kernel {
+                                what,
+                                code: -code.get(),
+                            }),
+                            None => answer
+                                .ok_or_else(|| IpsetError::Decode(format!("{what}: no reply"))),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Every member of `set`, with its remaining timeout in seconds.
+    pub async fn list(&mut self, set: &str) -> Result<Vec<(Element, Option<u32>)>, IpsetError> {
+        let mut buf = Vec::new();
+        let seq = self.append(
+            &mut buf,
+            Request::list(self.protocol, set),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        );
+        self.socket.send(&buf).await?;
+        let mut members = Vec::new();
+        loop {
+            for (got, payload) in self.receive().await? {
+                if got != seq {
+                    continue;
+                }
+                match payload {
+                    NetlinkPayload::InnerMessage(reply) => members.extend(reply.members),
+                    NetlinkPayload::Done(_) => return Ok(members),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(IpsetError::Kernel {
+                                what: format!("list {set}"),
+                                code: -code.get(),
+                            }),
+                            None => Ok(members),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, buf: &mut Vec<u8>, request: Request, flags: u16) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+        message.finalize();
+        let start = buf.len();
+        buf.resize(start + message.buffer_len(), 0);
+        message.serialize(&mut buf[start..]);
+        self.seq
+    }
+
+    /// One datagram from the kernel, split into its messages.
+    async fn receive(&mut self) -> Result<Vec<(u32, NetlinkPayload<Reply>)>, IpsetError> {
+        let (data, _) = tokio::time::timeout(self.timeout, self.socket.recv_from_full())
+            .await
+            .map_err(|_| IpsetError::Timeout(self.timeout))??;
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset < data.len() {
+            let bytes = &data[offset..];
+            let length = NetlinkBuffer::new_checked(bytes)
+                .map_err(|e| IpsetError::Decode(e.to_string()))?
+                .length() as usize;
+            let message = NetlinkMessage::<Reply>::deserialize(&bytes[..length])
+                .map_err(|e| IpsetError::Decode(e.to_string()))?;
+            out.push((message.header.sequence_number, message.payload));
+            offset += (length + 3) & !3;
+        }
+        Ok(out)
+    }
+}
