@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in iptables-save:iptables ip:iproute2 curl:curl setpriv:util-linux; do
+for tool in iptables-save:iptables ipset:ipset ip:iproute2 curl:curl setpriv:util-linux; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

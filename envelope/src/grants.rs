@@ -858,7 +858,9 @@ mod tests {
         let changes = firewall.changes.lock().unwrap().clone();
         assert_eq!(changes[0].grant.len(), 1);
         assert!(
-            changes.iter().all(|c| c.revoke.is_empty() && c.grant.len() <= 1),
+            changes
+                .iter()
+                .all(|c| c.revoke.is_empty() && c.grant.len() <= 1),
             "no revoke while b holds it, and only one opening: {changes:?}"
         );
         drop(b);

@@ -23,9 +23,14 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
+/// The default backend (`iptables`: ipset members where the kernel has ipset).
 fn options(ns: &NetPair, extra: &[&str]) -> Options {
+    options_with(ns, "iptables", extra)
+}
+
+fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
     let mut all = vec![
-        "--firewall=iptables".to_owned(),
+        format!("--firewall={backend}"),
         format!("--device={DEVICE}"),
         format!("--proxy-ports={PROXY_PORT}"),
     ];
@@ -119,10 +124,11 @@ fn lo_works(ns: &NetPair) {
         .expect("lo inside the server namespace must stay open");
 }
 
-/// Envelope rules (lines mentioning our chains or comments) in both dumps.
+/// Envelope rules and sets (lines mentioning our chains, comments or sets) in
+/// both iptables dumps and the ipset dump.
 fn envelope_lines(ns: &NetPair) -> String {
-    let (v4, v6) = ns.save_both();
-    format!("{v4}{v6}")
+    let (v4, v6, sets) = ns.save_all();
+    format!("{v4}{v6}{sets}")
         .lines()
         .filter(|l| l.contains("ENVELOPE") || l.contains("envelope"))
         .collect::<Vec<_>>()
@@ -143,8 +149,7 @@ async fn grants_open_the_service_only_while_held_v4_and_v6() {
 
     let mut daemon = Daemon::start(options(&ns, &[]));
     assert!(
-        daemon.logs().contains("iptables (nf_tables)")
-            || daemon.logs().contains("iptables (legacy)"),
+        daemon.logs().contains("backend=iptables+ipset ("),
         "{}",
         daemon.logs()
     );
@@ -169,7 +174,10 @@ async fn grants_open_the_service_only_while_held_v4_and_v6() {
     // IPv4 session: the client's /24 and the proxy port open, IPv6 stays shut.
     let ws = session(&ns, SERVER_V4, &daemon).await;
     assert_eq!(ns.grant_rules().len(), 1, "{:?}", ns.grant_rules());
-    assert!(ns.grant_rules()[0].contains("-s 192.0.2.0/24"));
+    // The peer is IPv4-mapped on the dual-stack listener: it is the v4 set's /24.
+    assert_eq!(ns.members("envelope-v4"), ["192.0.2.0/24"]);
+    assert_eq!(ns.members("envelope-v6"), Vec::<String>::new());
+    assert_eq!(ns.members("envelope-proxy-v4"), [PROXY_PORT.to_string()]);
     assert!(ns.client_can_reach(v4));
     assert!(ns.client_can_reach(proxy4));
     assert!(!ns.client_can_reach(v6));
@@ -185,13 +193,13 @@ async fn grants_open_the_service_only_while_held_v4_and_v6() {
         !ns.client_can_reach(proxy4),
         "proxy port must close with the last grant"
     );
-    assert!(envelope_lines(&ns).matches("proxy ports").count() == 0);
+    assert_eq!(ns.members("envelope-proxy-v4"), Vec::<String>::new());
 
     // IPv6 session.
     let ws = session(&ns, SERVER_V6, &daemon).await;
     let rules = ns.grant_rules();
     assert_eq!(rules.len(), 1, "{rules:?}");
-    assert!(rules[0].contains("-s 2001:db8::/64"), "{rules:?}");
+    assert!(rules[0].contains("envelope-v6 2001:db8::/64"), "{rules:?}");
     assert!(ns.client_can_reach(v6));
     assert!(ns.client_can_reach(proxy6));
     assert!(!ns.client_can_reach(v4));
@@ -221,7 +229,7 @@ async fn restart_after_sigkill_removes_the_stale_grant() {
     let v4 = addr(SERVER_V4, SERVICE_PORT);
 
     let mut daemon = Daemon::start(options(&ns, &[]));
-    let fresh = ns.save_both();
+    let fresh = ns.save_all();
     let ws = session(&ns, SERVER_V4, &daemon).await;
     assert!(ns.client_can_reach(v4));
     daemon.signal("KILL");
@@ -242,9 +250,9 @@ async fn restart_after_sigkill_removes_the_stale_grant() {
         "stale grant survived the restart"
     );
     assert_eq!(
-        ns.save_both(),
+        ns.save_all(),
         fresh,
-        "only the fresh base rules may remain"
+        "only the fresh base rules and empty sets may remain"
     );
     assert!(!ns.client_can_reach(v4));
     // And the fresh instance works.
@@ -258,17 +266,19 @@ async fn restart_after_sigkill_removes_the_stale_grant() {
 async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
-    let before = ns.save_both();
+    // A set of someone else's exists before the envelope starts.
+    ns.server_cmd(&["/usr/sbin/ipset", "create", "others-before", "hash:ip"]);
+    let before = ns.save_all();
 
     // Without sessions.
     let mut daemon = Daemon::start(options(&ns, &[]));
-    assert_ne!(ns.save_both(), before);
+    assert_ne!(ns.save_all(), before);
     assert!(
         daemon.terminate(Duration::from_secs(10)).success(),
         "{}",
         daemon.logs()
     );
-    assert_eq!(ns.save_both(), before);
+    assert_eq!(ns.save_all(), before);
 
     // With live sessions (v4 and v6) and a foreign rule added meanwhile.
     let mut daemon = Daemon::start(options(&ns, &["--max-clients=2"]));
@@ -281,6 +291,12 @@ async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
         ] {
             ns.server_cmd(&[bin, "-w", op, "INPUT", "-s", source, "-j", "DROP"]);
         }
+        let set_op = if op == "-A" { "create" } else { "destroy" };
+        let mut args = vec!["/usr/sbin/ipset", set_op, "others-during"];
+        if op == "-A" {
+            args.push("hash:net");
+        }
+        ns.server_cmd(&args);
     };
     foreign("-A");
     assert_eq!(ns.grant_rules().len(), 2);
@@ -290,7 +306,11 @@ async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
         daemon.logs()
     );
     drop((a, b));
-    let (v4, v6) = ns.save_both();
+    let (v4, v6, sets) = ns.save_all();
+    assert!(
+        sets.contains("create others-during hash:net"),
+        "foreign set lost:\n{sets}"
+    );
     assert!(
         v4.contains("-A INPUT -s 203.0.113.9/32 -j DROP"),
         "foreign v4 rule lost:\n{v4}"
@@ -300,7 +320,7 @@ async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
         "foreign v6 rule lost:\n{v6}"
     );
     foreign("-D");
-    assert_eq!(ns.save_both(), before);
+    assert_eq!(ns.save_all(), before);
 
     // `envelope --cleanup` removes what a killed instance left.
     let mut daemon = Daemon::start(options(&ns, &[]));
@@ -308,9 +328,14 @@ async fn clean_exit_restores_the_ruleset_and_keeps_foreign_rules() {
     daemon.signal("KILL");
     daemon.wait_exit(Duration::from_secs(5));
     drop(ws);
+    assert_eq!(
+        ns.members("envelope-v4").len(),
+        1,
+        "SIGKILL leaves the member"
+    );
     let out = ns.server_cmd(&[support::envelope_bin().to_str().unwrap(), "--cleanup"]);
     assert!(out.status.success());
-    assert_eq!(ns.save_both(), before);
+    assert_eq!(ns.save_all(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,17 +345,23 @@ async fn firewall_faults_fail_safe() {
     let v4 = addr(SERVER_V4, SERVICE_PORT);
     let bins = FaultyBins::new();
     let dir = format!("--iptables-dir={}", bins.path());
-    let daemon = Daemon::start(options(
+    let daemon = Daemon::start(options_with(
         &ns,
+        "iptables-restore",
         &[&dir, "--firewall-timeout=1s", "--max-clients=1"],
     ));
-    let base = ns.save_both();
+    assert!(
+        daemon.logs().contains("backend=iptables (nf_tables)"),
+        "--firewall iptables-restore forces the rule path\n{}",
+        daemon.logs()
+    );
+    let base = ns.save_all();
 
     // 1. The grant batch fails: 500, nothing in the kernel, the slot is free.
     bins.set_nth("fail", bins.calls() + 1);
     let (status, _) = status_from(&ns, None, SERVER_V4).await;
     assert_eq!(status, 500, "{}", daemon.logs());
-    assert_eq!(ns.save_both(), base, "a failed grant left something behind");
+    assert_eq!(ns.save_all(), base, "a failed grant left something behind");
     let ws = session(&ns, SERVER_V4, &daemon).await;
     assert!(ns.client_can_reach(v4));
     close(ws).await;
@@ -352,14 +383,14 @@ async fn firewall_faults_fail_safe() {
     assert!(ns.client_can_reach(v4));
     close(ws).await;
     ns.wait_grant_rules(0, Duration::from_secs(2));
-    assert_eq!(ns.save_both(), base);
+    assert_eq!(ns.save_all(), base);
 
     // 3. The xtables lock is held (exit 4): 500, the slot is free.
     bins.set(Some("lock"));
     let (status, _) = status_from(&ns, None, SERVER_V4).await;
     assert_eq!(status, 500, "{}", daemon.logs());
     bins.set(None);
-    assert_eq!(ns.save_both(), base);
+    assert_eq!(ns.save_all(), base);
 
     // 4. The revoke fails: the grant stays (fail safe) and keeps the slot while it
     //    is retried, and is gone once the firewall works again.
@@ -392,7 +423,7 @@ async fn firewall_faults_fail_safe() {
     bins.set(None);
     ns.wait_grant_rules(0, Duration::from_secs(10));
     ns.wait_reach(v4, false, Duration::from_secs(2));
-    assert_eq!(ns.save_both(), base);
+    assert_eq!(ns.save_all(), base);
 
     // 5. A grant rule deleted by hand counts as revoked.
     let ws = session(&ns, SERVER_V4, &daemon).await;
@@ -427,7 +458,7 @@ async fn firewall_faults_fail_safe() {
     close(ws).await;
     ns.wait_grant_rules(0, Duration::from_secs(2));
     assert_eq!(
-        ns.save_both(),
+        ns.save_all(),
         base,
         "proxy rule or grant left behind; batches:\n{}",
         std::fs::read_to_string(bins.dir.path().join("batches")).unwrap_or_default()
@@ -495,7 +526,7 @@ async fn thirty_subnets_race_for_four_slots() {
             unreachable!()
         };
         let [a, b, c, _] = v4.octets();
-        let subnet = format!("-s {a}.{b}.{c}.0/24");
+        let subnet = format!(" {a}.{b}.{c}.0/24");
         assert!(
             rules.iter().any(|r| r.contains(&subnet)),
             "{subnet} missing: {rules:#?}"
@@ -503,7 +534,7 @@ async fn thirty_subnets_race_for_four_slots() {
     }
     join_all(held.into_iter().map(|(_, ws)| close(ws))).await;
     ns.wait_grant_rules(0, Duration::from_secs(3));
-    assert!(!envelope_lines(&ns).contains("proxy ports"));
+    assert_eq!(ns.members("envelope-proxy-v4"), Vec::<String>::new());
 }
 
 #[test]
@@ -665,9 +696,10 @@ async fn sigterm_during_an_in_flight_grant_leaves_no_rule() {
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
     let bins = FaultyBins::new();
-    let base = ns.save_both();
-    let mut daemon = Daemon::start(options(
+    let base = ns.save_all();
+    let mut daemon = Daemon::start(options_with(
         &ns,
+        "iptables-restore",
         &[
             &format!("--iptables-dir={}", bins.path()),
             "--firewall-timeout=5s",
@@ -696,7 +728,7 @@ async fn sigterm_during_an_in_flight_grant_leaves_no_rule() {
     let status = daemon.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status}\n{}", daemon.logs());
     assert_eq!(
-        ns.save_both(),
+        ns.save_all(),
         base,
         "a rule survived SIGTERM during a grant\n{}",
         daemon.logs()
@@ -729,13 +761,13 @@ async fn the_legacy_backend_guards_and_cleans_up_too() {
     // is made on first use, so list it once.
     ns.server_cmd(&["/usr/sbin/iptables-legacy", "-S"]);
     ns.server_cmd(&["/usr/sbin/ip6tables-legacy", "-S"]);
-    let base = save();
+    let base = (save(), ns.ipset_save());
     let mut daemon = Daemon::start(options(
         &ns,
         &[&format!("--iptables-dir={}", legacy.path().display())],
     ));
     assert!(
-        daemon.logs().contains("backend=iptables (legacy)"),
+        daemon.logs().contains("backend=iptables+ipset (legacy)"),
         "{}",
         daemon.logs()
     );
@@ -747,5 +779,207 @@ async fn the_legacy_backend_guards_and_cleans_up_too() {
     ns.wait_reach(service, false, Duration::from_secs(1));
     let status = daemon.terminate(Duration::from_secs(10));
     assert!(status.success());
-    assert_eq!(save(), base, "legacy rules left behind");
+    assert_eq!(
+        (save(), ns.ipset_save()),
+        base,
+        "legacy rules or sets left behind"
+    );
+}
+
+/// `envelopectl` in the server namespace against `daemon`, returning stdout.
+fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> String {
+    let socket = format!("--socket={}", daemon.admin_socket().display());
+    let mut all = vec![support::envelopectl_bin().display().to_string(), socket];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let out = ns.server_cmd(&refs);
+    assert!(
+        out.status.success(),
+        "envelopectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_closes_grants_after_sigkill_with_no_restart() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let _proxy = ns.listener(PROXY_PORT, LIFETIME);
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    let proxy = addr(SERVER_V4, PROXY_PORT);
+    // Sessions last 2 s (capped), and the kernel keeps members 1 s longer.
+    let mut daemon = Daemon::start(options(
+        &ns,
+        &["--timeout=1s", "--max-hold=2s", "--kernel-margin=1s"],
+    ));
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    let granted = Instant::now();
+    let timeouts = ns.members_with_timeouts("envelope-v4");
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert!(
+        matches!(timeouts[0].1, Some(1..=3)),
+        "kernel timeout = deadline (2 s) + margin (1 s): {timeouts:?}"
+    );
+    daemon.signal("KILL");
+    daemon.wait_exit(Duration::from_secs(5));
+    // Nobody revokes now: the service stays open until the kernel's timeout.
+    assert!(
+        ns.client_can_reach(service),
+        "granted until the kernel expires it"
+    );
+    let closed = ns.wait_reach(service, false, Duration::from_secs(6));
+    let after = granted.elapsed();
+    assert!(
+        after <= Duration::from_secs(4) + Duration::from_millis(500),
+        "the kernel closed the grant only {after:?} after it was granted ({closed:?} of waiting)"
+    );
+    ns.wait_reach(proxy, false, Duration::from_secs(2));
+    assert_eq!(ns.members("envelope-v4"), Vec::<String>::new());
+    assert_eq!(ns.members("envelope-proxy-v4"), Vec::<String>::new());
+    drop(ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_in_one_subnet_the_later_deadline_wins() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    let daemon = Daemon::start(options(&ns, &["--timeout=1s", "--max-clients=2"]));
+    let short = support::sign(&support::claims(support::SUBJECT, 20));
+    let long = support::sign(&support::claims(support::SUBJECT, 300));
+    let (a, _) = ws_from(&ns, None, SERVER_V4, &short).await.unwrap();
+    let timeout = |ns: &NetPair| ns.members_with_timeouts("envelope-v4")[0].1.unwrap();
+    assert!(timeout(&ns) <= 26, "short session: {}", timeout(&ns));
+    let (b, _) = ws_from(&ns, None, SERVER_V4, &long).await.unwrap();
+    assert_eq!(
+        ns.members("envelope-v4").len(),
+        1,
+        "one member for the subnet"
+    );
+    assert!(
+        timeout(&ns) >= 290,
+        "the later deadline wins: {}",
+        timeout(&ns)
+    );
+    // Closing the later session keeps the earlier one's access, with its timeout.
+    close(b).await;
+    daemon.wait_for(Duration::from_secs(2), "the timeout to shrink back", |_| {
+        timeout(&ns) <= 26
+    });
+    assert!(
+        ns.client_can_reach(service),
+        "closing one must not cut the other"
+    );
+    let listed = envelopectl(&ns, &daemon, &["list"]);
+    assert!(listed.contains("KERNEL"), "{listed}");
+    close(a).await;
+    ns.wait_reach(service, false, Duration::from_secs(1));
+    assert_eq!(ns.members("envelope-v4"), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deleted_by_hand_shows_in_list_and_frees_the_slot() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    let daemon = Daemon::start(options(&ns, &["--max-clients=1"]));
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    let json = envelopectl(&ns, &daemon, &["list", "--json"]);
+    let grants: Vec<common::admin::Grant> = serde_json::from_str(&json).unwrap();
+    let left = grants[0].kernel_remaining_seconds.unwrap();
+    assert!(
+        (60..=130).contains(&left),
+        "kernel time left: {left} s\n{json}"
+    );
+    ns.server_cmd(&["/usr/sbin/ipset", "del", "envelope-v4", "192.0.2.0/24"]);
+    assert!(!ns.client_can_reach(service));
+    let json = envelopectl(&ns, &daemon, &["list", "--json"]);
+    let grants: Vec<common::admin::Grant> = serde_json::from_str(&json).unwrap();
+    assert_eq!(grants[0].kernel_remaining_seconds, Some(0), "{json}");
+    assert!(envelopectl(&ns, &daemon, &["list"]).contains("gone"));
+    close(ws).await;
+    // The revoke of an absent member succeeds: the next client is served.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let ws = loop {
+        match status_from(&ns, None, SERVER_V4).await {
+            (101, Some(ws)) => break ws,
+            (status, _) => assert!(
+                Instant::now() < deadline,
+                "slot not freed after a hand-deleted member: {status}\n{}",
+                daemon.logs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(ns.client_can_reach(service));
+    close(ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_second_half_fails_is_rolled_back() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let before = ns.save_all();
+    let mut daemon = Daemon::start(options(&ns, &["--max-clients=1"]));
+    // Take the proxy-port set away by hand (its rule first: a referenced set
+    // cannot be destroyed), so a grant's port members fail after its subnet went in.
+    let rule = ns
+        .save(false)
+        .lines()
+        .find(|l| l.contains("--match-set envelope-proxy-v4"))
+        .unwrap()
+        .to_owned();
+    let mut args = vec!["/usr/sbin/iptables".to_owned(), "-w".into(), "-D".into()];
+    args.extend(split_spec(rule.strip_prefix("-A ").unwrap()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(ns.server_cmd(&refs).status.success());
+    assert!(ns
+        .server_cmd(&["/usr/sbin/ipset", "destroy", "envelope-proxy-v4"])
+        .status
+        .success());
+    let (status, _) = status_from(&ns, None, SERVER_V4).await;
+    assert_eq!(status, 500, "{}", daemon.logs());
+    assert_eq!(
+        ns.members("envelope-v4"),
+        Vec::<String>::new(),
+        "the subnet member must be rolled back"
+    );
+    assert!(!ns.client_can_reach(addr(SERVER_V4, SERVICE_PORT)));
+    // The slot was freed: the next attempt reaches the firewall again (and fails the same way).
+    let (status, _) = status_from(&ns, None, SERVER_V4).await;
+    assert_eq!(status, 500, "{}", daemon.logs());
+    assert!(
+        daemon.terminate(Duration::from_secs(10)).success(),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(ns.save_all(), before, "nothing may be left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ipset_the_envelope_warns_once_and_uses_rules() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    let before = ns.save_all();
+    let mut daemon = Daemon::start(options(&ns, &["--ipset-unavailable"]));
+    let logs = daemon.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("offers no ipset"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains("WARN"), "{logs}");
+    assert!(logs.contains("backend=iptables (nf_tables)"), "{logs}");
+    assert_eq!(ns.ipset_save(), before.2, "the fallback creates no set");
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    let rules = ns.grant_rules();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(rules[0].contains("-s 192.0.2.0/24"), "{rules:?}");
+    assert!(ns.client_can_reach(service));
+    close(ws).await;
+    ns.wait_reach(service, false, Duration::from_secs(1));
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+    assert_eq!(ns.save_all(), before);
 }

@@ -51,6 +51,7 @@ pub fn require_root_and_ip() {
         "ip6tables-restore",
         "iptables-save",
         "ip6tables-save",
+        "ipset",
     ] {
         assert!(
             std::path::Path::new("/usr/sbin").join(bin).exists(),
@@ -242,14 +243,64 @@ impl NetPair {
         (self.save(false), self.save(true))
     }
 
-    /// Lines of both dumps that are envelope grant rules.
+    /// `ipset save` of the server namespace, normalized: no random `initval`,
+    /// no ticking member timeouts (see [`members_with_timeouts`] for those).
+    pub fn ipset_save(&self) -> String {
+        normalize_ipset(&self.ipset_save_raw())
+    }
+
+    fn ipset_save_raw(&self) -> String {
+        let out = self.server_cmd(&["/usr/sbin/ipset", "save"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Both iptables dumps and the ipset dump: everything the envelope may change.
+    pub fn save_all(&self) -> (String, String, String) {
+        let (v4, v6) = self.save_both();
+        (v4, v6, self.ipset_save())
+    }
+
+    /// The members of one set (`192.0.2.0/24`, `8080`), without timeouts.
+    pub fn members(&self, set: &str) -> Vec<String> {
+        self.members_with_timeouts(set)
+            .into_iter()
+            .map(|(member, _)| member)
+            .collect()
+    }
+
+    /// The members of one set with their remaining kernel timeout in seconds.
+    pub fn members_with_timeouts(&self, set: &str) -> Vec<(String, Option<u64>)> {
+        let prefix = format!("add {set} ");
+        self.ipset_save_raw()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| {
+                let mut words = rest.split_whitespace();
+                let member = words.next().unwrap_or_default().to_owned();
+                let timeout = words
+                    .skip_while(|w| *w != "timeout")
+                    .nth(1)
+                    .and_then(|t| t.parse().ok());
+                (member, timeout)
+            })
+            .collect()
+    }
+
+    /// Every grant the kernel holds, whichever backend: envelope grant rules from
+    /// both iptables dumps, and members of the envelope's grant sets.
     pub fn grant_rules(&self) -> Vec<String> {
         let (v4, v6) = self.save_both();
-        v4.lines()
+        let rules = v4
+            .lines()
             .chain(v6.lines())
             .filter(|l| l.contains("envelope: grant "))
-            .map(str::to_owned)
-            .collect()
+            .map(str::to_owned);
+        let members = ["envelope-v4", "envelope-v6"].into_iter().flat_map(|set| {
+            self.members(set)
+                .into_iter()
+                .map(move |m| format!("add {set} {m}"))
+        });
+        rules.chain(members).collect()
     }
 
     /// Polls `grant_rules` until it has `count` lines (bounded).
@@ -412,6 +463,26 @@ fn connect(local: Option<IpAddr>, to: SocketAddr) -> io::Result<TcpStream> {
     let stream: TcpStream = socket.into();
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Drops the random `initval` of hash sets and the ticking timeouts of members
+/// from an `ipset save` dump, so two dumps of the same sets compare equal.
+pub fn normalize_ipset(dump: &str) -> String {
+    let mut out = String::new();
+    for line in dump.lines() {
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(at) = words.iter().position(|w| *w == "initval") {
+            words.drain(at..(at + 2).min(words.len()));
+        }
+        if words.first() == Some(&"add") {
+            if let Some(at) = words.iter().position(|w| *w == "timeout") {
+                words.drain(at..(at + 2).min(words.len()));
+            }
+        }
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
 }
 
 /// Drops `#` lines and `[packets:bytes]` counters from an iptables-save dump.
