@@ -25,4 +25,4 @@ cargo test --workspace
 ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
 cargo build -q -p envelope -p envelope-bench
-target/debug/envelope-bench --sessions 3 --burst 4 --flood-secs 1 --flood-conns 4 --held 100
+target/debug/envelope-bench --sessions 3 --burst 4 --poisson-secs 1 --crash-held 4 --flood-secs 1 --flood-conns 4 --held 100

@@ -3,10 +3,13 @@
 //! measured in the same run (these machines are shared and noisy).
 //!
 //! - grant latency (upgrade sent → 101) and revoke latency (Close sent → the
-//!   measurement service refuses), N sequential sessions, ours vs the Go
-//!   original's firewall sequence (`--firewall-go-sequential`: three iptables
-//!   commands per grant and per revoke), same daemon, same run;
+//!   measurement service refuses) for sessions back to back with no pause (the
+//!   headline), and for Poisson arrivals, ours against the Go original's
+//!   firewall sequence, which the bench runs itself ([`go_baseline`]: three
+//!   `iptables` commands per grant and per revoke), in the same run;
 //! - a burst of clients from distinct /24s upgrading at once, both ways;
+//! - SIGKILL with grants held and no restart: time until the kernel has closed
+//!   every one of them on its own (set-member timeouts);
 //! - invalid-token rejections per second from a second process (keep-alive HTTP)
 //!   and the latency a valid client sees meanwhile;
 //! - resident memory idle and with thousands of held sessions.
@@ -16,8 +19,10 @@
 
 mod client;
 mod flood;
+mod go_baseline;
 mod lab;
 mod measure;
+mod schedule;
 mod stats;
 
 use std::net::SocketAddr;
@@ -42,6 +47,15 @@ struct Cli {
     /// Clients (one /24 each) in the burst.
     #[arg(long, default_value_t = 64)]
     burst: u8,
+    /// Seconds of Poisson arrivals.
+    #[arg(long, default_value_t = 20.0)]
+    poisson_secs: f64,
+    /// Poisson arrivals per second.
+    #[arg(long, default_value_t = 50.0)]
+    poisson_rate: f64,
+    /// Grants held when the envelope is SIGKILLed (at most --burst).
+    #[arg(long, default_value_t = 32)]
+    crash_held: usize,
     /// Seconds of invalid-token flood.
     #[arg(long, default_value_t = 5)]
     flood_secs: u64,
@@ -91,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         nix::unistd::geteuid().is_root(),
         "envelope-bench must run as root (it creates network namespaces)"
     );
-    let envelope = match cli.envelope {
+    let envelope = match cli.envelope.clone() {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("envelope"),
     };
@@ -103,69 +117,7 @@ fn main() -> anyhow::Result<()> {
     let lab = Lab::new(envelope, lab::find_testdata()?, cli.burst)?;
     let mut report = Report::default();
 
-    println!("== floor: one warm iptables-restore deleting one rule (no envelope)");
-    let (server_ns, service) = (lab.ns.server.clone(), lab.service());
-    let floor = measure::in_ns(&lab.ns.client, move || {
-        Box::pin(async move { measure::warm_restore_floor(server_ns, service, 20).await })
-    })?;
-    println!(
-        "   batch handed over → service refused: p50 {} p90 {}",
-        ms(floor.pct(50)),
-        ms(floor.pct(90))
-    );
-
-    println!(
-        "\n== firewall: ours (group-committed iptables-restore) vs the Go original's sequence"
-    );
-    let ours = firewall_round(&lab, "ours", &[], cli.sessions)?;
-    let go = firewall_round(&lab, "go", &["--firewall-go-sequential"], cli.sessions)?;
-    for (what, o, g, goal) in [
-        (
-            "grant p50 (upgrade → 101)",
-            ours.grant.pct(50),
-            go.grant.pct(50),
-            0.4,
-        ),
-        ("grant p90", ours.grant.pct(90), go.grant.pct(90), f64::NAN),
-        (
-            "revoke p50 (Close → refused)",
-            ours.revoke.pct(50),
-            go.revoke.pct(50),
-            0.4,
-        ),
-        (
-            "revoke p90",
-            ours.revoke.pct(90),
-            go.revoke.pct(90),
-            f64::NAN,
-        ),
-        (
-            "revoke p50 vs the warm-restore floor",
-            ours.revoke.pct(50),
-            floor.pct(50),
-            f64::NAN,
-        ),
-        (
-            "revoke complete p50 (Close → proxy port refused)",
-            ours.revoke_all.pct(50),
-            go.revoke_all.pct(50),
-            f64::NAN,
-        ),
-        (
-            "burst: all granted",
-            ours.burst.all_granted,
-            go.burst.all_granted,
-            0.1,
-        ),
-        (
-            "burst: all revoked",
-            ours.burst.all_revoked,
-            go.burst.all_revoked,
-            f64::NAN,
-        ),
-    ] {
-        report.ratio(what, o, g, goal);
-    }
+    firewall_rounds(&lab, &cli, &mut report)?;
 
     println!(
         "\n== invalid-token flood ({} s, {} keep-alive connections, second process)",
@@ -218,52 +170,281 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Round {
+/// The subnet (as iptables writes it) of a client address.
+fn subnet_of(ip: &std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(_) => unreachable!("the bench's clients are IPv4"),
+    }
+}
+
+fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<()> {
+    let n = cli.sessions;
+    let subnets: Vec<String> = lab.client_addrs.iter().map(subnet_of).collect();
+    let server = lab.ns.server.clone();
+    let ports = [SERVICE_PORT, lab::PROXY_PORT];
+
+    println!("\n== back to back: {n} sessions, each starting as the last one ends (no pause)");
+    let ours = back_to_back(lab, "iptables", n)?;
+    let rules = back_to_back(lab, "iptables-restore", n)?;
+    let one = vec![subnet_of(&testbed::CLIENT_V4.parse()?)];
+    let go = go_baseline::with_guard(&server, ports, move || go_baseline::back_to_back(&one, n))?;
+    println!(
+        "   go sequence: grant p50 {} p99 {} | revoke p50 {} p99 {}",
+        ms(go.grant.pct(50)),
+        ms(go.grant.pct(99)),
+        ms(go.revoke.pct(50)),
+        ms(go.revoke.pct(99))
+    );
+    report.ratio(
+        "back-to-back grant p50 (upgrade → 101)",
+        ours.grant.pct(50),
+        go.grant.pct(50),
+        0.1,
+    );
+    report.ratio(
+        "back-to-back grant p99",
+        ours.grant.pct(99),
+        go.grant.pct(99),
+        f64::NAN,
+    );
+    report.ratio(
+        "back-to-back revoke p50 (Close → refused)",
+        ours.revoke.pct(50),
+        go.revoke.pct(50),
+        0.1,
+    );
+    report.ratio(
+        "back-to-back revoke p99",
+        ours.revoke.pct(99),
+        go.revoke.pct(99),
+        f64::NAN,
+    );
+    report.ratio(
+        "back-to-back revoke complete p50 (→ proxy refused)",
+        ours.revoke_all.pct(50),
+        go.revoke.pct(50),
+        f64::NAN,
+    );
+    report.ratio(
+        "  fallback (iptables-restore) grant p50",
+        rules.grant.pct(50),
+        go.grant.pct(50),
+        f64::NAN,
+    );
+    report.ratio(
+        "  fallback (iptables-restore) revoke p50",
+        rules.revoke.pct(50),
+        go.revoke.pct(50),
+        f64::NAN,
+    );
+
+    let plan = schedule::poisson(cli.poisson_rate, cli.poisson_secs, subnets.len(), 20261203);
+    println!(
+        "\n== Poisson arrivals: {} sessions at {}/s for {} s, 0.5–1.5 s each, {} source /24s",
+        plan.len(),
+        cli.poisson_rate,
+        cli.poisson_secs,
+        subnets.len()
+    );
+    let envelope = lab.envelope(
+        "poisson",
+        true,
+        &[
+            "--firewall=iptables",
+            "--max-clients=1024",
+            "--proxy-ports=80,443",
+        ],
+    )?;
+    let tls = client::tls_connector(&lab.testdata.join("insecure-test-ca.pem"))?;
+    let ours_schedule: Vec<_> = plan
+        .iter()
+        .map(|&(at, source, hold)| (at, lab.client_addrs[source], hold))
+        .collect();
+    let (addr, token, connector) = (lab.envelope_addr(), lab.token(), tls.clone());
+    let poisson = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move { measure::arrivals(addr, connector, ours_schedule, token).await })
+    })
+    .with_context(|| format!("poisson\n{}", envelope.logs()))?;
+    envelope.stop()?;
+    let go_schedule: Vec<_> = plan
+        .iter()
+        .map(|(at, source, hold)| (*at, subnets[*source].clone(), *hold))
+        .collect();
+    let go_poisson =
+        go_baseline::with_guard(&server, ports, move || go_baseline::arrivals(&go_schedule))?;
+    println!(
+        "   ours: grant p50 {} p99 {} | go sequence: grant p50 {} p99 {}",
+        ms(poisson.pct(50)),
+        ms(poisson.pct(99)),
+        ms(go_poisson.grant.pct(50)),
+        ms(go_poisson.grant.pct(99))
+    );
+    report.ratio(
+        "Poisson grant p99 vs the baseline's p50",
+        poisson.pct(99),
+        go_poisson.grant.pct(50),
+        0.2,
+    );
+    report.ratio(
+        "Poisson grant p50",
+        poisson.pct(50),
+        go_poisson.grant.pct(50),
+        f64::NAN,
+    );
+    report.ratio(
+        "Poisson grant p99",
+        poisson.pct(99),
+        go_poisson.grant.pct(99),
+        f64::NAN,
+    );
+
+    println!(
+        "\n== burst: {} clients from distinct /24s upgrading at once",
+        subnets.len()
+    );
+    let envelope = lab.envelope(
+        "burst",
+        true,
+        &[
+            "--firewall=iptables",
+            "--max-clients=256",
+            "--proxy-ports=80,443",
+        ],
+    )?;
+    let (sources, token, connector) = (lab.client_addrs.clone(), lab.token(), tls.clone());
+    let addr = lab.envelope_addr();
+    let burst = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move { measure::burst(addr, SERVICE_PORT, connector, sources, token).await })
+    })
+    .with_context(|| format!("burst\n{}", envelope.logs()))?;
+    envelope.stop()?;
+    let burst_subnets = subnets.clone();
+    let (go_granted, go_revoked) =
+        go_baseline::with_guard(&server, ports, move || go_baseline::burst(&burst_subnets))?;
+    println!(
+        "   ours: granted {} revoked {} | go sequence: granted {} revoked {}",
+        ms(burst.all_granted),
+        ms(burst.all_revoked),
+        ms(go_granted),
+        ms(go_revoked)
+    );
+    report.ratio("burst: all granted", burst.all_granted, go_granted, 0.02);
+    report.ratio(
+        "burst: all revoked",
+        burst.all_revoked,
+        go_revoked,
+        f64::NAN,
+    );
+
+    crash_round(lab, cli, &tls, report)
+}
+
+struct Sequential {
     grant: Sample,
     revoke: Sample,
     revoke_all: Sample,
-    burst: measure::Burst,
 }
 
-fn firewall_round(lab: &Lab, name: &str, extra: &[&str], sessions: usize) -> anyhow::Result<Round> {
-    let mut args = vec![
-        "--firewall=iptables",
-        "--max-clients=64",
-        "--proxy-ports=80,443",
-    ];
-    args.extend_from_slice(extra);
-    let envelope = lab.envelope(name, true, &args)?;
+fn back_to_back(lab: &Lab, backend: &str, sessions: usize) -> anyhow::Result<Sequential> {
+    let firewall = format!("--firewall={backend}");
+    let envelope = lab.envelope(
+        backend,
+        true,
+        &[&firewall, "--max-clients=1", "--proxy-ports=80,443"],
+    )?;
     let tls = client::tls_connector(&lab.testdata.join("insecure-test-ca.pem"))?;
     let (addr, service, proxy) = (lab.envelope_addr(), lab.service(), lab.proxy());
     let tokens: Vec<String> = (0..sessions).map(|_| lab.token()).collect();
-    let connector = tls.clone();
     let latencies = measure::in_ns(&lab.ns.client, move || {
-        Box::pin(async move { measure::sequential(addr, service, proxy, connector, tokens).await })
+        Box::pin(async move { measure::sequential(addr, service, proxy, tls, tokens).await })
     })
-    .with_context(|| format!("{name}: sequential sessions\n{}", envelope.logs()))?;
-    let (sources, token) = (lab.client_addrs.clone(), lab.token());
-    let burst = measure::in_ns(&lab.ns.client, move || {
-        Box::pin(async move { measure::burst(addr, SERVICE_PORT, tls, sources, token).await })
-    })
-    .with_context(|| format!("{name}: burst\n{}", envelope.logs()))?;
+    .with_context(|| format!("{backend}: back-to-back sessions\n{}", envelope.logs()))?;
     println!(
-        "   {name:>4}: grant p50 {} p90 {} | revoke p50 {} p90 {} (complete p50 {}) | burst of {}: granted {} revoked {}",
+        "   {backend:>16}: grant p50 {} p99 {} | revoke p50 {} p99 {} (complete p50 {})",
         ms(latencies.grant.pct(50)),
-        ms(latencies.grant.pct(90)),
+        ms(latencies.grant.pct(99)),
         ms(latencies.revoke.pct(50)),
-        ms(latencies.revoke.pct(90)),
+        ms(latencies.revoke.pct(99)),
         ms(latencies.revoke_all.pct(50)),
-        lab.client_addrs.len(),
-        ms(burst.all_granted),
-        ms(burst.all_revoked),
     );
     envelope.stop()?;
-    Ok(Round {
+    Ok(Sequential {
         grant: latencies.grant,
         revoke: latencies.revoke,
         revoke_all: latencies.revoke_all,
-        burst,
     })
+}
+
+/// SIGKILL with grants held and no restart: how long until the kernel alone
+/// has closed every one. Sessions are capped at `HOLD`; members outlive that by
+/// the default margin.
+fn crash_round(
+    lab: &Lab,
+    cli: &Cli,
+    tls: &tokio_rustls::TlsConnector,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const HOLD: Duration = Duration::from_secs(3);
+    const MARGIN: Duration = Duration::from_secs(5);
+    let held = cli.crash_held.min(lab.client_addrs.len());
+    println!("\n== SIGKILL with {held} grants held (sessions capped at {HOLD:?}), no restart");
+    let envelope = lab.envelope(
+        "crash",
+        true,
+        &[
+            "--firewall=iptables",
+            "--max-clients=256",
+            "--timeout=1s",
+            "--max-hold=3s",
+            "--proxy-ports=80,443",
+        ],
+    )?;
+    let sources: Vec<_> = lab.client_addrs[..held].to_vec();
+    let (addr, token, connector, service) =
+        (lab.envelope_addr(), lab.token(), tls.clone(), lab.service());
+    let pid = envelope.pid();
+    let (after_kill, after_grant) = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move {
+            let granted = std::time::Instant::now();
+            let sessions = measure::hold_from(addr, connector, sources.clone(), token).await?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            let killed = std::time::Instant::now();
+            let all_closed =
+                measure::wait_all_refused(service, &sources, Duration::from_secs(30)).await?;
+            drop(sessions);
+            Ok::<_, anyhow::Error>((all_closed - killed, all_closed - granted))
+        })
+    })
+    .with_context(|| format!("crash\n{}", envelope.logs()))?;
+    drop(envelope);
+    // Nothing of the killed instance may stay: the next test starts clean.
+    let out = lab
+        .ns
+        .server_cmd(&[lab.envelope_bin.to_str().unwrap_or("envelope"), "--cleanup"]);
+    anyhow::ensure!(
+        out.status.success(),
+        "--cleanup after the crash round failed"
+    );
+    println!(
+        "   all {held} closed by the kernel {} after SIGKILL ({} after they were granted)",
+        ms(after_kill),
+        ms(after_grant)
+    );
+    let bound = HOLD + MARGIN + Duration::from_secs(1);
+    report.line(
+        &format!("SIGKILL, {held} held: kernel closed all (from grant)"),
+        &format!("{} (Go original: never)", ms(after_grant)),
+        &format!("≤ {} (hold + margin + 1 s)", ms(bound)),
+        after_grant <= bound,
+    );
+    Ok(())
 }
 
 /// A token that parses and names the right kid but is signed by another key.
@@ -378,14 +559,14 @@ impl Report {
     }
 
     fn print(&self) {
-        println!("\n== summary (ours vs baseline in this run)");
+        println!("\n== summary (ours vs the Go sequence measured in this run; headline first)");
         for (what, figure, goal, met) in &self.lines {
             let verdict = match (goal.is_empty(), met) {
                 (true, _) => "",
                 (false, true) => "met",
                 (false, false) => "NOT MET",
             };
-            println!("{what:<48} {figure:<36} {goal:<12} {verdict}");
+            println!("{what:<52} {figure:<36} {goal:<26} {verdict}");
         }
     }
 }

@@ -43,13 +43,6 @@ pub struct Latencies {
     pub revoke_all: Sample,
 }
 
-/// Pause between sessions so each one starts with the firewall idle (a revoke's
-/// iptables process can outlive the kernel commit that the probe already sees).
-const SETTLE: Duration = Duration::from_millis(100);
-
-/// `n` sessions one after another: upgrade → 101 (grant), then Close → the
-/// measurement service refuses new connections (revoke), then → the proxy port
-/// refuses too (revoke complete).
 pub async fn sequential(
     envelope: SocketAddr,
     service: SocketAddr,
@@ -80,7 +73,6 @@ pub async fn sequential(
         grants.push(granted);
         revokes.push(gone - closed);
         completes.push(all_gone - closed);
-        tokio::time::sleep(SETTLE).await;
     }
     Ok(Latencies {
         grant: Sample::new(grants),
@@ -183,87 +175,69 @@ pub async fn hold_many(
     Ok(held)
 }
 
-/// The floor under any process-based revoke: a warm `iptables-restore` (started
-/// and waiting) is handed a one-rule delete; time until the service refuses.
-/// Runs without an envelope, on a chain of its own in the server namespace.
-pub async fn warm_restore_floor(
-    server_ns: String,
-    service: SocketAddr,
-    rounds: usize,
+/// Sessions arriving on a schedule (offset from the start, source address,
+/// session length), each on its own task; returns every grant latency
+/// (upgrade → 101).
+pub async fn arrivals(
+    envelope: SocketAddr,
+    tls: TlsConnector,
+    schedule: Vec<(Duration, IpAddr, Duration)>,
+    token: String,
 ) -> anyhow::Result<Sample> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let ip = |args: &[&str]| -> anyhow::Result<()> {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &server_ns])
-            .args(args)
-            .status()?;
-        anyhow::ensure!(status.success(), "{args:?} failed");
-        Ok(())
-    };
-    let port = service.port().to_string();
-    // In front of everything for the service port: our chain, then a reset.
-    let jump = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        port.as_str(),
-        "-j",
-        "BENCH-FLOOR",
-    ];
-    let reject = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        port.as_str(),
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-    ];
-    ip(&["iptables", "-w", "-N", "BENCH-FLOOR"])?;
-    ip(&[&["iptables", "-w", "-I"][..], &jump].concat())?;
-    ip(&[&["iptables", "-w", "-A"][..], &reject].concat())?;
-    let rule = [
-        "-s",
-        "192.0.2.0/24",
-        "-m",
-        "comment",
-        "--comment",
-        "bench floor",
-        "-j",
-        "ACCEPT",
-    ];
-    let mut times = Vec::new();
-    for _ in 0..rounds {
-        let mut add = vec!["iptables", "-w", "-A", "BENCH-FLOOR"];
-        add.extend(rule);
-        ip(&add)?;
-        anyhow::ensure!(!refused(service)?, "the floor rule must open the service");
-        let mut spare = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &server_ns,
-                "iptables-restore",
-                "--noflush",
-                "-w",
-            ])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let started = Instant::now();
-        let mut stdin = spare.stdin.take().expect("piped");
-        stdin.write_all(b"*filter\n-D BENCH-FLOOR -s 192.0.2.0/24 -m comment --comment \"bench floor\" -j ACCEPT\nCOMMIT\n")?;
-        drop(stdin);
-        let gone = wait_refused(service, Duration::from_secs(5))?;
-        times.push(gone - started);
-        anyhow::ensure!(spare.wait()?.success(), "the floor restore failed");
+    let start = tokio::time::Instant::now();
+    let sessions = schedule.into_iter().map(|(at, source, hold)| {
+        let (tls, token) = (tls.clone(), token.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + at).await;
+            let stream = connect(Some(source), envelope, Some(&tls)).await?;
+            let (ws, granted) = upgrade(stream, envelope, true, &token).await?;
+            tokio::time::sleep(hold).await;
+            close(ws).await;
+            Ok::<_, anyhow::Error>(granted)
+        })
+    });
+    let mut grants = Vec::new();
+    for result in join_all(sessions).await {
+        grants.push(result??);
     }
-    ip(&[&["iptables", "-w", "-D"][..], &jump].concat())?;
-    ip(&[&["iptables", "-w", "-D"][..], &reject].concat())?;
-    ip(&["iptables", "-w", "-X", "BENCH-FLOOR"])?;
-    Ok(Sample::new(times))
+    Ok(Sample::new(grants))
+}
+
+/// Opens one session from each source and returns them held.
+pub async fn hold_from(
+    envelope: SocketAddr,
+    tls: TlsConnector,
+    sources: Vec<IpAddr>,
+    token: String,
+) -> anyhow::Result<Vec<Ws>> {
+    let opens = sources.into_iter().map(|source| {
+        let (tls, token) = (tls.clone(), token.clone());
+        async move {
+            let stream = connect(Some(source), envelope, Some(&tls)).await?;
+            Ok::<_, anyhow::Error>(upgrade(stream, envelope, true, &token).await?.0)
+        }
+    });
+    join_all(opens).await.into_iter().collect()
+}
+
+/// Polls every source until the service refuses it; returns when the last did.
+pub async fn wait_all_refused(
+    service: SocketAddr,
+    sources: &[IpAddr],
+    within: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + within;
+    for &source in sources {
+        loop {
+            if connect(Some(source), service, None).await.is_err() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{source} still granted after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(Instant::now())
 }
