@@ -586,8 +586,8 @@ async fn envelopectl_revoke_closes_the_kernel_rule_before_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_in_the_operations_doc_works_in_a_namespace() {
     let commands = support::doc_commands("docs/operations.md", None);
-    let [run, cleanup, metrics, status, list, revoke] = commands.as_slice() else {
-        panic!("docs/operations.md: expected six commands, found {commands:#?}");
+    let [run, ipset_list, cleanup, metrics, status, list, revoke] = commands.as_slice() else {
+        panic!("docs/operations.md: expected seven commands, found {commands:#?}");
     };
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
@@ -650,6 +650,12 @@ async fn every_command_in_the_operations_doc_works_in_a_namespace() {
     assert_eq!(response.status().as_u16(), 101);
     assert!(ns.client_can_reach(service));
 
+    let out = in_server(ipset_list).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("192.0.2.0/24 timeout "),
+        "{ipset_list}: {text}"
+    );
     let out = in_server(metrics).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -982,4 +988,22 @@ async fn without_ipset_the_envelope_warns_once_and_uses_rules() {
     ns.wait_reach(service, false, Duration::from_secs(1));
     assert!(daemon.terminate(Duration::from_secs(10)).success());
     assert_eq!(ns.save_all(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_only_listener_grants_through_the_v4_set_too() {
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let service = addr(SERVER_V4, SERVICE_PORT);
+    // Not dual-stack: the peer arrives as a plain IPv4 address, not IPv4-mapped.
+    let daemon = Daemon::start(Options {
+        listen: format!("{SERVER_V4}:{ENVELOPE_PORT}"),
+        ..options(&ns, &[])
+    });
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    assert_eq!(ns.members("envelope-v4"), ["192.0.2.0/24"]);
+    assert_eq!(ns.members("envelope-v6"), Vec::<String>::new());
+    assert!(ns.client_can_reach(service));
+    close(ws).await;
+    ns.wait_reach(service, false, Duration::from_secs(1));
 }
