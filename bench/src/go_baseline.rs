@@ -152,22 +152,29 @@ pub fn arrivals(schedule: &[(Duration, String, Duration)]) -> anyhow::Result<GoF
     })
 }
 
-/// Every subnet granted at once (one thread each); returns the time until all
-/// were granted and the time until all were revoked again.
-pub fn burst(subnets: &[String]) -> anyhow::Result<(Duration, Duration)> {
-    let run = |op: fn(&str) -> anyhow::Result<Duration>| -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let handles: Vec<_> = subnets
-            .iter()
-            .cloned()
-            .map(|s| thread::spawn(move || op(&s)))
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("a baseline thread panicked"))??;
-        }
-        Ok(started.elapsed())
-    };
-    Ok((run(grant)?, run(revoke)?))
+/// Every subnet granted at once (one thread each), then every one revoked at
+/// once: the time until all were granted, until all were revoked, and each
+/// thread's own grant time.
+pub fn burst(subnets: &[String]) -> anyhow::Result<(Duration, Duration, Sample)> {
+    let run =
+        |op: fn(&str) -> anyhow::Result<Duration>| -> anyhow::Result<(Duration, Vec<Duration>)> {
+            let started = Instant::now();
+            let handles: Vec<_> = subnets
+                .iter()
+                .cloned()
+                .map(|s| thread::spawn(move || op(&s)))
+                .collect();
+            let mut each = Vec::new();
+            for handle in handles {
+                each.push(
+                    handle
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("a baseline thread panicked"))??,
+                );
+            }
+            Ok((started.elapsed(), each))
+        };
+    let (granted, each) = run(grant)?;
+    let (revoked, _) = run(revoke)?;
+    Ok((granted, revoked, Sample::new(each)))
 }

@@ -22,6 +22,7 @@ mod flood;
 mod go_baseline;
 mod lab;
 mod measure;
+mod plot;
 mod schedule;
 mod stats;
 
@@ -53,6 +54,9 @@ struct Cli {
     /// Poisson arrivals per second.
     #[arg(long, default_value_t = 50.0)]
     poisson_rate: f64,
+    /// Where the SVG plots go (grant-latency CDFs).
+    #[arg(long, default_value = "target/bench-plots")]
+    plots: PathBuf,
     /// Grants held when the envelope is SIGKILLed (at most --burst).
     #[arg(long, default_value_t = 32)]
     crash_held: usize,
@@ -323,7 +327,7 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     .with_context(|| format!("burst\n{}", envelope.logs()))?;
     envelope.stop()?;
     let burst_subnets = subnets.clone();
-    let (go_granted, go_revoked) =
+    let (go_granted, go_revoked, go_burst) =
         go_baseline::with_guard(&server, ports, move || go_baseline::burst(&burst_subnets))?;
     println!(
         "   ours: granted {} revoked {} | go sequence: granted {} revoked {}",
@@ -339,6 +343,38 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         go_revoked,
         f64::NAN,
     );
+
+    std::fs::create_dir_all(&cli.plots)?;
+    let ipset = "envelope (iptables+ipset)";
+    let plots = [
+        (
+            "back-to-back.svg",
+            format!("Grant latency, {n} sessions back to back"),
+            vec![
+                (ipset, &ours.grant),
+                ("envelope (iptables-restore)", &rules.grant),
+                ("Go sequence", &go.grant),
+            ],
+        ),
+        (
+            "poisson.svg",
+            format!(
+                "Grant latency, Poisson arrivals ({}/s for {} s)",
+                cli.poisson_rate, cli.poisson_secs
+            ),
+            vec![(ipset, &poisson), ("Go sequence", &go_poisson.grant)],
+        ),
+        (
+            "burst.svg",
+            format!("Grant latency of each client, {} at once", subnets.len()),
+            vec![(ipset, &burst.grants), ("Go sequence", &go_burst)],
+        ),
+    ];
+    for (file, title, series) in plots {
+        let path = cli.plots.join(file);
+        plot::cdf(&path, &title, &series)?;
+        println!("   plot: {}", path.display());
+    }
 
     crash_round(lab, cli, &tls, report)
 }

@@ -84,6 +84,8 @@ pub async fn sequential(
 pub struct Burst {
     pub all_granted: Duration,
     pub all_revoked: Duration,
+    /// Each client's own upgrade → 101.
+    pub grants: Sample,
 }
 
 /// One client per source address, all upgrading at once over already-open TLS
@@ -106,8 +108,11 @@ pub async fn burst(
     let results: Vec<_> = join_all(upgrades).await;
     let all_granted = started.elapsed();
     let mut sessions = Vec::new();
+    let mut grants = Vec::new();
     for result in results {
-        sessions.push(result?.0);
+        let (ws, took) = result?;
+        sessions.push(ws);
+        grants.push(took);
     }
     let closing = Instant::now();
     for ws in sessions {
@@ -132,6 +137,7 @@ pub async fn burst(
     Ok(Burst {
         all_granted,
         all_revoked: closing.elapsed(),
+        grants: Sample::new(grants),
     })
 }
 

@@ -20,6 +20,11 @@ impl Sample {
         self.0[rank.min(self.0.len()) - 1]
     }
 
+    /// Every value, in ascending order.
+    pub fn values(&self) -> &[Duration] {
+        &self.0
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
