@@ -278,24 +278,14 @@ pub fn exec() -> Command {
     cmd
 }
 
-/// Runs `cmd` to completion, bounded by `within`.
-pub fn output_within(mut cmd: Command, within: Duration) -> (Output, Duration) {
+/// Runs `cmd` to completion (assert_cmd kills it after `within`).
+pub fn output_within(cmd: Command, within: Duration) -> (Output, Duration) {
     let started = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let output = assert_cmd::Command::from_std(cmd)
+        .timeout(within)
+        .output()
         .unwrap();
-    let deadline = started + within;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("envelope-exec still running after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let elapsed = started.elapsed();
-    (child.wait_with_output().unwrap(), elapsed)
+    (output, started.elapsed())
 }
 
 pub fn stderr(output: &Output) -> String {
