@@ -18,6 +18,8 @@ fi
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
 command -v websocat >/dev/null || cargo install -q --locked --root /usr/local websocat@1.14.1
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+# envelope/tests/browser.rs drives Debian's headless Chromium.
+[ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
