@@ -11,6 +11,8 @@ pub const API_ROOT: &str = "/v1";
 /// `GET` lists, `DELETE` revokes (all, or `?ip=ADDR`); `/{id}` names one grant.
 pub const GRANTS_PATH: &str = "/v1/grants";
 pub const STATUS_PATH: &str = "/v1/status";
+/// `POST` reloads the verify keys (all or nothing).
+pub const RELOAD_PATH: &str = "/v1/reload";
 /// Where the daemon listens by default, and where `envelopectl` looks.
 pub const DEFAULT_SOCKET: &str = "/run/envelope/admin.sock";
 /// Environment variable both the daemon and `envelopectl` read for the socket path.
@@ -57,6 +59,29 @@ pub struct Status {
     /// Subnets whose revoke failed and is being retried (each keeps a slot).
     pub pending_revokes: usize,
     pub uptime_seconds: u64,
+    /// The verify keys in force (empty without `--verify-key`).
+    #[serde(default)]
+    pub keys: Vec<LoadedKey>,
+    /// When they were loaded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub keys_loaded_at: Option<OffsetDateTime>,
+}
+
+/// One verify key in force: its `kid` and the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadedKey {
+    pub kid: String,
+    pub file: String,
+}
+
+/// Answer to a reload that was accepted: the kids now in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reloaded {
+    pub kids: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: OffsetDateTime,
 }
 
 /// Any error: the cause chain, outermost first, as `envelopectl` prints it.

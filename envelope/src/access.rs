@@ -161,7 +161,7 @@ impl Access {
                 "tokens cannot be verified here (no --verify-key)".into(),
             ));
         };
-        match verifier.verify(&token) {
+        match verifier.verifier().verify(&token) {
             Ok(claims) => {
                 self.metrics.count_token(PATH, true, "valid");
                 Ok(Client {

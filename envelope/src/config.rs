@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, ValueEnum};
 use common::goflags::parse_duration;
-use common::Verifier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FirewallKind {
@@ -248,7 +247,8 @@ pub struct Flags {
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
     pub required: bool,
-    pub verifier: Option<Arc<Verifier>>,
+    /// The verify keys (reloadable), when any `--verify-key` is given.
+    pub verifier: Option<Arc<crate::keys::Keys>>,
     pub subject: Option<String>,
 }
 
@@ -319,12 +319,11 @@ impl Flags {
         let verifier = if self.verify_key.is_empty() {
             None
         } else {
-            let keys =
-                common::jwk::load_public_key_files(&self.verify_key).context("--verify-key")?;
             let machine = self.machine.clone().unwrap_or_default();
-            let verifier =
-                Verifier::new(keys, self.issuer.clone(), machine).context("--verify-key")?;
-            Some(Arc::new(verifier))
+            let keys =
+                crate::keys::Keys::load(self.verify_key.clone(), self.issuer.clone(), machine)
+                    .context("--verify-key")?;
+            Some(Arc::new(keys))
         };
         if self.token_required {
             if verifier.is_none() {

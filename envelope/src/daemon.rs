@@ -102,7 +102,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
+    if let Some(keys) = &config.tokens.verifier {
+        tokio::spawn(keys.clone().watch(metrics.clone(), stop.clone()));
+    }
     let admin_state = Arc::new(AdminState {
+        keys: config.tokens.verifier.clone(),
+        metrics: metrics.clone(),
         grants: grants.clone(),
         machine: config.machine.clone(),
         subject: config.tokens.subject.clone(),

@@ -8,7 +8,8 @@
 //! - [`access`]: the access endpoint's checks, in SPEC order, and the 101.
 //! - [`session`]: one held WebSocket.
 //! - [`grants`]: the grant table and its single owner (group-committed firewall changes).
-//! - [`admin`]: the admin API on a unix socket (list and revoke grants, status).
+//! - [`admin`]: the admin API on a unix socket (list and revoke grants, status, reload).
+//! - [`keys`]: the verify keys, reloaded whole without a restart.
 //! - [`firewall`]: the policy-level firewall trait and its backends.
 //! - [`metrics`], [`txrate`], [`tls`], [`logging`].
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod firewall;
 pub mod grants;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod server;

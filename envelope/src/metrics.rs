@@ -29,6 +29,12 @@ pub struct TxLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub trigger: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FirewallLabels {
     pub operation: &'static str,
     pub result: &'static str,
@@ -47,6 +53,7 @@ pub struct Metrics {
     pub grant_duration: Histogram,
     pub firewall_latency: HistogramFamily<FirewallLabels>,
     pub revoke_failures: Counter,
+    pub key_reloads: Family<ReloadLabels, Counter>,
 }
 
 fn firewall_histogram() -> Histogram {
@@ -106,6 +113,12 @@ impl Metrics {
             "Revokes that failed and were scheduled for retry",
             revoke_failures.clone(),
         );
+        let key_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "envelope_key_reloads",
+            "Verify-key reloads by trigger (sighup, file, admin) and result",
+            key_reloads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -115,7 +128,16 @@ impl Metrics {
             grant_duration,
             firewall_latency,
             revoke_failures,
+            key_reloads,
         }
+    }
+
+    pub fn count_key_reload(&self, trigger: &'static str, accepted: bool) {
+        let labels = ReloadLabels {
+            trigger,
+            result: if accepted { "success" } else { "failure" },
+        };
+        self.key_reloads.get_or_create(&labels).inc();
     }
 
     pub fn count_status(&self, status: u16) {

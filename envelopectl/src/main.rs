@@ -44,6 +44,8 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Load the verify keys again (all or nothing; the old keys stay if refused).
+    Reload,
     /// Show the envelope's version, configuration summary and occupancy.
     Status {
         #[arg(long)]
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
                 cmd::revoke::run(&client, target.as_deref(), all).await
             }
             Command::Status { json } => cmd::status::run(&client, json).await,
+            Command::Reload => cmd::reload::run(&client).await,
         }
     });
     match result {

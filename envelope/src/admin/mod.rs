@@ -3,6 +3,7 @@
 //! resource. Peers are checked by their kernel credentials before any request.
 
 mod grants;
+mod reload;
 mod socket;
 mod status;
 
@@ -33,6 +34,9 @@ const MAX_BODY: usize = 4096;
 /// What the admin handlers can see.
 #[derive(Debug)]
 pub struct AdminState {
+    /// The verify keys, for `/v1/reload` and the status (none without `--verify-key`).
+    pub keys: Option<Arc<crate::keys::Keys>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub grants: Grants,
     pub machine: Option<String>,
     pub subject: Option<String>,
@@ -144,6 +148,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
     let started = Instant::now();
     let response = if path == common::admin::STATUS_PATH {
         status::handle(state, &parts.method, query).await
+    } else if path == common::admin::RELOAD_PATH {
+        reload::handle(state, &parts.method, query).await
     } else if path == common::admin::GRANTS_PATH || path.starts_with("/v1/grants/") {
         grants::handle(state, &parts.method, path, query).await
     } else {

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod list;
+pub mod reload;
 pub mod revoke;
 pub mod status;
 

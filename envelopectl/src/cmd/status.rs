@@ -24,5 +24,14 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
         "uptime:           {}",
         human(std::time::Duration::from_secs(s.uptime_seconds))
     );
+    if let Some(loaded) = s.keys_loaded_at {
+        let when = loaded
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        println!("keys loaded:      {when}");
+    }
+    for key in &s.keys {
+        println!("key:              {}  {}", key.kid, key.file);
+    }
     Ok(())
 }

@@ -1,0 +1,231 @@
+//! The verify keys, reloadable without a restart (SPEC §3): the current set sits
+//! behind one pointer that a reload swaps whole, after the new set has passed every
+//! load check; a refused set leaves the old one in force. Reloads come from SIGHUP,
+//! from a change to a `--verify-key` file (polled, following symlinks, so a
+//! Kubernetes Secret's `..data` symlink swap counts) and from `POST /v1/reload`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use common::{KeyError, Verifier};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How often the `--verify-key` files are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// One loaded key set.
+#[derive(Debug)]
+pub struct KeySet {
+    pub verifier: Arc<Verifier>,
+    /// `(kid, file)` for every key, in file order.
+    pub kids: Vec<(String, PathBuf)>,
+    pub loaded_at: SystemTime,
+}
+
+/// The verify keys in force, and how to load them again.
+#[derive(Debug)]
+pub struct Keys {
+    current: RwLock<Arc<KeySet>>,
+    files: Vec<PathBuf>,
+    issuer: String,
+    audience: String,
+    /// One reload at a time, so two triggers cannot race their swaps.
+    reloading: Mutex<()>,
+}
+
+impl Keys {
+    /// Loads the initial set; an error here refuses start-up.
+    pub fn load(files: Vec<PathBuf>, issuer: String, audience: String) -> Result<Keys, KeyError> {
+        let set = load_set(&files, &issuer, &audience)?;
+        Ok(Keys {
+            current: RwLock::new(Arc::new(set)),
+            files,
+            issuer,
+            audience,
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The set in force now (a request keeps the one it started with).
+    pub fn current(&self) -> Arc<KeySet> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.current().verifier.clone()
+    }
+
+    /// Loads every file again and swaps the whole set in, or changes nothing.
+    pub fn reload(&self) -> Result<Arc<KeySet>, KeyError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let set = Arc::new(load_set(&self.files, &self.issuer, &self.audience)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = set.clone();
+        Ok(set)
+    }
+
+    /// [`Keys::reload`], logged and counted in `envelope_key_reloads_total`.
+    pub fn reload_counted(
+        &self,
+        metrics: &Metrics,
+        trigger: &'static str,
+    ) -> Result<Arc<KeySet>, KeyError> {
+        let result = self.reload();
+        match &result {
+            Ok(set) => {
+                let kids: Vec<&str> = set.kids.iter().map(|(kid, _)| kid.as_str()).collect();
+                tracing::info!(trigger, kids = ?kids, "verify keys reloaded");
+            }
+            Err(e) => tracing::warn!(
+                trigger,
+                error = %e,
+                "verify keys reload refused; the old keys stay in force"
+            ),
+        }
+        metrics.count_key_reload(trigger, result.is_ok());
+        result
+    }
+
+    /// Reloads on SIGHUP and whenever a `--verify-key` file changes, until `stop`.
+    pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: reload keys over the admin API");
+                None
+            }
+        };
+        let mut seen = fingerprints(&self.files);
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            let trigger = tokio::select! {
+                () = stop.cancelled() => return,
+                Some(()) = async { hangup.as_mut()?.recv().await } => "sighup",
+                _ = tick.tick() => {
+                    let now = fingerprints(&self.files);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    "file"
+                }
+            };
+            let _ = self.reload_counted(&metrics, trigger);
+        }
+    }
+}
+
+/// What a file looks like from outside, following symlinks: a rewrite, a rename
+/// over it or a swap of a symlink on its path all change it. `None` if unreadable.
+type Fingerprint = Option<(u64, u64, i64, i64, u64)>;
+
+fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|file| {
+            std::fs::metadata(file)
+                .ok()
+                .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+        })
+        .collect()
+}
+
+/// Every key of every file, with the checks of SPEC §3, and a duplicate kid
+/// named with both its files.
+fn load_set(files: &[PathBuf], issuer: &str, audience: &str) -> Result<KeySet, KeyError> {
+    let mut keys = Vec::new();
+    let mut kids: Vec<(String, PathBuf)> = Vec::new();
+    for file in files {
+        for key in common::jwk::load_public_keys(file)? {
+            if let Some((_, first)) = kids.iter().find(|(kid, _)| kid == key.kid()) {
+                return Err(KeyError::DuplicateKid {
+                    kid: key.kid().to_owned(),
+                    first: first.clone(),
+                    second: file.clone(),
+                });
+            }
+            kids.push((key.kid().to_owned(), file.clone()));
+            keys.push(key);
+        }
+    }
+    Ok(KeySet {
+        verifier: Arc::new(Verifier::new(keys, issuer, audience)?),
+        kids,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(name)
+    }
+
+    fn kids(keys: &Keys) -> Vec<String> {
+        keys.current().kids.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    #[test]
+    fn a_reload_swaps_the_whole_set_and_a_bad_set_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("verify.jwk");
+        std::fs::copy(testdata("insecure-test-eddsa.jwk.pub"), &file).unwrap();
+        let keys = Keys::load(vec![file.clone()], "locate".into(), "m".into()).unwrap();
+        let before = kids(&keys);
+        let old = keys.verifier();
+
+        // A private key is refused at load: the old set stays, the same object.
+        std::fs::copy(testdata("insecure-test-es256.jwk"), &file).unwrap();
+        assert!(keys.reload().is_err());
+        assert!(Arc::ptr_eq(&old, &keys.verifier()));
+
+        std::fs::copy(testdata("insecure-test-es256.jwk.pub"), &file).unwrap();
+        let set = keys.reload().unwrap();
+        assert_ne!(kids(&keys), before);
+        assert_eq!(set.kids[0].1, file);
+        assert!(!Arc::ptr_eq(&old, &keys.verifier()));
+    }
+
+    #[test]
+    fn a_duplicate_kid_across_files_names_both() {
+        let file = testdata("insecure-test-eddsa.jwk.pub");
+        let err = Keys::load(vec![file.clone(), file], "locate".into(), "m".into()).unwrap_err();
+        assert!(matches!(err, KeyError::DuplicateKid { .. }), "{err}");
+    }
+
+    #[test]
+    fn fingerprints_follow_symlink_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, source) in [
+            ("a", "insecure-test-eddsa.jwk.pub"),
+            ("b", "insecure-test-es256.jwk.pub"),
+        ] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::copy(testdata(source), dir.path().join(name).join("key.pub")).unwrap();
+        }
+        std::os::unix::fs::symlink("a", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/key.pub", dir.path().join("key.pub")).unwrap();
+        let files = vec![dir.path().join("key.pub")];
+        let before = fingerprints(&files);
+        std::os::unix::fs::symlink("b", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        assert_ne!(fingerprints(&files), before);
+    }
+}

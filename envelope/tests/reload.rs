@@ -1,0 +1,194 @@
+//! Key rotation without a restart (SPEC §3): a Kubernetes-style symlink swap of a
+//! `--verify-key` file, SIGHUP and `envelopectl reload` each reload the whole set;
+//! a set failing a load check is refused whole with the old keys kept; held
+//! sessions are untouched; tokens of a removed kid are refused from then on.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::Signer;
+use futures_util::StreamExt;
+use support::{claims, envelopectl_bin, testdata, ws_connect, Daemon, Options, SUBJECT};
+
+fn token_from(key: &str) -> String {
+    let key = common::jwk::load_private_key(&testdata(key)).unwrap();
+    Signer::new(key).sign(&claims(SUBJECT, 120)).unwrap()
+}
+
+fn ctl(daemon: &Daemon, args: &[&str]) -> Output {
+    Command::new(envelopectl_bin())
+        .arg(format!("--socket={}", daemon.admin_socket().display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn status(daemon: &Daemon) -> serde_json::Value {
+    let out = ctl(daemon, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn kids(daemon: &Daemon) -> Vec<String> {
+    status(daemon)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The HTTP status a WebSocket upgrade with `token` gets.
+async fn answer(daemon: &Daemon, token: &str) -> u16 {
+    support::handshake_status(ws_connect(daemon, Some(token), true).await)
+}
+
+/// Starts an envelope trusting the test EdDSA key and the keys in `rotating`.
+fn start(rotating: &Path) -> Daemon {
+    Daemon::start(
+        Options {
+            metrics: true,
+            ..Options::default()
+        }
+        .arg(&format!("--verify-key={}", rotating.display()))
+        .arg("--max-clients=10"),
+    )
+}
+
+async fn wait_for_metric(daemon: &Daemon, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = daemon.metrics().await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_swap_reloads_the_keys_and_held_sessions_stay() {
+    // A mounted Secret: key.pub -> ..data/key.pub, ..data -> v1 (then v2).
+    let dir = tempfile::tempdir().unwrap();
+    for (version, source) in [
+        ("v1", "insecure-test-es256.jwk.pub"),
+        ("v2", "insecure-test-rs256.jwk.pub"),
+    ] {
+        std::fs::create_dir(dir.path().join(version)).unwrap();
+        std::fs::copy(testdata(source), dir.path().join(version).join("key.pub")).unwrap();
+    }
+    std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/key.pub", dir.path().join("key.pub")).unwrap();
+    let daemon = start(&dir.path().join("key.pub"));
+
+    let es256 = token_from("insecure-test-es256.jwk");
+    let rs256 = token_from("insecure-test-rs256.jwk");
+    let (mut held, _) = ws_connect(&daemon, Some(&es256), true).await.unwrap();
+    assert_eq!(answer(&daemon, &rs256).await, 401);
+
+    std::os::unix::fs::symlink("v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    daemon.wait_for(Duration::from_secs(10), "the swap to be picked up", |d| {
+        kids(d).contains(&"insecure-rs256".to_owned())
+    });
+
+    // The session opened under the old key is still held.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), held.next())
+            .await
+            .is_err(),
+        "the held session got a frame"
+    );
+    let grants = ctl(&daemon, &["list", "--json"]);
+    let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
+    assert_eq!(grants.as_array().unwrap().len(), 1, "{grants}");
+
+    assert_eq!(kids(&daemon), ["insecure-eddsa", "insecure-rs256"]);
+    assert_eq!(
+        answer(&daemon, &es256).await,
+        401,
+        "a removed kid is refused"
+    );
+    assert_eq!(answer(&daemon, &rs256).await, 101);
+    wait_for_metric(
+        &daemon,
+        "envelope_key_reloads_total{trigger=\"file\",result=\"success\"} 1",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotating = dir.path().join("rotating.jwks");
+    std::fs::copy(testdata("insecure-test-es256.jwk.pub"), &rotating).unwrap();
+    let daemon = start(&rotating);
+    let es256 = token_from("insecure-test-es256.jwk");
+    let rs256 = token_from("insecure-test-rs256.jwk");
+
+    daemon.signal("HUP");
+    wait_for_metric(
+        &daemon,
+        "envelope_key_reloads_total{trigger=\"sighup\",result=\"success\"} 1",
+    )
+    .await;
+
+    // RS256 is fine alone, but the set also repeats the EdDSA kid: refused whole.
+    let jwks = |members: &[&str]| {
+        let keys: Vec<serde_json::Value> = members
+            .iter()
+            .map(|m| serde_json::from_slice(&std::fs::read(testdata(m)).unwrap()).unwrap())
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    };
+    let write = |text: String| {
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &rotating).unwrap();
+    };
+    write(jwks(&[
+        "insecure-test-rs256.jwk.pub",
+        "insecure-test-eddsa.jwk.pub",
+    ]));
+    let refused = ctl(&daemon, &["reload"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("reload refused") && stderr.contains("duplicate kid \"insecure-eddsa\""),
+        "{stderr}"
+    );
+    assert_eq!(kids(&daemon), ["insecure-eddsa", "insecure-es256"]);
+    assert_eq!(answer(&daemon, &es256).await, 101, "the old keys stay");
+    assert_eq!(answer(&daemon, &rs256).await, 401);
+    wait_for_metric(
+        &daemon,
+        "envelope_key_reloads_total{trigger=\"admin\",result=\"failure\"} 1",
+    )
+    .await;
+    assert!(daemon.logs().contains("verify keys reload refused"));
+
+    write(jwks(&["insecure-test-rs256.jwk.pub"]));
+    let accepted = ctl(&daemon, &["reload"]);
+    assert!(accepted.status.success(), "{accepted:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&accepted.stdout),
+        "reloaded; keys in force: insecure-eddsa, insecure-rs256\n"
+    );
+    assert_eq!(answer(&daemon, &es256).await, 401);
+    assert_eq!(answer(&daemon, &rs256).await, 101);
+
+    let shown = ctl(&daemon, &["status"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("keys loaded:"), "{shown}");
+    assert!(
+        shown.contains(&format!("insecure-rs256  {}", rotating.display())),
+        "{shown}"
+    );
+}
