@@ -102,9 +102,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    if let Some(keys) = &config.tokens.verifier {
-        tokio::spawn(keys.clone().watch(metrics.clone(), stop.clone()));
-    }
+    match &config.tokens.verifier {
+        Some(keys) => tokio::spawn(keys.clone().watch(metrics.clone(), stop.clone())),
+        None => tokio::spawn(crate::keys::ignore_hangup(stop.clone())),
+    };
     let admin_state = Arc::new(AdminState {
         keys: config.tokens.verifier.clone(),
         metrics: metrics.clone(),

@@ -127,6 +127,20 @@ impl Keys {
     }
 }
 
+/// Without `--verify-key` there is nothing to reload, but SIGHUP (a service
+/// manager's "reload") must not kill the daemon either.
+pub async fn ignore_hangup(stop: CancellationToken) {
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = hangup.recv() => tracing::info!("SIGHUP: no --verify-key to reload"),
+        }
+    }
+}
+
 /// What a file looks like from outside, following symlinks: a rewrite, a rename
 /// over it or a swap of a symlink on its path all change it. `None` if unreadable.
 type Fingerprint = Option<(u64, u64, i64, i64, u64)>;

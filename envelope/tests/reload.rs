@@ -192,3 +192,18 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
         "{shown}"
     );
 }
+
+#[test]
+fn sighup_without_verify_keys_does_not_stop_the_daemon() {
+    let daemon = Daemon::start(Options {
+        tokens: false,
+        ..Options::default()
+    });
+    daemon.signal("HUP");
+    daemon.wait_for(Duration::from_secs(10), "the SIGHUP log line", |d| {
+        d.logs().contains("SIGHUP: no --verify-key to reload")
+    });
+    let refused = ctl(&daemon, &["reload"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no --verify-key"));
+}
