@@ -89,6 +89,8 @@ pub async fn run(flags: Flags) -> Result<u8, Failure> {
         ("SERVICE_URL", session.url.as_str()),
         ("SERVICE_HOSTNAME", session.hostname.as_str()),
     ];
+    // Caught from before the command starts, so none is lost to the default action.
+    let mut signals = Signals::new();
     let mut command = match command::spawn(&flags.command, &env) {
         Ok(command) => command,
         Err(e) => {
@@ -96,7 +98,6 @@ pub async fn run(flags: Flags) -> Result<u8, Failure> {
             return Err(e.into());
         }
     };
-    let mut signals = Signals::new();
 
     enum Outcome {
         Exited(std::io::Result<std::process::ExitStatus>),

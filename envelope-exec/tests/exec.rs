@@ -272,3 +272,45 @@ fn a_command_that_cannot_run_exits_127_and_usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2));
     assert_one_line(&output, &["--locate-url"]);
 }
+
+#[test]
+fn sigterm_to_envelope_exec_is_passed_on_and_the_session_closed() {
+    let envelope = Envelope::start(true);
+    let locate = FakeLocate::with_targets(DEFAULT_KEY, &[envelope.url(&token())]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = exec();
+    cmd.arg(format!("--locate-url={}", locate.prefix()))
+        .args([
+            "sh",
+            "-c",
+            r#"exec 2>/dev/null
+               trap 'echo TERM > "$OUT/term"; exit 0' TERM
+               touch "$OUT/ready"
+               while :; do sleep 0.1; done"#,
+        ])
+        .env("OUT", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    wait_until(BOUND, "the command to start", || {
+        dir.path().join("ready").exists()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_until(BOUND, "envelope-exec to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143), "128 + SIGTERM");
+    assert_one_line(&output, &["stopped the command on SIGTERM"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("term")).unwrap(),
+        "TERM\n"
+    );
+    wait_until(Duration::from_secs(5), "the grant to end", || {
+        envelope.grants() == 0
+    });
+}
