@@ -326,6 +326,19 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     })
     .with_context(|| format!("burst\n{}", envelope.logs()))?;
     envelope.stop()?;
+    // The same burst with no firewall at all: what HTTP, TLS and the token
+    // checks of 64 requests cost on their own (the floor under our figure).
+    let envelope = lab.envelope(
+        "burst-floor",
+        true,
+        &["--firewall=none", "--max-clients=256"],
+    )?;
+    let (sources, token, connector) = (lab.client_addrs.clone(), lab.token(), tls.clone());
+    let floor = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move { measure::upgrades_at_once(addr, connector, sources, token).await })
+    })
+    .with_context(|| format!("burst floor\n{}", envelope.logs()))?;
+    envelope.stop()?;
     let burst_subnets = subnets.clone();
     let (go_granted, go_revoked, go_burst) =
         go_baseline::with_guard(&server, ports, move || go_baseline::burst(&burst_subnets))?;
@@ -337,6 +350,12 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         ms(go_revoked)
     );
     report.ratio("burst: all granted", burst.all_granted, go_granted, 0.02);
+    report.ratio(
+        "  burst with --firewall none (HTTP+TLS+token floor)",
+        floor,
+        go_granted,
+        f64::NAN,
+    );
     report.ratio(
         "burst: all revoked",
         burst.all_revoked,

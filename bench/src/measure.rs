@@ -141,6 +141,32 @@ pub async fn burst(
     })
 }
 
+/// One client per source, all upgrading at once over already-open TLS
+/// connections, with no firewall probing: time until the last 101.
+pub async fn upgrades_at_once(
+    envelope: SocketAddr,
+    tls: TlsConnector,
+    sources: Vec<IpAddr>,
+    token: String,
+) -> anyhow::Result<Duration> {
+    let mut streams = Vec::new();
+    for &source in &sources {
+        streams.push(connect(Some(source), envelope, Some(&tls)).await?);
+    }
+    let started = Instant::now();
+    let results = join_all(
+        streams
+            .into_iter()
+            .map(|s| upgrade(s, envelope, true, &token)),
+    )
+    .await;
+    let took = started.elapsed();
+    for result in results {
+        close(result?.0).await;
+    }
+    Ok(took)
+}
+
 /// While a flood runs, a valid client upgrades every `every`; returns its latencies.
 pub async fn valid_client_during(
     envelope: SocketAddr,
