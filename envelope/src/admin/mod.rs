@@ -81,7 +81,7 @@ pub struct AdminError {
 impl warp::reject::Reject for AdminError {}
 
 impl AdminError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Rejection {
+    pub fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
         warp::reject::custom(AdminError {
             status,
             message: message.into(),
@@ -226,7 +226,7 @@ fn allowed_peer(policy: PeerPolicy) -> impl Filter<Extract = (), Error = Rejecti
             std::future::ready(if allowed {
                 Ok(())
             } else {
-                Err(AdminError::new(
+                Err(AdminError::reject(
                     StatusCode::FORBIDDEN,
                     "permission denied: only root, the envelope's user or --admin-group may use this socket",
                 ))
@@ -253,14 +253,14 @@ where
             Err(_) => usize::MAX,
         };
         if read > MAX_BODY {
-            return Err(AdminError::new(
+            return Err(AdminError::reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
             ));
         }
     }
     if read > 0 {
-        return Err(AdminError::new(
+        return Err(AdminError::reject(
             StatusCode::BAD_REQUEST,
             "admin requests take no body",
         ));
@@ -270,7 +270,7 @@ where
 
 fn unknown_resource() -> impl Filter<Extract = (Reply,), Error = Rejection> + Copy {
     warp::path::full().and_then(|path: FullPath| {
-        std::future::ready(Err::<Reply, _>(AdminError::new(
+        std::future::ready(Err::<Reply, _>(AdminError::reject(
             StatusCode::NOT_FOUND,
             format!("no such admin resource: {}", path.as_str()),
         )))
@@ -290,7 +290,7 @@ pub fn query(
                         .map(|(n, v)| (n.to_owned(), v.to_owned()))
                         .collect()
                 })
-                .map_err(|message| AdminError::new(StatusCode::BAD_REQUEST, message)),
+                .map_err(|message| AdminError::reject(StatusCode::BAD_REQUEST, message)),
         )
     })
 }
