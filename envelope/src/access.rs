@@ -335,14 +335,14 @@ mod tests {
         assert_eq!(hold(60, 3600, Some(0)), Duration::from_secs(60));
     }
 
-    fn hold(timeout: u64, max_hold: u64, exp: Option<i64>) -> Duration {
+    fn access(timeout: u64, max_hold: u64) -> Access {
         let metrics = Arc::new(Metrics::new());
         let (grants, _) = crate::grants::Grants::spawn(
             Arc::new(crate::firewall::NoopFirewall),
             1,
             metrics.clone(),
         );
-        let access = Access {
+        Access {
             tokens: TokenPolicy {
                 required: false,
                 verifier: None,
@@ -355,8 +355,51 @@ mod tests {
             tx_gate: None,
             tls: false,
             sessions: TaskTracker::new(),
-        };
-        access.hold_for(exp)
+        }
+    }
+
+    fn hold(timeout: u64, max_hold: u64, exp: Option<i64>) -> Duration {
+        access(timeout, max_hold).hold_for(exp)
+    }
+
+    /// Sends one token-less upgrade request through the routes, as our loop would
+    /// (peer address inserted), with or without hyper's upgrade handle.
+    async fn upgrade_through_routes(app: Arc<Access>, upgrade: bool) -> Reply {
+        use hyper::service::Service as _;
+        let mut req = warp::http::Request::get(PATH)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        *req.headers_mut() = upgrade_headers();
+        req.extensions_mut()
+            .insert(server::PeerAddr("192.0.2.7:40000".parse().unwrap()));
+        if upgrade {
+            // A handle whose upgrade never happens (as when the 101 cannot be written).
+            let never = hyper::upgrade::on(&mut req);
+            req.extensions_mut().insert(never);
+        }
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(app)));
+        service.call(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_that_never_happens_releases_its_grant() {
+        let app = Arc::new(access(60, 3600));
+        let response = upgrade_through_routes(app.clone(), true).await;
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !app.grants.list().await.0.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the grant stayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_hyper_cannot_upgrade_is_400_without_a_grant() {
+        let app = Arc::new(access(60, 3600));
+        let response = upgrade_through_routes(app.clone(), false).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(app.grants.list().await.0.is_empty());
+        assert_eq!(app.metrics.encode().matches("status=\"400\"").count(), 1);
     }
 
     fn upgrade_headers() -> HeaderMap {
