@@ -78,7 +78,9 @@ impl fmt::Display for Denied {
         match self {
             Denied::MissingToken => f.write_str("access token required"),
             Denied::DuplicateToken => f.write_str("access_token given more than once"),
-            Denied::NoVerifier => f.write_str("tokens cannot be verified here (no --verify-key)"),
+            Denied::NoVerifier => {
+                f.write_str("tokens cannot be verified here (no verify key is configured)")
+            }
             Denied::InvalidToken(rejection) => write!(f, "invalid access token: {rejection}"),
             Denied::BadCustomClaims => {
                 f.write_str("invalid access token: custom claims do not fit this service")
