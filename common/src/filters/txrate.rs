@@ -192,6 +192,64 @@ mod tests {
         assert_eq!(parse_tx_bytes(SAMPLE, "eth1"), None);
     }
 
+    /// The status `filter` answers for `GET /?access_token=token`.
+    async fn status_of<F>(filter: F, token: &str) -> u16
+    where
+        F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        use hyper::service::Service as _;
+        let request = warp::http::Request::get(format!("/?access_token={token}"))
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter));
+        service.call(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_only_monitoring_passes() {
+        use crate::filters::{access_token, handle_rejection, AccessPolicy, NoCustomClaims};
+        use crate::{Algorithm, Audience, Claims, PrivateKey, Signer, Verifier};
+        use warp::Reply as _;
+
+        let key = PrivateKey::generate(Algorithm::EdDSA, "k").unwrap();
+        let verifier = Arc::new(Verifier::new(vec![key.public_key()], "locate", "m").unwrap());
+        let signer = Signer::new(key);
+        let token = |sub: &str| {
+            signer
+                .sign(&Claims {
+                    iss: "locate".into(),
+                    sub: sub.into(),
+                    aud: Audience::One("m".into()),
+                    exp: i64::MAX / 2,
+                    nbf: None,
+                    iat: None,
+                    jti: None,
+                })
+                .unwrap()
+        };
+        let gate = Arc::new(TxGate::new(1000));
+        let filter = transmit_rate_unless_exempt(
+            Some(gate.clone()),
+            access_token::<NoCustomClaims>(AccessPolicy::new(verifier, "ndt")),
+        )
+        .map(|_| warp::reply().into_response())
+        .recover(handle_rejection)
+        .unify()
+        .recover(|_| async { Ok::<_, std::convert::Infallible>(warp::reply().into_response()) })
+        .unify();
+
+        assert_eq!(status_of(filter.clone(), &token("ndt")).await, 200);
+        gate.set_rate(1001);
+        assert_eq!(status_of(filter.clone(), &token("ndt")).await, 503);
+        assert_eq!(status_of(filter.clone(), &token("monitoring")).await, 200);
+        // The token is checked first: a bad one is 401 whatever the rate.
+        assert_eq!(status_of(filter, "a.b.c").await, 401);
+    }
+
     #[test]
     fn the_gate_closes_above_the_limit() {
         let gate = TxGate::new(1000);
