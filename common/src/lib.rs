@@ -9,9 +9,13 @@
 //!   holds, and [`Rejection`], the closed set of reasons it gives otherwise.
 //! - [`goflags`]: Go-style single-dash flags and Go durations, for drop-in CLIs.
 //! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
+//! - `filters` (feature `warp`): the access checks as warp filters other services
+//!   can mount — token, custom claims, transmit-rate gate (see `docs/library.md`).
 
 pub mod admin;
 pub mod claims;
+#[cfg(feature = "warp")]
+pub mod filters;
 pub mod goflags;
 pub mod jwk;
 pub mod sign;

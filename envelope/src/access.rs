@@ -1,28 +1,39 @@
-//! `GET /v0/envelope/access`: the checks of SPEC §5 in their fixed order — method,
-//! token, subject, WebSocket upgrade headers, transmit rate, client slots — and
-//! only then the grant, which is in the kernel before the 101 goes out.
+//! `GET /v0/envelope/access` as warp filters, in the fixed order of SPEC §5 —
+//! path, method, token (`common::filters`), subject, WebSocket upgrade headers,
+//! transmit rate — and only then the handler: a client slot and the grant, which
+//! is in the kernel before the 101 goes out. Every refusal is a rejection turned
+//! into its status in one place, [`refusal`].
+//!
+//! The upgrade is ours, not `warp::ws`: warp's allocates 128 KiB buffers per
+//! session and ignores `Sec-WebSocket-Protocol`. We take hyper's `OnUpgrade` from
+//! the request, answer our own 101 (the subprotocol echoed only when offered) and
+//! hand the upgraded connection to [`session::hold`] with small buffers.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use common::filters::{
+    self, AccessPolicy, Denied, NoCustomClaims, TxExempt, TxGate, Verified, VerifierSource,
+};
+use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::TaskTracker;
+use warp::http::header::{self, HeaderMap, HeaderValue};
+use warp::http::{Method, StatusCode};
+use warp::path::FullPath;
+use warp::{Filter, Rejection};
 
 use crate::config::TokenPolicy;
 use crate::grants::{AcquireError, GrantRequest, Grants};
+use crate::keys::Keys;
 use crate::metrics::Metrics;
+use crate::server::{self, Reply};
 use crate::session;
-use crate::txrate::TxGate;
 
 pub const PATH: &str = "/v0/envelope/access";
 pub const SUBPROTOCOL: &str = "net.measurementlab.envelope";
-const MONITORING_SUBJECT: &str = "monitoring";
 
 /// What every access request needs.
 #[derive(Debug)]
@@ -37,10 +48,8 @@ pub struct Access {
     pub sessions: TaskTracker,
 }
 
-pub type HttpResponse = Response<Full<Bytes>>;
-
-pub fn plain(status: StatusCode, text: &str) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+pub fn plain(status: StatusCode, text: &str) -> Reply {
+    let mut response = Reply::new(format!("{text}\n").into());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -49,137 +58,205 @@ pub fn plain(status: StatusCode, text: &str) -> HttpResponse {
     response
 }
 
-/// A refused request: its status and the one-line reason sent back.
-struct Refusal(StatusCode, String);
+/// The reloadable verify keys as the token filter's source: each request
+/// verifies with the set in force when it arrives.
+struct KeysSource(Option<Arc<Keys>>);
 
-/// Who the client is, once the token (if any) has been accepted.
-struct Client {
-    subject: String,
-    monitoring: bool,
-    /// Token expiry in Unix seconds, when a token was given.
-    exp: Option<i64>,
+impl VerifierSource for KeysSource {
+    fn current(&self) -> Option<Arc<common::Verifier>> {
+        self.0.as_ref().map(|keys| keys.verifier())
+    }
+}
+
+/// A request that is not a valid RFC 6455 upgrade (400).
+#[derive(Debug)]
+struct NotAnUpgrade;
+
+impl warp::reject::Reject for NotAnUpgrade {}
+
+/// What the checks found: the client's token (if any) and its upgrade.
+struct Checked {
+    token: Option<Verified>,
+    handshake: Handshake,
+}
+
+impl TxExempt for Checked {
+    fn tx_exempt(&self) -> bool {
+        self.token.tx_exempt()
+    }
+}
+
+/// A valid upgrade request: what the 101 needs, and hyper's handle on the connection.
+struct Handshake {
+    accept_key: String,
+    subprotocol: bool,
+    upgrade: OnUpgrade,
+}
+
+/// The access endpoint, every other path (404) and the per-request log line.
+pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone {
+    let policy = AccessPolicy::with_optional_subject(
+        KeysSource(app.tokens.verifier.clone()),
+        app.tokens.subject.clone(),
+    );
+    let token = if app.tokens.required {
+        filters::access_token::<NoCustomClaims>(policy)
+            .map(Some)
+            .boxed()
+    } else {
+        filters::optional_access_token::<NoCustomClaims>(policy).boxed()
+    };
+    let checked = exact_path(PATH)
+        .and(warp::get())
+        .and(token)
+        .and(websocket_upgrade())
+        .map(|token, handshake| Checked { token, handshake });
+    let (admit_app, refuse_app) = (app.clone(), app.clone());
+    let access = filters::transmit_rate_unless_exempt(app.tx_gate.clone(), checked)
+        .and(server::peer())
+        .then(move |checked, peer| admit(admit_app.clone(), checked, peer))
+        .recover(move |rejection| {
+            std::future::ready(Ok::<_, Infallible>(refusal(&refuse_app, rejection)))
+        })
+        .unify();
+    logged(app.metrics.clone(), access)
+}
+
+/// Matches exactly `path` (no trailing slash, no prefix).
+pub fn exact_path(path: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::path::full()
+        .and_then(move |full: FullPath| {
+            std::future::ready(if full.as_str() == path {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            })
+        })
+        .untuple_one()
+}
+
+/// A valid RFC 6455 upgrade request, with hyper's upgrade handle; else [`NotAnUpgrade`].
+fn websocket_upgrade() -> impl Filter<Extract = (Handshake,), Error = Rejection> + Copy {
+    warp::header::headers_cloned()
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and_then(|headers: HeaderMap, upgrade: Option<OnUpgrade>| {
+            let handshake = websocket_accept_key(&headers)
+                .zip(upgrade)
+                .map(|(accept_key, upgrade)| Handshake {
+                    accept_key,
+                    subprotocol: offers_subprotocol(&headers),
+                    upgrade,
+                })
+                .ok_or_else(|| warp::reject::custom(NotAnUpgrade));
+            std::future::ready(handshake)
+        })
+}
+
+/// Every check passed: take a slot, put the grant in the kernel, then answer 101.
+async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
+    let Checked { token, handshake } = checked;
+    if token.is_some() {
+        app.metrics.count_token(PATH, true, "valid");
+    }
+    if app.tx_gate.is_some() {
+        app.metrics.count_tx(true, app.tls);
+    }
+    let monitoring = token.as_ref().is_some_and(Verified::is_monitoring);
+    let (subject, exp) = match token {
+        Some(v) => (v.claims.sub, Some(v.claims.exp)),
+        None => (String::new(), None),
+    };
+    let request = GrantRequest {
+        peer: peer.ip().to_canonical(),
+        subject,
+        monitoring,
+        deadline: tokio::time::Instant::now() + app.hold_for(exp),
+    };
+    let lease = match app.grants.acquire(request).await {
+        Ok(lease) => lease,
+        Err(
+            e @ (AcquireError::Full(_) | AcquireError::ShuttingDown | AcquireError::EndedAtOnce),
+        ) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        }
+        Err(e @ AcquireError::Firewall(_)) => {
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+        }
+    };
+    // The upgrade completes after this response is written; if it never does,
+    // the session drops the lease and the grant is released.
+    app.sessions
+        .spawn(session::hold(handshake.upgrade, lease, peer));
+    switching_protocols(&handshake.accept_key, handshake.subprotocol)
+}
+
+/// Every refusal's status, line and metric, in one place (SPEC §5).
+fn refusal(app: &Access, rejection: Rejection) -> Reply {
+    if let Some(&denied) = rejection.find::<Denied>() {
+        if denied.is_token() {
+            app.metrics.count_token(PATH, false, denied.label());
+        } else {
+            app.metrics.count_tx(false, app.tls);
+        }
+        return denied.response();
+    }
+    if rejection.find::<NotAnUpgrade>().is_some() {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "not a valid WebSocket upgrade request",
+        );
+    }
+    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    if rejection.is_not_found() {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    }
+    tracing::error!(?rejection, "unexpected rejection");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// One log line and one status count per request; the query (token) is never logged.
+fn logged<F>(
+    metrics: Arc<Metrics>,
+    inner: F,
+) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone
+where
+    F: Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync,
+{
+    warp::any()
+        .map(Instant::now)
+        .and(warp::ext::optional::<server::PeerAddr>())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(inner)
+        .map(
+            move |started: Instant,
+                  peer: Option<server::PeerAddr>,
+                  method: Method,
+                  path: FullPath,
+                  response: Reply| {
+                let status = response.status().as_u16();
+                metrics.count_status(status);
+                let peer = peer.map_or_else(|| "-".to_owned(), |p| p.0.to_string());
+                tracing::info!(
+                    peer = %peer,
+                    method = %method,
+                    path = %path.as_str(),
+                    status,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "request"
+                );
+                response
+            },
+        )
 }
 
 impl Access {
-    pub async fn handle(
-        self: &Arc<Self>,
-        peer: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> HttpResponse {
-        if req.method() != Method::GET {
-            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            return response;
-        }
-        let client = match self.check_token(req.uri().query()) {
-            Ok(client) => client,
-            Err(Refusal(status, text)) => return plain(status, &text),
-        };
-        if !client.monitoring {
-            if let Some(expected) = &self.tokens.subject {
-                // Only a token names a subject; token-less clients (when allowed) have none.
-                let has_token = client.exp.is_some();
-                if has_token && &client.subject != expected {
-                    self.metrics.count_token(PATH, false, "wrong-subject");
-                    return plain(StatusCode::BAD_REQUEST, "token subject is not this service");
-                }
-            }
-        }
-        let Some(accept_key) = websocket_accept_key(req.headers()) else {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "not a valid WebSocket upgrade request",
-            );
-        };
-        let offered_subprotocol = offers_subprotocol(req.headers());
-        if let Some(gate) = &self.tx_gate {
-            if !client.monitoring && gate.over_limit() {
-                self.metrics.count_tx(false, self.tls);
-                return plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "transmit rate over the limit; try later",
-                );
-            }
-            self.metrics.count_tx(true, self.tls);
-        }
-        let request = GrantRequest {
-            peer: peer.ip().to_canonical(),
-            subject: client.subject,
-            monitoring: client.monitoring,
-            deadline: tokio::time::Instant::now() + self.hold_for(client.exp),
-        };
-        let lease = match self.grants.acquire(request).await {
-            Ok(lease) => lease,
-            Err(
-                e
-                @ (AcquireError::Full(_) | AcquireError::ShuttingDown | AcquireError::EndedAtOnce),
-            ) => {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            }
-            Err(e @ AcquireError::Firewall(_)) => {
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
-            }
-        };
-        // The upgrade completes after this response is written; if it never
-        // does, the session drops the lease and the grant is released.
-        let upgrade = hyper::upgrade::on(&mut req);
-        self.sessions.spawn(session::hold(upgrade, lease, peer));
-        switching_protocols(&accept_key, offered_subprotocol)
-    }
-
-    fn check_token(&self, query: Option<&str>) -> Result<Client, Refusal> {
-        let token = match single_access_token(query) {
-            Ok(token) => token,
-            Err(()) => {
-                self.metrics.count_token(PATH, false, "duplicate-parameter");
-                return Err(Refusal(
-                    StatusCode::BAD_REQUEST,
-                    "access_token given more than once".into(),
-                ));
-            }
-        };
-        let Some(token) = token else {
-            if self.tokens.required {
-                self.metrics.count_token(PATH, false, "missing");
-                return Err(Refusal(
-                    StatusCode::UNAUTHORIZED,
-                    "access token required".into(),
-                ));
-            }
-            return Ok(Client {
-                subject: String::new(),
-                monitoring: false,
-                exp: None,
-            });
-        };
-        let Some(verifier) = &self.tokens.verifier else {
-            self.metrics.count_token(PATH, false, "no-verify-key");
-            return Err(Refusal(
-                StatusCode::UNAUTHORIZED,
-                "tokens cannot be verified here (no --verify-key)".into(),
-            ));
-        };
-        match verifier.verifier().verify(&token) {
-            Ok(claims) => {
-                self.metrics.count_token(PATH, true, "valid");
-                Ok(Client {
-                    monitoring: claims.sub == MONITORING_SUBJECT,
-                    subject: claims.sub,
-                    exp: Some(claims.exp),
-                })
-            }
-            Err(rejection) => {
-                self.metrics.count_token(PATH, false, rejection.label());
-                Err(Refusal(
-                    StatusCode::UNAUTHORIZED,
-                    format!("invalid access token: {rejection}"),
-                ))
-            }
-        }
-    }
-
     /// max(exp − now, timeout), capped by max-hold; exact to the sub-second, so
     /// a token-set deadline falls on `exp` itself.
     fn hold_for(&self, exp: Option<i64>) -> Duration {
@@ -194,50 +271,6 @@ impl Access {
         });
         until_exp.max(self.timeout).min(self.max_hold)
     }
-}
-
-/// The one `access_token` value of a query string; `Err` when it appears twice.
-fn single_access_token(query: Option<&str>) -> Result<Option<String>, ()> {
-    let mut found = None;
-    for pair in query.unwrap_or("").split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(name).as_deref() != Some("access_token") {
-            continue;
-        }
-        if found.is_some() {
-            return Err(());
-        }
-        // An undecodable value cannot be a token; let the verifier call it malformed.
-        found = Some(percent_decode(value).unwrap_or_else(|| value.to_owned()));
-    }
-    Ok(found)
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    if !text.contains(['%', '+']) {
-        return Some(text.to_owned());
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -269,8 +302,8 @@ fn offers_subprotocol(headers: &HeaderMap) -> bool {
     header_has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
 }
 
-fn switching_protocols(accept_key: &str, subprotocol: bool) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
+fn switching_protocols(accept_key: &str, subprotocol: bool) -> Reply {
+    let mut response = Reply::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -302,14 +335,14 @@ mod tests {
         assert_eq!(hold(60, 3600, Some(0)), Duration::from_secs(60));
     }
 
-    fn hold(timeout: u64, max_hold: u64, exp: Option<i64>) -> Duration {
+    fn access(timeout: u64, max_hold: u64) -> Access {
         let metrics = Arc::new(Metrics::new());
         let (grants, _) = crate::grants::Grants::spawn(
             Arc::new(crate::firewall::NoopFirewall),
             1,
             metrics.clone(),
         );
-        let access = Access {
+        Access {
             tokens: TokenPolicy {
                 required: false,
                 verifier: None,
@@ -322,30 +355,51 @@ mod tests {
             tx_gate: None,
             tls: false,
             sessions: TaskTracker::new(),
-        };
-        access.hold_for(exp)
+        }
     }
 
-    #[test]
-    fn access_token_is_taken_once_and_duplicates_are_refused() {
-        assert_eq!(single_access_token(None), Ok(None));
-        assert_eq!(single_access_token(Some("a=1")), Ok(None));
-        assert_eq!(
-            single_access_token(Some("access_token=x.y.z&a=1")),
-            Ok(Some("x.y.z".into()))
-        );
-        assert_eq!(
-            single_access_token(Some("access_token=A&access_token=B")),
-            Err(())
-        );
-        assert_eq!(
-            single_access_token(Some("access%5Ftoken=A&access_token=B")),
-            Err(())
-        );
-        assert_eq!(
-            single_access_token(Some("access_token=a%2Eb")),
-            Ok(Some("a.b".into()))
-        );
+    fn hold(timeout: u64, max_hold: u64, exp: Option<i64>) -> Duration {
+        access(timeout, max_hold).hold_for(exp)
+    }
+
+    /// Sends one token-less upgrade request through the routes, as our loop would
+    /// (peer address inserted), with or without hyper's upgrade handle.
+    async fn upgrade_through_routes(app: Arc<Access>, upgrade: bool) -> Reply {
+        use hyper::service::Service as _;
+        let mut req = warp::http::Request::get(PATH)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        *req.headers_mut() = upgrade_headers();
+        req.extensions_mut()
+            .insert(server::PeerAddr("192.0.2.7:40000".parse().unwrap()));
+        if upgrade {
+            // A handle whose upgrade never happens (as when the 101 cannot be written).
+            let never = hyper::upgrade::on(&mut req);
+            req.extensions_mut().insert(never);
+        }
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(app)));
+        service.call(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_that_never_happens_releases_its_grant() {
+        let app = Arc::new(access(60, 3600));
+        let response = upgrade_through_routes(app.clone(), true).await;
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !app.grants.list().await.0.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the grant stayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_hyper_cannot_upgrade_is_400_without_a_grant() {
+        let app = Arc::new(access(60, 3600));
+        let response = upgrade_through_routes(app.clone(), false).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(app.grants.list().await.0.is_empty());
+        assert_eq!(app.metrics.encode().matches("status=\"400\"").count(), 1);
     }
 
     fn upgrade_headers() -> HeaderMap {

@@ -7,17 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use common::filters::TxGate;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::{self, plain, Access, HttpResponse};
+use crate::access::{self, Access};
 use crate::admin::{self, AdminSocket, AdminState};
 use crate::config::{Config, FirewallKind};
 use crate::firewall::ipset::NewError;
@@ -27,7 +24,6 @@ use crate::firewall::{
 use crate::grants::Grants;
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
-use crate::txrate::TxGate;
 
 /// How long sessions get to send their Close frames at shutdown.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
@@ -151,7 +147,15 @@ fn start_serving(
     stop: &CancellationToken,
 ) -> anyhow::Result<Started> {
     let tx_gate = match &config.tx_limit {
-        Some(limit) => Some(TxGate::spawn(limit, stop.clone())?),
+        Some(limit) => Some(
+            TxGate::spawn(
+                &limit.proc_path,
+                &limit.device,
+                limit.max_bits_per_sec,
+                stop.clone().cancelled_owned(),
+            )
+            .context("--tx-device")?,
+        ),
         None => None,
     };
     let sessions = TaskTracker::new();
@@ -176,33 +180,20 @@ fn start_serving(
             "NO TLS: serving plain HTTP; access tokens travel in clear text (set --cert and --key)"
         );
     }
+    let routes = access::routes(app);
     for listener in bind_all(&config.listen, "--listen-address")? {
-        let app = app.clone();
-        let handler = move |peer: SocketAddr, req: Request<Incoming>| {
-            let app = app.clone();
-            async move {
-                logged(&app.metrics, peer, req, |peer, req| {
-                    route(app.clone(), peer, req)
-                })
-                .await
-            }
-        };
         tokio::spawn(server::serve(
             listener,
             acceptor.clone(),
             limits.clone(),
-            handler,
+            routes.clone(),
             stop.clone(),
             conns.clone(),
         ));
     }
     if let Some(addrs) = &config.metrics {
+        let routes = crate::metrics::routes(metrics.clone());
         for listener in bind_all(addrs, "--metrics-address")? {
-            let metrics = metrics.clone();
-            let handler = move |_peer: SocketAddr, req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { serve_metrics(&metrics, &req) }
-            };
             let limits = Limits {
                 connections: Arc::new(Semaphore::new(64)),
                 handshake_timeout: config.handshake_timeout,
@@ -211,7 +202,7 @@ fn start_serving(
                 listener,
                 None,
                 limits,
-                handler,
+                routes.clone(),
                 stop.clone(),
                 conns.clone(),
             ));
@@ -231,56 +222,6 @@ fn bind_all(addrs: &[SocketAddr], flag: &str) -> anyhow::Result<Vec<TcpListener>
             Ok(listener)
         })
         .collect()
-}
-
-async fn route(app: Arc<Access>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
-    if req.uri().path() == access::PATH {
-        app.handle(peer, req).await
-    } else {
-        plain(StatusCode::NOT_FOUND, "not found")
-    }
-}
-
-/// One log line and one status count per request; the query (token) is never logged.
-async fn logged<F, Fut>(
-    metrics: &Metrics,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    handle: F,
-) -> HttpResponse
-where
-    F: FnOnce(SocketAddr, Request<Incoming>) -> Fut,
-    Fut: std::future::Future<Output = HttpResponse>,
-{
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = handle(peer, req).await;
-    let status = response.status().as_u16();
-    metrics.count_status(status);
-    tracing::info!(
-        peer = %peer,
-        method = %method,
-        path = %path,
-        status,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
-}
-
-fn serve_metrics(metrics: &Metrics, req: &Request<Incoming>) -> HttpResponse {
-    if req.uri().path() != "/metrics" {
-        return plain(StatusCode::NOT_FOUND, "not found");
-    }
-    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-    );
-    response
 }
 
 /// Held sessions each need a descriptor; lift the soft limit to the hard one.

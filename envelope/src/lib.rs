@@ -4,14 +4,16 @@
 //! Layout:
 //! - [`config`]: flags, env vars and Go-style aliases → a validated [`config::Config`].
 //! - [`daemon`]: start-up order, serving, and the ordered shutdown.
-//! - [`server`]: accept loops with TLS, timeouts and a connection cap.
-//! - [`access`]: the access endpoint's checks, in SPEC order, and the 101.
+//! - [`server`]: accept loops with TLS, timeouts and a connection cap, serving
+//!   warp filters (`warp::service`) with the peer address as a request extension.
+//! - [`access`]: the access endpoint as warp filters — `common::filters` for the
+//!   token and the transmit-rate gate — in SPEC order, and our own 101.
 //! - [`session`]: one held WebSocket.
 //! - [`grants`]: the grant table and its single owner (group-committed firewall changes).
 //! - [`admin`]: the admin API on a unix socket (list and revoke grants, status, reload).
 //! - [`keys`]: the verify keys, reloaded whole without a restart.
 //! - [`firewall`]: the policy-level firewall trait and its backends.
-//! - [`metrics`], [`txrate`], [`tls`], [`logging`].
+//! - [`metrics`], [`tls`], [`logging`].
 
 pub mod access;
 pub mod admin;
@@ -25,4 +27,3 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod tls;
-pub mod txrate;

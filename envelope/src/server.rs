@@ -1,16 +1,19 @@
 //! The accept loops: bounded connections, TLS handshake and request head under a
-//! deadline (slowloris), the TCP peer address handed to the handler (never a
-//! header), graceful stop. Used for the access endpoint and for /metrics.
+//! deadline (slowloris), the TCP peer address put into each request's extensions
+//! as [`PeerAddr`] (never a header), graceful stop. They serve warp filters
+//! (through `warp::service`) for the access endpoint and for /metrics.
+//!
+//! This loop is ours on purpose: warp 0.4 has no TLS, and its `serve` installs no
+//! hyper timer, so a slow client could hold a connection open without limit.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{service_fn, Service};
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::HttpResponse;
+use warp::Filter;
 
 /// Largest request head accepted (hyper answers 431 above it).
 const MAX_HEAD_BYTES: usize = 16 << 10;
@@ -40,6 +43,19 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// The TCP peer of the connection a request came on, as a request extension
+/// (`warp::addr::remote()` knows nothing of connections it did not accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The peer address; a request that did not come through [`serve`] is rejected.
+pub fn peer() -> impl Filter<Extract = (SocketAddr,), Error = warp::Rejection> + Copy {
+    warp::ext::get::<PeerAddr>().map(|peer: PeerAddr| peer.0)
+}
+
+/// The warp response type every served filter extracts.
+pub type Reply = warp::reply::Response;
+
 /// Per-listener settings.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -47,18 +63,19 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 }
 
-/// Serves `listener` until `stop` fires; connections are tracked by `conns`.
-pub async fn serve<H, F>(
+/// Serves the warp filter `routes` on `listener` until `stop` fires;
+/// connections are tracked by `conns`.
+pub async fn serve<F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Limits,
-    handler: H,
+    routes: F,
     stop: CancellationToken,
     conns: TaskTracker,
 ) where
-    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = HttpResponse> + Send + 'static,
+    F: Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -75,36 +92,36 @@ pub async fn serve<H, F>(
             tracing::warn!(%peer, "connection limit reached; connection dropped");
             continue;
         };
-        let (tls, handler, stop, timeout) = (
+        let (tls, service, stop, timeout) = (
             tls.clone(),
-            handler.clone(),
+            service.clone(),
             stop.clone(),
             limits.handshake_timeout,
         );
         conns.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
-            connection(stream, peer, tls, timeout, handler, stop).await;
+            connection(stream, peer, tls, timeout, service, stop).await;
         });
     }
 }
 
-async fn connection<H, F>(
+async fn connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     timeout: Duration,
-    handler: H,
+    service: S,
     stop: CancellationToken,
 ) where
-    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = HttpResponse> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Reply, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
 {
     match tls {
-        None => http(TokioIo::new(stream), peer, timeout, handler, stop).await,
+        None => http(TokioIo::new(stream), peer, timeout, service, stop).await,
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls_stream)) => {
-                http(TokioIo::new(tls_stream), peer, timeout, handler, stop).await
+                http(TokioIo::new(tls_stream), peer, timeout, service, stop).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -112,20 +129,15 @@ async fn connection<H, F>(
     }
 }
 
-async fn http<I, H, F>(
-    io: I,
-    peer: SocketAddr,
-    timeout: Duration,
-    handler: H,
-    stop: CancellationToken,
-) where
+async fn http<I, S>(io: I, peer: SocketAddr, timeout: Duration, service: S, stop: CancellationToken)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = HttpResponse> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Reply, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
 {
-    let service = service_fn(move |req| {
-        let response = handler(peer, req);
-        async move { Ok::<_, Infallible>(response.await) }
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        service.call(req)
     });
     let mut builder = http1::Builder::new();
     builder

@@ -3,63 +3,82 @@
 //! (`DELETE /v1/grants/{id}`). A revoke answers only once the rules are gone.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use common::admin::{ApiError, Grant, Revoked};
-use hyper::{Method, StatusCode};
 use time::OffsetDateTime;
+use warp::http::StatusCode;
+use warp::path::FullPath;
+use warp::{Filter, Rejection};
 
-use super::{error, json, method_not_allowed, query_pairs, AdminResponse, AdminState};
+use super::{error, json, method_not_allowed, query, AdminResponse, AdminState};
+use crate::access::exact_path;
 use crate::grants::{GrantInfo, Selector};
+use crate::server::Reply;
 
-pub async fn handle(
-    state: &AdminState,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-) -> AdminResponse {
-    let id = path.strip_prefix("/v1/grants/");
-    match (method, id) {
-        (&Method::GET, None) => match query_pairs(query, &[]) {
-            Ok(_) => list(state).await,
-            Err(message) => error(StatusCode::BAD_REQUEST, message),
-        },
-        (&Method::DELETE, None) => {
-            let pairs = match query_pairs(query, &["ip"]) {
-                Ok(pairs) => pairs,
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
-            };
-            match pairs.as_slice() {
-                [] => revoke(state, Selector::All, "every grant".into()).await,
-                [("ip", text)] => match text.parse::<IpAddr>() {
-                    Ok(ip) => {
-                        revoke(state, Selector::Ip(ip), format!("no grant covers {ip}")).await
-                    }
-                    Err(_) => error(
-                        StatusCode::BAD_REQUEST,
-                        format!("ip={text:?} is not an IP address"),
-                    ),
-                },
-                _ => error(StatusCode::BAD_REQUEST, "give ip at most once"),
-            }
-        }
-        (&Method::DELETE, Some(text)) => {
-            if let Err(message) = query_pairs(query, &[]) {
-                return error(StatusCode::BAD_REQUEST, message);
-            }
-            match text.parse::<u64>() {
-                Ok(id) => revoke(state, Selector::Id(id), format!("no grant with id {id}")).await,
-                Err(_) => error(StatusCode::NOT_FOUND, format!("no grant with id {text:?}")),
-            }
-        }
-        (_, None) => method_not_allowed("GET, DELETE"),
-        (_, Some(_)) => method_not_allowed("DELETE"),
-    }
+const ONE_PREFIX: &str = "/v1/grants/";
+
+pub fn routes(
+    state: Arc<AdminState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    let (list_state, revoke_state, one_state) = (state.clone(), state.clone(), state);
+    let all = exact_path(common::admin::GRANTS_PATH).and(
+        warp::get()
+            .and(query(&[]))
+            .then(move |_| list(list_state.clone()))
+            .or(warp::delete()
+                .and(query(&["ip"]))
+                .then(move |pairs| revoke_matching(revoke_state.clone(), pairs)))
+            .unify()
+            .or(method_not_allowed("GET, DELETE"))
+            .unify(),
+    );
+    let one = one_grant()
+        .and(warp::delete())
+        .and(query(&[]))
+        .then(move |id: String, _| revoke_one(one_state.clone(), id))
+        .or(one_grant()
+            .and(method_not_allowed("DELETE"))
+            .map(|_, reply: Reply| reply))
+        .unify();
+    all.or(one).unify()
 }
 
-async fn list(state: &AdminState) -> AdminResponse {
+/// `/v1/grants/{id}`: extracts the (still encoded) id text.
+fn one_grant() -> impl Filter<Extract = (String,), Error = Rejection> + Copy {
+    warp::path::full().and_then(|path: FullPath| {
+        std::future::ready(match path.as_str().strip_prefix(ONE_PREFIX) {
+            Some(id) => Ok(id.to_owned()),
+            None => Err(warp::reject::not_found()),
+        })
+    })
+}
+
+async fn list(state: Arc<AdminState>) -> AdminResponse {
     let (grants, _) = state.grants.list().await;
     let wire: Vec<Grant> = grants.iter().map(to_wire).collect();
     json(StatusCode::OK, &wire)
+}
+
+async fn revoke_matching(state: Arc<AdminState>, pairs: Vec<(String, String)>) -> AdminResponse {
+    match pairs.as_slice() {
+        [] => revoke(&state, Selector::All, "every grant".into()).await,
+        [(_, text)] => match text.parse::<IpAddr>() {
+            Ok(ip) => revoke(&state, Selector::Ip(ip), format!("no grant covers {ip}")).await,
+            Err(_) => error(
+                StatusCode::BAD_REQUEST,
+                format!("ip={text:?} is not an IP address"),
+            ),
+        },
+        _ => error(StatusCode::BAD_REQUEST, "give ip at most once"),
+    }
+}
+
+async fn revoke_one(state: Arc<AdminState>, text: String) -> AdminResponse {
+    match text.parse::<u64>() {
+        Ok(id) => revoke(&state, Selector::Id(id), format!("no grant with id {id}")).await,
+        Err(_) => error(StatusCode::NOT_FOUND, format!("no grant with id {text:?}")),
+    }
 }
 
 async fn revoke(state: &AdminState, selector: Selector, none_matched: String) -> AdminResponse {

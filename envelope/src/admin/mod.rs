@@ -1,6 +1,9 @@
-//! The admin API (SPEC §6): HTTP/JSON over a unix socket. This layer only turns
+//! The admin API (SPEC §6): HTTP/JSON over a unix socket, as warp filters served
+//! on our own accept loop (which reads each connection's kernel credentials and
+//! hands them to the filters as a request extension). This layer only turns
 //! requests into grant-owner commands and answers into JSON; one file per
-//! resource. Peers are checked by their kernel credentials before any request.
+//! resource. Every refusal is an [`AdminError`] rejection, answered as JSON in
+//! one place.
 
 mod grants;
 mod reload;
@@ -11,22 +14,26 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::admin::ApiError;
-use http_body_util::{BodyExt, Full};
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::service::{service_fn, Service};
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warp::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use warp::http::{Method, StatusCode};
+use warp::path::FullPath;
+use warp::{Buf, Filter, Rejection};
 
 pub use socket::{AdminSocket, PeerPolicy};
 
 use crate::grants::Grants;
+use crate::server::Reply;
 
 /// Largest request body read (the API takes none; this bounds the refusal).
 const MAX_BODY: usize = 4096;
@@ -45,18 +52,17 @@ pub struct AdminState {
     pub started: Instant,
 }
 
-pub type AdminResponse = Response<Full<Bytes>>;
+pub type AdminResponse = Reply;
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> AdminResponse {
     let mut text =
         serde_json::to_vec(body).unwrap_or_else(|_| b"{\"errors\":[\"encoding failed\"]}".to_vec());
     text.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Reply::new(text.into());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -64,9 +70,50 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
     json(status, &ApiError::new(message))
 }
 
+/// A refused admin request: its status, the one line, and for 405 the methods allowed.
+#[derive(Debug)]
+pub struct AdminError {
+    status: StatusCode,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl warp::reject::Reject for AdminError {}
+
+impl AdminError {
+    pub fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
+        warp::reject::custom(AdminError {
+            status,
+            message: message.into(),
+            allow: None,
+        })
+    }
+
+    fn response(&self) -> AdminResponse {
+        let mut response = error(self.status, self.message.clone());
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// The kernel credentials of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Serves the socket until `stop`; removes the socket file afterwards.
 pub async fn serve(socket: AdminSocket, state: Arc<AdminState>, stop: CancellationToken) {
     let conns = TaskTracker::new();
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(
+        state,
+        socket.access.clone(),
+    )));
     loop {
         let stream = tokio::select! {
             accepted = socket.listener.accept() => match accepted {
@@ -79,44 +126,29 @@ pub async fn serve(socket: AdminSocket, state: Arc<AdminState>, stop: Cancellati
             },
             () = stop.cancelled() => break,
         };
-        let (state, policy, stop) = (state.clone(), socket.access.clone(), stop.clone());
-        conns.spawn(async move { connection(stream, state, policy, stop).await });
+        let (service, stop) = (service.clone(), stop.clone());
+        conns.spawn(async move { connection(stream, service, stop).await });
     }
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), conns.wait()).await;
     let _ = std::fs::remove_file(&socket.path);
 }
 
-async fn connection(
-    stream: UnixStream,
-    state: Arc<AdminState>,
-    policy: PeerPolicy,
-    stop: CancellationToken,
-) {
-    let allowed = match stream.peer_cred() {
-        Ok(cred) => {
-            let ok = policy.allows(cred.uid(), cred.gid());
-            if !ok {
-                tracing::warn!(
-                    uid = cred.uid(),
-                    gid = cred.gid(),
-                    "admin connection refused"
-                );
-            }
-            ok
+async fn connection<S>(stream: UnixStream, service: S, stop: CancellationToken)
+where
+    S: Service<Request<Incoming>, Response = Reply, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    // No credentials, no access: the filters refuse a request without them.
+    let cred = stream.peer_cred().ok().map(|cred| PeerCred {
+        uid: cred.uid(),
+        gid: cred.gid(),
+    });
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        if let Some(cred) = cred {
+            req.extensions_mut().insert(cred);
         }
-        Err(_) => false,
-    };
-    let service = service_fn(move |req| {
-        let state = state.clone();
-        async move {
-            let response = if allowed {
-                route(&state, req).await
-            } else {
-                error(StatusCode::FORBIDDEN, "permission denied: only root, the envelope's user or --admin-group may use this socket")
-            };
-            Ok::<_, Infallible>(response)
-        }
+        service.call(req)
     });
     let mut builder = http1::Builder::new();
     builder
@@ -133,39 +165,147 @@ async fn connection(
     }
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> AdminResponse {
-    let (parts, body) = req.into_parts();
-    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => {
-            if !collected.to_bytes().is_empty() {
-                return error(StatusCode::BAD_REQUEST, "admin requests take no body");
-            }
-        }
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-    }
-    let path = parts.uri.path();
-    let query = parts.uri.query();
-    let started = Instant::now();
-    let response = if path == common::admin::STATUS_PATH {
-        status::handle(state, &parts.method, query).await
-    } else if path == common::admin::RELOAD_PATH {
-        reload::handle(state, &parts.method, query).await
-    } else if path == common::admin::GRANTS_PATH || path.starts_with("/v1/grants/") {
-        grants::handle(state, &parts.method, path, query).await
-    } else {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no such admin resource: {path}"),
+/// The whole API: peer check, no body, the resources, JSON errors, a log line.
+pub fn routes(
+    state: Arc<AdminState>,
+    policy: PeerPolicy,
+) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone {
+    let resources = status::routes(state.clone())
+        .or(reload::routes(state.clone()))
+        .unify()
+        .or(grants::routes(state))
+        .unify()
+        .or(unknown_resource())
+        .unify();
+    let api = allowed_peer(policy)
+        .and(no_body())
+        .and(resources)
+        .recover(|rejection: Rejection| std::future::ready(Ok::<_, Infallible>(refusal(rejection))))
+        .unify();
+    warp::any()
+        .map(Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(api)
+        .map(
+            |started: Instant, method: Method, path: FullPath, response: Reply| {
+                tracing::info!(
+                    method = %method,
+                    path = %path.as_str(),
+                    status = response.status().as_u16(),
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "admin request"
+                );
+                response
+            },
         )
-    };
-    tracing::info!(
-        method = %parts.method,
-        path,
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "admin request"
-    );
-    response
+}
+
+fn refusal(rejection: Rejection) -> AdminResponse {
+    match rejection.find::<AdminError>() {
+        Some(refused) => refused.response(),
+        None => {
+            tracing::error!(?rejection, "unexpected admin rejection");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+/// root, the envelope's own user or `--admin-group`, by the connection's credentials.
+fn allowed_peer(policy: PeerPolicy) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::ext::optional::<PeerCred>()
+        .and_then(move |cred: Option<PeerCred>| {
+            let allowed = match cred {
+                Some(cred) if policy.allows(cred.uid, cred.gid) => true,
+                Some(cred) => {
+                    tracing::warn!(uid = cred.uid, gid = cred.gid, "admin connection refused");
+                    false
+                }
+                None => false,
+            };
+            std::future::ready(if allowed {
+                Ok(())
+            } else {
+                Err(AdminError::reject(
+                    StatusCode::FORBIDDEN,
+                    "permission denied: only root, the envelope's user or --admin-group may use this socket",
+                ))
+            })
+        })
+        .untuple_one()
+}
+
+/// Admin requests take no body; one is read up to [`MAX_BODY`] to refuse it.
+fn no_body() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::body::stream().and_then(read_nothing).untuple_one()
+}
+
+async fn read_nothing<S, B>(body: S) -> Result<(), Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    while let Some(chunk) = body.next().await {
+        read = match chunk {
+            Ok(chunk) => read.saturating_add(chunk.remaining()),
+            Err(_) => usize::MAX,
+        };
+        if read > MAX_BODY {
+            return Err(AdminError::reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+            ));
+        }
+    }
+    if read > 0 {
+        return Err(AdminError::reject(
+            StatusCode::BAD_REQUEST,
+            "admin requests take no body",
+        ));
+    }
+    Ok(())
+}
+
+fn unknown_resource() -> impl Filter<Extract = (Reply,), Error = Rejection> + Copy {
+    warp::path::full().and_then(|path: FullPath| {
+        std::future::ready(Err::<Reply, _>(AdminError::reject(
+            StatusCode::NOT_FOUND,
+            format!("no such admin resource: {}", path.as_str()),
+        )))
+    })
+}
+
+/// The request's query pairs, every name within `allowed`; else 400.
+pub fn query(
+    allowed: &'static [&'static str],
+) -> impl Filter<Extract = (Vec<(String, String)>,), Error = Rejection> + Copy {
+    common::filters::raw_query().and_then(move |query: Option<String>| {
+        std::future::ready(
+            query_pairs(query.as_deref(), allowed)
+                .map(|pairs| {
+                    pairs
+                        .into_iter()
+                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                        .collect()
+                })
+                .map_err(|message| AdminError::reject(StatusCode::BAD_REQUEST, message)),
+        )
+    })
+}
+
+/// The last branch of a resource: every method not routed above it is 405.
+pub fn method_not_allowed(
+    allow: &'static str,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Copy {
+    warp::any().and_then(move || {
+        std::future::ready(Err::<Reply, _>(warp::reject::custom(AdminError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("method not allowed (allowed: {allow})"),
+            allow: Some(allow),
+        })))
+    })
 }
 
 /// Splits a query into pairs; a name outside `allowed` is an error message.
@@ -182,16 +322,4 @@ pub fn query_pairs<'a>(
         pairs.push((name, value));
     }
     Ok(pairs)
-}
-
-pub fn method_not_allowed(allowed: &'static str) -> AdminResponse {
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method not allowed (allowed: {allowed})"),
-    );
-    response.headers_mut().insert(
-        hyper::header::ALLOW,
-        hyper::header::HeaderValue::from_static(allowed),
-    );
-    response
 }

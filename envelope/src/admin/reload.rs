@@ -1,19 +1,30 @@
 //! `POST /v1/reload`: reloads the verify keys, all or nothing; a refused set is a
 //! 422 naming the reason, and the old keys stay in force.
 
+use std::sync::Arc;
+
 use common::admin::{ApiError, Reloaded};
-use hyper::{Method, StatusCode};
 use time::OffsetDateTime;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection};
 
-use super::{error, json, method_not_allowed, query_pairs, AdminResponse, AdminState};
+use super::{error, json, method_not_allowed, query, AdminResponse, AdminState};
+use crate::access::exact_path;
+use crate::server::Reply;
 
-pub async fn handle(state: &AdminState, method: &Method, query: Option<&str>) -> AdminResponse {
-    if method != Method::POST {
-        return method_not_allowed("POST");
-    }
-    if let Err(message) = query_pairs(query, &[]) {
-        return error(StatusCode::BAD_REQUEST, message);
-    }
+pub fn routes(
+    state: Arc<AdminState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    exact_path(common::admin::RELOAD_PATH).and(
+        warp::post()
+            .and(query(&[]))
+            .then(move |_| post(state.clone()))
+            .or(method_not_allowed("POST"))
+            .unify(),
+    )
+}
+
+async fn post(state: Arc<AdminState>) -> AdminResponse {
     let Some(keys) = &state.keys else {
         return error(
             StatusCode::CONFLICT,

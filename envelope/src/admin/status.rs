@@ -1,16 +1,27 @@
 //! `GET /v1/status`: what this envelope is and how full it is.
 
-use hyper::{Method, StatusCode};
+use std::sync::Arc;
 
-use super::{error, json, method_not_allowed, query_pairs, AdminResponse, AdminState};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection};
 
-pub async fn handle(state: &AdminState, method: &Method, query: Option<&str>) -> AdminResponse {
-    if method != Method::GET {
-        return method_not_allowed("GET");
-    }
-    if let Err(message) = query_pairs(query, &[]) {
-        return error(StatusCode::BAD_REQUEST, message);
-    }
+use super::{json, method_not_allowed, query, AdminResponse, AdminState};
+use crate::access::exact_path;
+use crate::server::Reply;
+
+pub fn routes(
+    state: Arc<AdminState>,
+) -> impl Filter<Extract = (Reply,), Error = Rejection> + Clone {
+    exact_path(common::admin::STATUS_PATH).and(
+        warp::get()
+            .and(query(&[]))
+            .then(move |_| get(state.clone()))
+            .or(method_not_allowed("GET"))
+            .unify(),
+    )
+}
+
+async fn get(state: Arc<AdminState>) -> AdminResponse {
     let (_, occupancy) = state.grants.list().await;
     let mut status = common::admin::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
