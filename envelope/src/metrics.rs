@@ -143,7 +143,7 @@ impl Metrics {
         let key_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "envelope_key_reloads",
-            "Verify-key reloads by trigger (sighup, file, admin) and result",
+            "Verify-key reloads by trigger (sighup or file or admin) and result",
             key_reloads.clone(),
         );
         Metrics {
