@@ -54,6 +54,11 @@ impl Lab {
     }
 
     pub fn token(&self) -> String {
+        self.token_with_jti(None)
+    }
+
+    /// A valid token carrying `jti` (for single-use tokens).
+    pub fn token_with_jti(&self, jti: Option<String>) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -65,7 +70,7 @@ impl Lab {
             exp: now + 600,
             nbf: None,
             iat: Some(now),
-            jti: None,
+            jti,
         };
         self.signer.sign(&claims).expect("signing a bench token")
     }

@@ -170,16 +170,20 @@ pub async fn upgrades_at_once(
 /// While a flood runs, a valid client upgrades every `every`; returns its latencies.
 pub async fn valid_client_during(
     envelope: SocketAddr,
-    token: String,
+    tokens: Vec<String>,
     for_how_long: Duration,
     every: Duration,
 ) -> anyhow::Result<Sample> {
     let end = Instant::now() + for_how_long;
     let mut latencies = Vec::new();
-    while Instant::now() < end {
+    // A fresh token (its own jti) each time, so single-use tokens work too.
+    for token in tokens.iter().cycle() {
+        if Instant::now() >= end {
+            break;
+        }
         let started = Instant::now();
         let stream = connect(None, envelope, None).await?;
-        let (ws, _) = upgrade(stream, envelope, false, &token).await?;
+        let (ws, _) = upgrade(stream, envelope, false, token).await?;
         latencies.push(started.elapsed());
         close(ws).await;
         tokio::time::sleep(every).await;

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::filters::{
-    self, AccessPolicy, Denied, NoCustomClaims, TxExempt, TxGate, Verified, VerifierSource,
+    self, AccessPolicy, Denied, NoCustomClaims, ReplayCache, Reservation, TxExempt, TxGate,
+    Verified, VerifierSource,
 };
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -74,9 +75,11 @@ struct NotAnUpgrade;
 
 impl warp::reject::Reject for NotAnUpgrade {}
 
-/// What the checks found: the client's token (if any) and its upgrade.
+/// What the checks found: the client's token (if any), its single-use
+/// reservation (with `--single-use-tokens`) and its upgrade.
 struct Checked {
     token: Option<Verified>,
+    reservation: Option<Reservation>,
     handshake: Handshake,
 }
 
@@ -106,11 +109,20 @@ pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infal
     } else {
         filters::optional_access_token::<NoCustomClaims>(policy).boxed()
     };
+    let replay = app.tokens.replay.clone();
     let checked = exact_path(PATH)
         .and(warp::get())
         .and(token)
+        .and_then(move |token: Option<Verified>| {
+            std::future::ready(single_use(replay.as_ref(), token))
+        })
+        .untuple_one()
         .and(websocket_upgrade())
-        .map(|token, handshake| Checked { token, handshake });
+        .map(|token, reservation, handshake| Checked {
+            token,
+            reservation,
+            handshake,
+        });
     let (admit_app, refuse_app) = (app.clone(), app.clone());
     let access = filters::transmit_rate_unless_exempt(app.tx_gate.clone(), checked)
         .and(server::peer())
@@ -152,9 +164,31 @@ fn websocket_upgrade() -> impl Filter<Extract = (Handshake,), Error = Rejection>
         })
 }
 
+/// With `--single-use-tokens`, reserves the token's `jti` right after the token
+/// checks; the reservation is given back if the request fails later on.
+fn single_use(
+    cache: Option<&Arc<ReplayCache>>,
+    token: Option<Verified>,
+) -> Result<(Option<Verified>, Option<Reservation>), Rejection> {
+    let (Some(cache), Some(verified)) = (cache, token.as_ref()) else {
+        return Ok((token, None));
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match cache.reserve(verified.claims.jti.as_deref(), verified.claims.exp, now) {
+        Ok(reservation) => Ok((token, Some(reservation))),
+        Err(denied) => Err(warp::reject::custom(denied)),
+    }
+}
+
 /// Every check passed: take a slot, put the grant in the kernel, then answer 101.
 async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
-    let Checked { token, handshake } = checked;
+    let Checked {
+        token,
+        reservation,
+        handshake,
+    } = checked;
     if token.is_some() {
         app.metrics.count_token(PATH, true, "valid");
     }
@@ -183,6 +217,10 @@ async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
             return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
         }
     };
+    // Granted: a single-use token is now used for good.
+    if let Some(reservation) = reservation {
+        reservation.commit();
+    }
     // The upgrade completes after this response is written; if it never does,
     // the session drops the lease and the grant is released.
     app.sessions
@@ -347,6 +385,7 @@ mod tests {
                 required: false,
                 verifier: None,
                 subject: None,
+                replay: None,
             },
             timeout: Duration::from_secs(timeout),
             max_hold: Duration::from_secs(max_hold),

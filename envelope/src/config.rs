@@ -80,6 +80,17 @@ pub struct Flags {
           default_value_t = true, default_missing_value = "true", value_name = "BOOL")]
     pub token_required: bool,
 
+    /// Accept each token once: its `jti` is remembered until its `exp`; a replay,
+    /// or a token without `jti`, gets 401 (the memory is bounded; full = 503).
+    #[arg(long, env = "ENVELOPE_SINGLE_USE_TOKENS", action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_value_t = false,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub single_use_tokens: bool,
+
+    /// Most live tokens the single-use cache remembers (tests lower it).
+    #[arg(long, default_value_t = common::filters::DEFAULT_REPLAY_CAP, hide = true)]
+    pub replay_cache_cap: usize,
+
     /// This machine's name; tokens must carry it in `aud`.
     #[arg(long, env = "ENVELOPE_MACHINE", alias = "envelope.machine")]
     pub machine: Option<String>,
@@ -250,6 +261,8 @@ pub struct TokenPolicy {
     /// The verify keys (reloadable), when any `--verify-key` is given.
     pub verifier: Option<Arc<crate::keys::Keys>>,
     pub subject: Option<String>,
+    /// `--single-use-tokens`: the cache of used `jti`s.
+    pub replay: Option<Arc<common::filters::ReplayCache>>,
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +390,9 @@ impl Flags {
                 required: self.token_required,
                 verifier,
                 subject: self.subject.filter(|s| !s.is_empty()),
+                replay: self
+                    .single_use_tokens
+                    .then(|| Arc::new(common::filters::ReplayCache::new(self.replay_cache_cap))),
             },
             max_clients: self.max_clients as usize,
             device: self.device,

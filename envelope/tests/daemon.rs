@@ -1309,3 +1309,79 @@ mod observability {
         );
     }
 }
+
+// ---------------------------------------------------------------- single-use tokens
+
+mod single_use {
+    use super::*;
+
+    fn with_jti(jti: &str) -> String {
+        let mut c = claims(SUBJECT, 120);
+        c.jti = Some(jti.to_owned());
+        sign(&c)
+    }
+
+    #[tokio::test]
+    async fn a_token_is_accepted_once_and_a_token_without_jti_not_at_all() {
+        let daemon = Daemon::start(Options {
+            metrics: true,
+            ..Options::default().arg("--single-use-tokens")
+        });
+        let once = with_jti("one-use-1");
+        let (ws, _) = expect_ok(ws_connect(&daemon, Some(&once), true).await, "first use");
+        one_grant_then_revoked_on_close(&daemon, ws).await;
+        let (status, body) = status_and_body(ws_connect(&daemon, Some(&once), true).await);
+        assert_eq!(status, 401, "replay: {body}");
+        assert!(body.contains("already used"), "{body}");
+        let (status, body) = status_and_body(ws_connect(&daemon, Some(&token()), true).await);
+        assert_eq!(status, 401, "no jti: {body}");
+        let metrics = daemon.metrics().await;
+        for label in ["replayed", "missing-jti"] {
+            assert!(
+                metrics.contains(&format!("reason=\"{label}\"")),
+                "{label} not counted:\n{metrics}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_fails_later_does_not_use_the_token_up() {
+        let daemon = Daemon::start(Options::default().arg("--single-use-tokens"));
+        let token = with_jti("retry-after-400");
+        // A valid token on a request that is no WebSocket upgrade: 400, token kept.
+        let request =
+            format!("GET {ACCESS_PATH}?access_token={token} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let (status, answer) = raw(&daemon, &request).await;
+        assert_eq!(status, 400, "{answer}");
+        let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, "retry");
+        one_grant_then_revoked_on_close(&daemon, ws).await;
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_fails_closed_with_503() {
+        let daemon = Daemon::start(Options::default().args(&[
+            "--single-use-tokens",
+            "--replay-cache-cap=1",
+            "--max-clients=4",
+        ]));
+        let (first, _) = expect_ok(
+            ws_connect(&daemon, Some(&with_jti("cap-1")), true).await,
+            "first token",
+        );
+        let (status, body) =
+            status_and_body(ws_connect(&daemon, Some(&with_jti("cap-2")), true).await);
+        assert_eq!(status, 503, "cache full: {body}");
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn without_the_flag_a_token_may_be_used_again() {
+        let daemon = Daemon::start(Options::default());
+        let token = with_jti("reusable");
+        for (n, use_) in ["first", "second"].into_iter().enumerate() {
+            let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, use_);
+            close(ws).await;
+            await_journal(&daemon, REVOKE, n + 1, Duration::from_secs(1)).await;
+        }
+    }
+}

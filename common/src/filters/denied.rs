@@ -27,6 +27,12 @@ pub enum Denied {
     WrongSubject,
     /// The guarded device transmits above its limit (503).
     TxOverLimit,
+    /// Single-use tokens: this token was already used (401).
+    Replayed,
+    /// Single-use tokens: the token carries no `jti` to remember (401).
+    MissingJti,
+    /// Single-use tokens: the replay cache is full of live tokens (503, fail closed).
+    ReplayCacheFull,
 }
 
 impl warp::reject::Reject for Denied {}
@@ -37,9 +43,11 @@ impl Denied {
             Denied::MissingToken
             | Denied::NoVerifier
             | Denied::InvalidToken(_)
-            | Denied::BadCustomClaims => StatusCode::UNAUTHORIZED,
+            | Denied::BadCustomClaims
+            | Denied::Replayed
+            | Denied::MissingJti => StatusCode::UNAUTHORIZED,
             Denied::DuplicateToken | Denied::WrongSubject => StatusCode::BAD_REQUEST,
-            Denied::TxOverLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Denied::TxOverLimit | Denied::ReplayCacheFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -53,6 +61,9 @@ impl Denied {
             Denied::BadCustomClaims => "bad-custom-claims",
             Denied::WrongSubject => "wrong-subject",
             Denied::TxOverLimit => "tx-over-limit",
+            Denied::Replayed => "replayed",
+            Denied::MissingJti => "missing-jti",
+            Denied::ReplayCacheFull => "replay-cache-full",
         }
     }
 
@@ -87,6 +98,13 @@ impl fmt::Display for Denied {
             }
             Denied::WrongSubject => f.write_str("token subject is not this service"),
             Denied::TxOverLimit => f.write_str("transmit rate over the limit; try later"),
+            Denied::Replayed => f.write_str("access token already used (single-use tokens)"),
+            Denied::MissingJti => {
+                f.write_str("access token has no jti (single-use tokens need one)")
+            }
+            Denied::ReplayCacheFull => {
+                f.write_str("too many live single-use tokens remembered; try later")
+            }
         }
     }
 }
@@ -115,5 +133,9 @@ mod tests {
         assert_eq!(Denied::TxOverLimit.status(), 503);
         assert_eq!(Denied::InvalidToken(Rejection::Expired).label(), "expired");
         assert!(!Denied::TxOverLimit.is_token());
+        assert_eq!(Denied::Replayed.status(), 401);
+        assert_eq!(Denied::MissingJti.status(), 401);
+        assert_eq!(Denied::ReplayCacheFull.status(), 503);
+        assert_eq!(Denied::Replayed.label(), "replayed");
     }
 }

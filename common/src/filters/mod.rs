@@ -9,6 +9,8 @@
 //!   custom-claims type that can never override a standard claim.
 //! - [`transmit_rate`] / [`transmit_rate_unless_exempt`]: the transmit-rate gate
 //!   (503 while the guarded device sends more than its limit; `monitoring` is exempt).
+//! - [`ReplayCache`]: single-use tokens (each `jti` accepted once until its `exp`),
+//!   bounded and failing closed.
 //! - [`Denied`]: every refusal, with its status, a stable label and the one-line
 //!   message; [`handle_rejection`] turns it into the response.
 //!
@@ -32,11 +34,13 @@
 
 mod custom;
 mod denied;
+mod replay;
 mod token;
 mod txrate;
 
 pub use custom::NoCustomClaims;
 pub use denied::{handle_rejection, Denied};
+pub use replay::{ReplayCache, Reservation, DEFAULT_CAP as DEFAULT_REPLAY_CAP};
 pub use token::{
     access_token, optional_access_token, raw_query, AccessPolicy, Verified, VerifierSource,
     MONITORING_SUBJECT,
