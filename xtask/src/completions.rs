@@ -9,24 +9,32 @@ use clap_complete::Shell;
 
 use crate::binaries::Binary;
 
-/// (shell, subdirectory, file name for a binary).
-const SHELLS: [(Shell, &str, fn(&str) -> String); 3] = [
-    (Shell::Bash, "bash", |name| name.to_owned()),
-    (Shell::Zsh, "zsh", |name| format!("_{name}")),
-    (Shell::Fish, "fish", |name| format!("{name}.fish")),
+const SHELLS: [(Shell, &str); 3] = [
+    (Shell::Bash, "bash"),
+    (Shell::Zsh, "zsh"),
+    (Shell::Fish, "fish"),
 ];
+
+/// The file name each shell's completion loader looks for.
+fn file_name(shell: Shell, binary: &str) -> String {
+    match shell {
+        Shell::Zsh => format!("_{binary}"),
+        Shell::Fish => format!("{binary}.fish"),
+        _ => binary.to_owned(),
+    }
+}
 
 /// Writes `binary`'s completion script for every shell under `dir`.
 pub fn write_scripts(binary: &Binary, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for (shell, subdir, file_name) in SHELLS {
+    for (shell, subdir) in SHELLS {
         let mut command = (binary.command)();
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut command, binary.name, &mut script);
         let shell_dir = dir.join(subdir);
         std::fs::create_dir_all(&shell_dir)
             .with_context(|| format!("cannot create {}", shell_dir.display()))?;
-        let path = shell_dir.join(file_name(binary.name));
+        let path = shell_dir.join(file_name(shell, binary.name));
         std::fs::write(&path, script)
             .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
