@@ -43,15 +43,16 @@ cleanup() {
 trap cleanup EXIT
 
 # --- build -------------------------------------------------------------------
-# One cargo invocation for the binaries and the generator: a different package
-# selection could resolve dependency features differently and rebuild them.
+# One cargo invocation for the binaries and the generator. envelope-bench is in
+# the selection only so that dependency features resolve as in test.sh's
+# benchmark build (testbed widens nix's), which is then reused, not rebuilt.
 target_dir=$(cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 case "$PROFILE" in
     release) cargo_profile=(--release) out_dir=$target_dir/release ;;
     dev) cargo_profile=() out_dir=$target_dir/debug ;;
     *) cargo_profile=(--profile "$PROFILE") out_dir=$target_dir/$PROFILE ;;
 esac
-cargo build -q "${cargo_profile[@]}" $(printf -- '-p %s ' "${BINARIES[@]}") -p xtask
+cargo build -q "${cargo_profile[@]}" $(printf -- '-p %s ' "${BINARIES[@]}") -p xtask -p envelope-bench
 "$out_dir/xtask" dist-docs >/dev/null
 deb=$(cargo deb -q -p "$PACKAGE" --no-build --profile "$PROFILE" --fast -o "$work/" 2>"$work/cargo-deb.log") \
     || { cat "$work/cargo-deb.log" >&2; fail "cargo deb failed"; }
