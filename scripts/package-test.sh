@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGE=envelope
-BINARIES=(envelope envelopectl example-signer)
+BINARIES=(envelope envelopectl example-signer envelope-exec)
 PROFILE=${ENVELOPE_DEB_PROFILE:-dev}
 started=$SECONDS
 

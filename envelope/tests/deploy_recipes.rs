@@ -400,10 +400,12 @@ fn exposed_metrics() -> BTreeMap<String, &'static str> {
     let mut metrics = BTreeMap::new();
     for call in source.split("registry.register(").skip(1) {
         let name = call.split('"').nth(1).expect("metric name literal");
-        // Third argument: `variable.clone()`.
+        // Third argument, after the name and help literals (the help may
+        // contain commas): `variable.clone()`.
         let variable = call
-            .split(',')
-            .nth(2)
+            .split('"')
+            .nth(4)
+            .and_then(|rest| rest.split(',').nth(1))
             .and_then(|a| a.trim().strip_suffix(".clone()"))
             .unwrap_or_else(|| panic!("cannot read the metric passed for {name}"));
         let declaration = source

@@ -18,4 +18,5 @@ pub const BINARIES: &[Binary] = &[
     Binary { name: "envelope", command: envelope::command, go_flags: true },
     Binary { name: "envelopectl", command: envelopectl::command, go_flags: false },
     Binary { name: "example-signer", command: example_signer::command, go_flags: true },
+    Binary { name: "envelope-exec", command: envelope_exec::command, go_flags: true },
 ];
