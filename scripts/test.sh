@@ -20,6 +20,11 @@ command -v websocat >/dev/null || cargo install -q --locked --root /usr/local we
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
 # envelope/tests/browser.rs drives Debian's headless Chromium.
 [ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+# The Debian package (scripts/package-test.sh): cargo-deb (3.8.0 builds with rustc
+# 1.85+), man for `man -l` of its pages, systemd-analyze to verify its unit.
+command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
+command -v man >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db; }
+command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -28,3 +33,5 @@ ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
 cargo build -q -p envelope -p envelope-bench
 target/debug/envelope-bench --sessions 3 --burst 4 --poisson-secs 1 --crash-held 4 --flood-secs 1 --flood-conns 4 --held 100
+# The Debian package: built from the debug build above, installed, checked, removed.
+bash scripts/package-test.sh

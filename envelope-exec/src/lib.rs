@@ -8,6 +8,9 @@
 //! - [`envelope`]: opening the first envelope that accepts, holding and closing it.
 //! - [`command`]: the user's command in its own process group, and its stopping.
 //! - [`run`]: the whole sequence under one `--timeout`, and its exit code.
+//!
+//! [`command`] is the clap definition, for tools that write the man page and
+//! shell completions (the workspace's `xtask`).
 
 pub mod cli;
 pub mod command;
@@ -15,6 +18,12 @@ pub mod envelope;
 pub mod locate;
 pub mod net;
 pub mod run;
+
+/// The clap definition of `envelope-exec`, exactly as the binary parses it
+/// (before [`cli::rewrite`] gives Go spellings their double dash).
+pub fn command() -> clap::Command {
+    <cli::Flags as clap::CommandFactory>::command()
+}
 
 /// `text` on one line: control characters (newlines, ANSI escapes) from a remote
 /// answer become spaces, and it is cut at 200 characters.

@@ -14,6 +14,9 @@
 //! - [`keys`]: the verify keys, reloaded whole without a restart.
 //! - [`firewall`]: the policy-level firewall trait and its backends.
 //! - [`metrics`], [`tls`], [`logging`].
+//!
+//! [`command`] is the clap definition of the `envelope` binary, for tools that
+//! write its man page and shell completions (the workspace's `xtask`).
 
 pub mod access;
 pub mod admin;
@@ -27,3 +30,9 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod tls;
+
+/// The clap definition of the `envelope` binary, exactly as it parses its flags
+/// (before [`common::goflags`] rewrites Go-style spellings).
+pub fn command() -> clap::Command {
+    <config::Flags as clap::CommandFactory>::command()
+}

@@ -2,12 +2,17 @@
 //! (docs/migration.md) honest against the real binary and the source: every
 //! flag and ENVELOPE_* variable they mention exists, every Go spelling the
 //! migration note promises is accepted and maps to the flag it names, the metric
-//! names match envelope/src/metrics.rs, and the unit, manifest and Dockerfile
-//! have the shape the README describes.
+//! names match envelope/src/metrics.rs, the unit, manifest and Dockerfile
+//! have the shape the README describes, the packaged /etc/default/envelope
+//! names exactly the variables the clap definition declares, and the Grafana
+//! dashboard queries only metrics a running envelope exports.
 //!
-//! No test here touches the firewall: the binary is only run with arguments
-//! that fail validation (or clap parsing), always with `--firewall none` and a
-//! private admin socket as a safety net, and under a timeout.
+//! No test here touches the firewall: the binary is run with arguments that
+//! fail validation (or clap parsing), always with `--firewall none` and a
+//! private admin socket as a safety net, and under a timeout; the one daemon
+//! started (for the dashboard) runs with `--firewall none` on loopback.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +40,7 @@ fn documents() -> Vec<(&'static str, String)> {
         "docs/deploy/Dockerfile",
         "docs/deploy/kubernetes.yaml",
         "docs/deploy/README.md",
+        "docs/deploy/envelope.default",
         "docs/migration.md",
     ]
     .into_iter()
@@ -168,9 +174,10 @@ const OTHER_TOOLS: &[&str] = &[
     "from",
     // systemctl
     "now",
-    // cargo
+    // cargo, cargo deb
     "release",
     "locked",
+    "no-build",
     // kubectl
     "from-file",
     // apt-get, update-alternatives
@@ -393,10 +400,12 @@ fn exposed_metrics() -> BTreeMap<String, &'static str> {
     let mut metrics = BTreeMap::new();
     for call in source.split("registry.register(").skip(1) {
         let name = call.split('"').nth(1).expect("metric name literal");
-        // Third argument: `variable.clone()`.
+        // Third argument, after the name and help literals (the help may
+        // contain commas): `variable.clone()`.
         let variable = call
-            .split(',')
-            .nth(2)
+            .split('"')
+            .nth(4)
+            .and_then(|rest| rest.split(',').nth(1))
             .and_then(|a| a.trim().strip_suffix(".clone()"))
             .unwrap_or_else(|| panic!("cannot read the metric passed for {name}"));
         let declaration = source
@@ -697,4 +706,298 @@ fn dockerfile_builds_every_workspace_member_and_runs_the_envelope() {
     // ... and the context must not drag the cargo target directory along.
     let ignore = read("docs/deploy/Dockerfile.dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "target"), "{ignore}");
+}
+
+/// `NAME=value` lines of docs/deploy/envelope.default, commented (`#NAME=`) or
+/// not; prose comments start with `# `.
+fn default_file_variables(text: &str) -> Vec<(String, String, bool)> {
+    text.lines()
+        .filter_map(|line| {
+            let (commented, body) = match line.strip_prefix('#') {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let (name, value) = body.split_once('=')?;
+            let is_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            is_name.then(|| (name.to_owned(), value.to_owned(), commented))
+        })
+        .collect()
+}
+
+#[test]
+fn default_file_names_exactly_the_variables_the_envelope_declares() {
+    let command = envelope::command();
+    // ENVELOPE_* variables of the flags `--help` shows, with their defaults.
+    let declared: BTreeMap<String, Option<String>> = command
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set())
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().into_owned();
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            Some((env, (!defaults.is_empty()).then(|| defaults.join(","))))
+        })
+        .collect();
+    assert!(declared.len() > 15, "{declared:?}");
+    let text = read("docs/deploy/envelope.default");
+    let variables = default_file_variables(&text);
+    let mut seen = BTreeSet::new();
+    for (name, value, commented) in &variables {
+        assert!(
+            seen.insert(name.clone()),
+            "envelope.default sets {name} twice"
+        );
+        assert!(
+            *commented,
+            "envelope.default sets {name}: the installed file must leave every default in place"
+        );
+        let Some(default) = declared.get(name) else {
+            panic!("envelope.default names {name}, which no visible envelope flag reads");
+        };
+        if let Some(default) = default {
+            assert_eq!(
+                value, default,
+                "envelope.default shows {name}={value}, but the default is {default}"
+            );
+        }
+    }
+    let missing: Vec<&String> = declared.keys().filter(|n| !seen.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "envelope flags whose variables docs/deploy/envelope.default does not describe: {missing:?}"
+    );
+    // The unit reads it from where the package installs it.
+    let unit = parse_unit(&read("docs/deploy/envelope.service"));
+    assert_eq!(
+        unit["Service"]["EnvironmentFile"],
+        ["-/etc/default/envelope"]
+    );
+}
+
+/// Metric names in a PromQL expression: identifiers that are not functions
+/// (followed by `(`), keywords, label names (inside `{…}` or a grouping such as
+/// `by (…)`), ranges (`[…]`), strings or numbers.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    // Aggregations too: in `sum by (le) (…)` no `(` follows the name.
+    const KEYWORDS: [&str; 19] = [
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    // Index just past the string literal starting at `i`.
+    let skip_string = |mut i: usize| {
+        let quote = chars[i];
+        i += 1;
+        while i < chars.len() && chars[i] != quote {
+            i += if chars[i] == '\\' { 2 } else { 1 };
+        }
+        i + 1
+    };
+    // Index just past the `close` matching the opener at `i` (strings skipped).
+    let skip_to = |mut i: usize, close: char| {
+        while i < chars.len() && chars[i] != close {
+            i = if chars[i] == '"' {
+                skip_string(i)
+            } else {
+                i + 1
+            };
+        }
+        i + 1
+    };
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i = skip_string(i);
+        } else if c == '{' {
+            i = skip_to(i, '}');
+        } else if c == '[' {
+            i = skip_to(i, ']');
+        } else if c.is_ascii_digit() || c == '.' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if is_word(c) {
+            let start = i;
+            while i < chars.len() && is_word(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if GROUPING.contains(&word.as_str()) {
+                if next == Some(&'(') {
+                    let open = i + chars[i..].iter().position(|c| *c == '(').unwrap_or(0);
+                    i = skip_to(open, ')');
+                }
+            } else if next != Some(&'(') && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Every PromQL expression in the dashboard: panel targets and template queries.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut queries = Vec::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty(), "no panels");
+    for panel in panels {
+        let title = panel["title"].as_str().expect("panel title");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {title:?} queries nothing");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            queries.push(expr.to_owned());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        if variable["type"] == "query" {
+            let query = variable["query"]["query"]
+                .as_str()
+                .or_else(|| variable["query"].as_str())
+                .expect("template query");
+            // label_values(METRIC{…}, label): the metric is the first argument.
+            let inner = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.rsplit_once(','))
+                .map(|(metric, _)| metric.to_owned())
+                .unwrap_or_else(|| query.to_owned());
+            queries.push(inner);
+        }
+    }
+    queries
+}
+
+/// Sample names a scrape exports, plus those its `# TYPE` lines imply (so a
+/// labelled family with no sample yet still counts): counters as `_total`,
+/// histograms as `_bucket`, `_sum` and `_count`.
+fn exported_names(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(declaration) = line.strip_prefix("# TYPE ") {
+            let mut parts = declaration.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_skip_functions_labels_and_ranges() {
+    let names = promql_metric_names(
+        r#"histogram_quantile(0.99, sum by (le, operation) (rate(a_bucket{instance=~"$i", x="y{z}"}[$__rate_interval]))) / ignoring(le) b_total + on (q) c > bool 0.5 and max(d) by (q)"#,
+    );
+    assert_eq!(
+        names,
+        ["a_bucket", "b_total", "c", "d"].map(String::from).into()
+    );
+}
+
+#[tokio::test]
+async fn grafana_dashboard_queries_only_metrics_the_envelope_exports() {
+    use support::{ws_connect, Daemon, Options};
+
+    let text = read("docs/deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&text).expect("grafana-dashboard.json is JSON");
+    assert_eq!(dashboard["uid"], "envelope");
+    let queried: BTreeSet<String> = dashboard_queries(&dashboard)
+        .iter()
+        .flat_map(|q| promql_metric_names(q))
+        .collect();
+    for promised in [
+        "envelope_active_grants",
+        "envelope_firewall_operation_duration_seconds_bucket",
+        "controller_access_token_requests_total",
+        "controller_access_txcontroller_requests_total",
+        "envelope_firewall_revoke_failures_total",
+    ] {
+        assert!(
+            queried.contains(promised),
+            "no panel queries {promised}: {queried:?}"
+        );
+    }
+
+    // One granted and one rejected request against a real daemon, then a scrape.
+    let daemon = Daemon::start(
+        Options {
+            tls: false,
+            record: false,
+            metrics: true,
+            ..Options::default()
+        }
+        .arg("--firewall=none"),
+    );
+    let (mut ws, _) = ws_connect(&daemon, Some(&support::token()), true)
+        .await
+        .expect("granted");
+    let rejected = ws_connect(&daemon, Some("not.a.token"), true).await;
+    assert_eq!(support::handshake_status(rejected), 401);
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let scrape = daemon.metrics().await;
+        if scrape.contains("operation=\"revoke\"") {
+            break scrape;
+        }
+        assert!(Instant::now() < deadline, "no revoke observed:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exported = exported_names(&scrape);
+    let unknown: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics the envelope does not export: {unknown:?}\nexported: {exported:?}"
+    );
 }

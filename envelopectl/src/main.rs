@@ -1,57 +1,17 @@
 //! `envelopectl`: operators' view of the envelope's live grants (SPEC §6).
 //! `main` maps every outcome to an exit code: 0 done, 1 nothing matched (or the
-//! envelope refused), 2 usage, 3 the envelope cannot be reached.
+//! envelope refused), 2 usage, 3 the envelope cannot be reached. The flags live in
+//! the library ([`envelopectl::cli`]) so that man pages and completions share them.
 
 mod client;
 mod cmd;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use common::admin::{DEFAULT_SOCKET, SOCKET_ENV};
+use clap::Parser;
+use envelopectl::cli::{Cli, Command};
 
 use crate::client::{Client, CtlError};
-
-/// List and revoke the envelope's live grants over its admin socket.
-#[derive(Debug, Parser)]
-#[command(name = "envelopectl", version, about)]
-struct Cli {
-    /// The envelope's admin socket.
-    #[arg(long, global = true, env = SOCKET_ENV, default_value = DEFAULT_SOCKET, value_name = "PATH")]
-    socket: PathBuf,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Show live grants (a table, or JSON with --json).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// End a session by grant ID, every session whose subnet contains IP, or --all.
-    Revoke {
-        /// A grant ID (from `list`) or a client IP address.
-        #[arg(
-            required_unless_present = "all",
-            conflicts_with = "all",
-            value_name = "ID|IP"
-        )]
-        target: Option<String>,
-        #[arg(long)]
-        all: bool,
-    },
-    /// Load the verify keys again (all or nothing; the old keys stay if refused).
-    Reload,
-    /// Show the envelope's version, configuration summary and occupancy.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
