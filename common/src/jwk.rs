@@ -28,9 +28,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::{de, Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// The path used in errors for keys parsed from a string rather than a file.
 pub const MEMORY_PATH: &str = "<memory>";
@@ -165,71 +164,44 @@ impl fmt::Debug for PrivateKey {
 // ---------------------------------------------------------------------------
 // Parsing and checks
 
-/// Every member we read, so that a duplicate of any is a JSON error (`Jwk`
-/// flattens, which keeps one silently), and the private members, whose presence
-/// matters even as `null`.
-#[derive(Deserialize)]
-struct Members {
-    #[serde(rename = "kty")]
-    _kty: Option<IgnoredAny>,
-    #[serde(rename = "use")]
-    _use: Option<IgnoredAny>,
-    #[serde(rename = "key_ops")]
-    _key_ops: Option<IgnoredAny>,
-    #[serde(rename = "kid")]
-    _kid: Option<IgnoredAny>,
-    alg: Option<Value>,
-    #[serde(rename = "crv")]
-    _crv: Option<IgnoredAny>,
-    #[serde(rename = "x")]
-    _x: Option<IgnoredAny>,
-    #[serde(rename = "y")]
-    _y: Option<IgnoredAny>,
-    #[serde(rename = "n")]
-    _n: Option<IgnoredAny>,
-    #[serde(rename = "e")]
-    _e: Option<IgnoredAny>,
-    #[serde(default, deserialize_with = "present")]
-    d: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    p: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    q: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    dp: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    dq: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    qi: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    oth: Option<Value>,
-}
+/// The members a verify key must not have.
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 
-/// `Some(value)` whenever the member is present, even when it is `null`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// A JWK's members as a map, refusing a duplicate member (`Jwk` flattens, which
+/// keeps one silently); it also keeps the private members, which `Jwk` drops.
+struct Members(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut out = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.contains_key(&key) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    out.insert(key, map.next_value()?);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl Members {
-    fn private(&self) -> [(&'static str, &Option<Value>); 7] {
-        [
-            ("d", &self.d),
-            ("p", &self.p),
-            ("q", &self.q),
-            ("dp", &self.dp),
-            ("dq", &self.dq),
-            ("qi", &self.qi),
-            ("oth", &self.oth),
-        ]
-    }
-
     fn private_bytes(&self, name: &str) -> Result<Vec<u8>, String> {
-        match self.private().into_iter().find(|(n, _)| *n == name) {
-            Some((_, Some(Value::String(s)))) => {
+        match self.0.get(name) {
+            Some(Value::String(s)) => {
                 b64_decode(s).ok_or_else(|| format!("{name:?} is not valid unpadded base64url"))
             }
-            Some((_, Some(_))) => Err(format!("{name:?} must be a string")),
-            _ => Err(format!("missing {name:?}")),
+            Some(_) => Err(format!("{name:?} must be a string")),
+            None => Err(format!("missing {name:?}")),
         }
     }
 }
@@ -295,7 +267,7 @@ fn check_common(jwk: &Jwk, members: &Members) -> Result<(String, Algorithm), Str
             return Err(r#"key_ops must include "sign" or "verify""#.into());
         }
     }
-    let alg = match (jwk.common.key_algorithm, &members.alg) {
+    let alg = match (jwk.common.key_algorithm, members.0.get("alg")) {
         (Some(KeyAlgorithm::EdDSA), _) => Algorithm::EdDSA,
         (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
         (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
@@ -326,7 +298,8 @@ fn check_common(jwk: &Jwk, members: &Members) -> Result<(String, Algorithm), Str
 }
 
 fn decode_fixed<const N: usize>(text: &str, name: &str, what: &str) -> Result<[u8; N], String> {
-    let bytes = b64_decode(text).ok_or_else(|| format!("{name:?} is not valid unpadded base64url"))?;
+    let bytes =
+        b64_decode(text).ok_or_else(|| format!("{name:?} is not valid unpadded base64url"))?;
     <[u8; N]>::try_from(bytes.as_slice())
         .map_err(|_| format!("{what} {name:?} must be {N} bytes, found {}", bytes.len()))
 }
@@ -438,7 +411,7 @@ fn public_from(jwk: &Jwk, members: &Members) -> Result<PublicKey, String> {
 
 fn parse_public(text: &str) -> Result<PublicKey, String> {
     let (jwk, members) = parse(text)?;
-    if let Some((name, _)) = members.private().into_iter().find(|(_, v)| v.is_some()) {
+    if let Some(name) = PRIVATE_MEMBERS.iter().find(|m| members.0.contains_key(**m)) {
         return Err(format!(
             "private key given where a public verify key is expected (it has {name:?})"
         ));
@@ -449,7 +422,7 @@ fn parse_public(text: &str) -> Result<PublicKey, String> {
 fn parse_private(text: &str) -> Result<PrivateKey, String> {
     let (jwk, members) = parse(text)?;
     let public = public_from(&jwk, &members)?;
-    if members.oth.is_some() {
+    if members.0.contains_key("oth") {
         return Err("multi-prime RSA keys (\"oth\") are not supported".to_string());
     }
     let d = members.private_bytes("d")?;
@@ -488,10 +461,7 @@ fn parse_private(text: &str) -> Result<PrivateKey, String> {
     };
     let members = names
         .iter()
-        .map(|&n| match members.private().into_iter().find(|(m, _)| *m == n) {
-            Some((_, Some(Value::String(s)))) => (n, s.clone()),
-            _ => unreachable!("decoded above"),
-        })
+        .map(|&n| (n, members.0[n].as_str().unwrap_or_default().to_string()))
         .collect();
     Ok(PrivateKey {
         public,
@@ -557,7 +527,11 @@ fn to_jwk_json(key: &PublicKey, private: &[(&'static str, String)]) -> String {
         ("crv", key.alg.crv().unwrap_or_default()),
         ("alg", key.alg.as_str()),
     ];
-    let tail = key.members.iter().chain(private).map(|(n, v)| (*n, v.as_str()));
+    let tail = key
+        .members
+        .iter()
+        .chain(private)
+        .map(|(n, v)| (*n, v.as_str()));
     let members: Vec<String> = head
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
@@ -597,7 +571,8 @@ fn generate_members(alg: Algorithm) -> Result<Vec<(&'static str, Vec<u8>)>, Stri
                 .map_err(failed)?;
             let der: Pkcs8V1Der<'static> = pair.as_der().map_err(failed)?;
             let info = pkcs8::PrivateKeyInfo::try_from(der.as_ref()).map_err(|e| e.to_string())?;
-            let rsa = pkcs1::RsaPrivateKey::try_from(info.private_key).map_err(|e| e.to_string())?;
+            let rsa =
+                pkcs1::RsaPrivateKey::try_from(info.private_key).map_err(|e| e.to_string())?;
             let v = |u: pkcs1::UintRef<'_>| u.as_bytes().to_vec();
             vec![
                 ("n", v(rsa.modulus)),
@@ -708,7 +683,8 @@ fn parse_public_file(text: &str, path: &Path) -> Result<Vec<PublicKey>, KeyError
     }
     let mut keys: Vec<PublicKey> = Vec::with_capacity(set.keys.len());
     for (i, entry) in set.keys.iter().enumerate() {
-        let key = parse_public(entry.get()).map_err(|reason| invalid(format!("keys[{i}]: {reason}")))?;
+        let key =
+            parse_public(entry.get()).map_err(|reason| invalid(format!("keys[{i}]: {reason}")))?;
         if keys.iter().any(|k| k.kid == key.kid) {
             return Err(KeyError::DuplicateKid {
                 kid: key.kid,
@@ -777,7 +753,7 @@ mod tests {
             .unwrap()
             .public_key();
         let base = pk.to_jwk_json();
-        for name in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
+        for name in PRIVATE_MEMBERS {
             for value in ["\"AAAA\"", "null", "7"] {
                 let text = format!("{},\"{name}\":{value}}}", &base[..base.len() - 1]);
                 let err = reason(PublicKey::from_jwk_json(&text).unwrap_err());

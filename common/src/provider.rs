@@ -38,9 +38,11 @@ pub fn install() -> Result<(), String> {
     match STRICT_PROVIDER.install_default() {
         Ok(()) => Ok(()),
         Err(current) if std::ptr::eq(current, &STRICT_PROVIDER) => Ok(()),
-        Err(_) => Err("another jsonwebtoken CryptoProvider is installed in this process; \
+        Err(_) => Err(
+            "another jsonwebtoken CryptoProvider is installed in this process; \
              the verifier needs common's strict EdDSA provider"
-            .to_string()),
+                .to_string(),
+        ),
     }
 }
 

@@ -78,87 +78,45 @@ impl Clock for FixedClock {
     }
 }
 
-/// Why a token was refused. `label()` strings are stable (metrics, logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum Rejection {
-    #[error("token is larger than 8192 bytes")]
-    TooLarge,
-    #[error("token is malformed")]
-    Malformed,
-    #[error("token algorithm is not allowed")]
-    AlgNotAllowed,
-    #[error("token header has no kid")]
-    MissingKid,
-    #[error("token kid is not a configured key")]
-    UnknownKid,
-    #[error("token algorithm does not match the key's algorithm")]
-    AlgMismatch,
-    #[error("token header carries a forbidden parameter")]
-    ForbiddenHeader,
-    #[error("token typ is not JWT")]
-    BadTyp,
-    #[error("token signature is invalid")]
-    BadSignature,
-    #[error("token has a duplicate claim")]
-    DuplicateClaim,
-    #[error("token has an ill-typed claim")]
-    BadClaim,
-    #[error("token lacks a required claim")]
-    MissingClaim,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not yet valid")]
-    NotYetValid,
-    #[error("token was issued in the future")]
-    IssuedInFuture,
-    #[error("token has the wrong issuer")]
-    WrongIssuer,
-    #[error("token is not for this audience")]
-    WrongAudience,
+/// Declares [`Rejection`] from one table: variant, stable label, message.
+macro_rules! rejections {
+    ($($variant:ident => $label:literal, $message:literal;)*) => {
+        /// Why a token was refused. `label()` strings are stable (metrics, logs).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+        pub enum Rejection {
+            $(#[error($message)] $variant,)*
+        }
+
+        impl Rejection {
+            pub const ALL: [Rejection; 17] = [$(Rejection::$variant,)*];
+
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $label,)*
+                }
+            }
+        }
+    };
 }
 
-impl Rejection {
-    pub const ALL: [Rejection; 17] = [
-        Rejection::TooLarge,
-        Rejection::Malformed,
-        Rejection::AlgNotAllowed,
-        Rejection::MissingKid,
-        Rejection::UnknownKid,
-        Rejection::AlgMismatch,
-        Rejection::ForbiddenHeader,
-        Rejection::BadTyp,
-        Rejection::BadSignature,
-        Rejection::DuplicateClaim,
-        Rejection::BadClaim,
-        Rejection::MissingClaim,
-        Rejection::Expired,
-        Rejection::NotYetValid,
-        Rejection::IssuedInFuture,
-        Rejection::WrongIssuer,
-        Rejection::WrongAudience,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Rejection::TooLarge => "too-large",
-            Rejection::Malformed => "malformed",
-            Rejection::AlgNotAllowed => "alg-not-allowed",
-            Rejection::MissingKid => "missing-kid",
-            Rejection::UnknownKid => "unknown-kid",
-            Rejection::AlgMismatch => "alg-mismatch",
-            Rejection::ForbiddenHeader => "forbidden-header",
-            Rejection::BadTyp => "bad-typ",
-            Rejection::BadSignature => "bad-signature",
-            Rejection::DuplicateClaim => "duplicate-claim",
-            Rejection::BadClaim => "bad-claim",
-            Rejection::MissingClaim => "missing-claim",
-            Rejection::Expired => "expired",
-            Rejection::NotYetValid => "not-yet-valid",
-            Rejection::IssuedInFuture => "issued-in-future",
-            Rejection::WrongIssuer => "wrong-issuer",
-            Rejection::WrongAudience => "wrong-audience",
-        }
-    }
+rejections! {
+    TooLarge => "too-large", "token is larger than 8192 bytes";
+    Malformed => "malformed", "token is malformed";
+    AlgNotAllowed => "alg-not-allowed", "token algorithm is not allowed";
+    MissingKid => "missing-kid", "token header has no kid";
+    UnknownKid => "unknown-kid", "token kid is not a configured key";
+    AlgMismatch => "alg-mismatch", "token algorithm does not match the key's algorithm";
+    ForbiddenHeader => "forbidden-header", "token header carries a forbidden parameter";
+    BadTyp => "bad-typ", "token typ is not JWT";
+    BadSignature => "bad-signature", "token signature is invalid";
+    DuplicateClaim => "duplicate-claim", "token has a duplicate claim";
+    BadClaim => "bad-claim", "token has an ill-typed claim";
+    MissingClaim => "missing-claim", "token lacks a required claim";
+    Expired => "expired", "token has expired";
+    NotYetValid => "not-yet-valid", "token is not yet valid";
+    IssuedInFuture => "issued-in-future", "token was issued in the future";
+    WrongIssuer => "wrong-issuer", "token has the wrong issuer";
+    WrongAudience => "wrong-audience", "token is not for this audience";
 }
 
 /// A configured key and its jsonwebtoken `Validation`, which allows only the
@@ -286,10 +244,9 @@ impl Verifier {
             return Err(Rejection::Malformed);
         }
         let header: Header = serde_json::from_slice(header).map_err(|_| Rejection::Malformed)?;
-        let alg = match header.alg.0 {
-            None => return Err(Rejection::Malformed),
-            Some(AlgName(None)) => return Err(Rejection::AlgNotAllowed),
-            Some(AlgName(Some(alg))) => alg,
+        let alg: Algorithm = match &header.alg.0 {
+            Some(Value::String(name)) => name.parse().map_err(|_| Rejection::AlgNotAllowed)?,
+            _ => return Err(Rejection::Malformed),
         };
         if header.has_forbidden() {
             return Err(Rejection::ForbiddenHeader);
@@ -372,63 +329,39 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
     }
 }
 
-/// `alg`: a string, recognised only when it is exactly one of the three names.
-struct AlgName(Option<Algorithm>);
-
-impl<'de> Deserialize<'de> for AlgName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = AlgName;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an algorithm name")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<AlgName, E> {
-                Ok(AlgName(
-                    Algorithm::ALL.into_iter().find(|a| a.as_str() == v),
-                ))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// The JOSE header. Derived, so a duplicate known member is an error; other
 /// members are ignored. Presence-only members use `IgnoredAny` so that any type
 /// (including `null`) counts as present.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Header {
-    #[serde(default)]
-    alg: Member<AlgName>,
-    #[serde(default)]
+    alg: Member<Value>,
     kid: Member<String>,
-    #[serde(default)]
     typ: Member<Value>,
-    #[serde(default)]
     jwk: Member<IgnoredAny>,
-    #[serde(default)]
     jku: Member<IgnoredAny>,
-    #[serde(default)]
     x5u: Member<IgnoredAny>,
-    #[serde(default)]
     x5c: Member<IgnoredAny>,
-    #[serde(default)]
     x5t: Member<IgnoredAny>,
-    #[serde(default, rename = "x5t#S256")]
+    #[serde(rename = "x5t#S256")]
     x5t_s256: Member<IgnoredAny>,
-    #[serde(default)]
     crit: Member<IgnoredAny>,
-    #[serde(default)]
     cty: Member<IgnoredAny>,
-    #[serde(default)]
     b64: Member<IgnoredAny>,
 }
 
 impl Header {
     fn has_forbidden(&self) -> bool {
         [
-            &self.jwk, &self.jku, &self.x5u, &self.x5c, &self.x5t, &self.x5t_s256, &self.crit,
-            &self.cty, &self.b64,
+            &self.jwk,
+            &self.jku,
+            &self.x5u,
+            &self.x5c,
+            &self.x5t,
+            &self.x5t_s256,
+            &self.crit,
+            &self.cty,
+            &self.b64,
         ]
         .iter()
         .any(|m| m.0.is_some())
@@ -449,9 +382,9 @@ impl<'de> Deserialize<'de> for Payload {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Payload, A::Error> {
                 let raw = RawClaims::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                raw.typed().map(Payload).map_err(|r| {
-                    de::Error::custom(format_args!("{LABEL_MARK}{}", r.label()))
-                })
+                raw.typed()
+                    .map(Payload)
+                    .map_err(|r| de::Error::custom(format_args!("{LABEL_MARK}{}", r.label())))
             }
         }
         d.deserialize_map(V)
@@ -471,21 +404,15 @@ impl<'de> Deserialize<'de> for WithRaw {
 
 /// The known claims, untyped so that type errors are ours to classify; derived,
 /// so a duplicate known claim is a serde "duplicate field" error.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct RawClaims {
-    #[serde(default)]
     iss: Member<Value>,
-    #[serde(default)]
     sub: Member<Value>,
-    #[serde(default)]
     aud: Member<Value>,
-    #[serde(default)]
     exp: Member<Value>,
-    #[serde(default)]
     nbf: Member<Value>,
-    #[serde(default)]
     iat: Member<Value>,
-    #[serde(default)]
     jti: Member<Value>,
 }
 
@@ -547,7 +474,6 @@ impl RawClaims {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -146,11 +146,7 @@ fn verify_with_applies_every_standard_check_first() {
         ("[1]".to_string(), Rejection::Malformed),
     ];
     for (p, want) in cases {
-        assert_eq!(
-            v.verify_with::<Custom>(&sign(&p)).unwrap_err(),
-            want,
-            "{p}"
-        );
+        assert_eq!(v.verify_with::<Custom>(&sign(&p)).unwrap_err(), want, "{p}");
         assert_eq!(v.verify(&sign(&p)).unwrap_err(), want, "{p}");
     }
     // A bad signature is refused before T is ever read.
