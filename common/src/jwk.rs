@@ -348,7 +348,7 @@ fn check_rsa(n: &[u8], e: &[u8]) -> Result<(), String> {
     if n.last().is_none_or(|b| b & 1 == 0) {
         return Err("RSA modulus \"n\" must be odd".to_string());
     }
-    if !e.last().is_some_and(|b| b & 1 == 1) || bit_len(e) < 2 {
+    if e.last().is_none_or(|b| b & 1 == 0) || bit_len(e) < 2 {
         return Err("RSA exponent \"e\" must be odd and greater than 1".to_string());
     }
     if bit_len(e) > 33 {
