@@ -326,6 +326,7 @@ fn check_ed25519(x: &[u8; 32]) -> Result<(), String> {
     if key.is_weak() {
         return Err("weak Ed25519 public key (small order)".to_string());
     }
+    crate::provider::remember_ed25519(key);
     Ok(())
 }
 

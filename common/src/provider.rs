@@ -13,6 +13,9 @@
 //! [`install`] must run before this process's first jsonwebtoken call; it fails
 //! if another provider got there first.
 
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock};
+
 use jsonwebtoken::crypto::{aws_lc, CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{Error, ErrorKind};
 use jsonwebtoken::signature;
@@ -52,12 +55,35 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
     }
     let bytes = <[u8; 32]>::try_from(key.try_get_as_bytes()?)
         .map_err(|_| Error::from(ErrorKind::InvalidEddsaKey))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| Error::from(ErrorKind::InvalidEddsaKey))?;
-    if key.is_weak() {
-        return Err(ErrorKind::InvalidEddsaKey.into());
-    }
+    let known = CHECKED_ED25519
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&bytes)
+        .copied();
+    let key = match known {
+        Some(key) => key,
+        None => ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .ok()
+            .filter(|key| !key.is_weak())
+            .ok_or(Error::from(ErrorKind::InvalidEddsaKey))?,
+    };
     Ok(Box::new(StrictEd25519(key)))
+}
+
+/// Ed25519 keys that passed the load-time checks, decompressed once: jsonwebtoken
+/// hands the factory only the key's bytes, and decompressing a point costs about
+/// a tenth of a verification. Capped; a key past the cap is decompressed per use.
+static CHECKED_ED25519: RwLock<BTreeMap<[u8; 32], ed25519_dalek::VerifyingKey>> =
+    RwLock::new(BTreeMap::new());
+
+/// Remembers a key that passed the load-time checks (see [`CHECKED_ED25519`]).
+pub(crate) fn remember_ed25519(key: ed25519_dalek::VerifyingKey) {
+    let mut keys = CHECKED_ED25519
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    if keys.len() < 1024 {
+        keys.insert(key.to_bytes(), key);
+    }
 }
 
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {
