@@ -1,12 +1,16 @@
 //! Shared core of the envelope workspace.
 //!
 //! Layout:
-//! - [`jwk`]: JWK/JWKS files in go-jose's `jwk-keygen` format — loading with the
-//!   checks of SPEC §3, key generation, and the public part of a private key.
+//! - [`jwk`]: JWK/JWKS files in go-jose's `jwk-keygen` format — parsed with
+//!   jsonwebtoken's `Jwk` plus the load-time checks of SPEC §3, key generation, and
+//!   the public part of a private key.
 //! - [`claims`]: the token claims and the audience (string or array).
-//! - [`sign`]: [`Signer`], which turns claims into a compact JWS.
-//! - [`verify`]: [`Verifier`], which accepts a token only if every rule of SPEC §3
-//!   holds, and [`Rejection`], the closed set of reasons it gives otherwise.
+//! - [`sign`]: [`Signer`], which turns claims into a compact JWS (jsonwebtoken).
+//! - [`verify`]: [`Verifier`], our policy around `jsonwebtoken::decode`: it accepts
+//!   a token only if every rule of SPEC §3 holds, and [`Rejection`] is the closed
+//!   set of reasons it gives otherwise.
+//! - [`provider`]: the jsonwebtoken `CryptoProvider` installed by the signer and
+//!   verifier: aws-lc, with EdDSA verified by ed25519-dalek's `verify_strict`.
 //! - [`goflags`]: Go-style single-dash flags and Go durations, for drop-in CLIs.
 //! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
 //! - `filters` (feature `warp`): the access checks as warp filters other services
@@ -18,6 +22,7 @@ pub mod claims;
 pub mod filters;
 pub mod goflags;
 pub mod jwk;
+pub mod provider;
 pub mod sign;
 pub mod verify;
 

@@ -1,9 +1,14 @@
-//! [`Signer`]: claims in, compact JWS out (`{"alg","kid","typ":"JWT"}` header).
+//! [`Signer`]: claims in, compact JWS out. The header is `{"alg","kid","typ":"JWT"}`
+//! (encoded once); the signature comes from `jsonwebtoken::crypto::sign` with the
+//! key's `EncodingKey`.
 
 use std::fmt;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
 use crate::claims::Claims;
-use crate::jwk::{b64_encode, Algorithm, PrivateKey, PrivateMaterial};
+use crate::jwk::{Algorithm, PrivateKey};
 
 /// Why a token could not be signed.
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +35,14 @@ impl fmt::Debug for Signer {
 
 impl Signer {
     pub fn new(key: PrivateKey) -> Signer {
+        // Installing our provider here keeps ES256 signatures deterministic and,
+        // if this is the process's first jsonwebtoken call, verification strict.
+        let _ = crate::provider::install();
         // Serializing a &str cannot fail.
         let kid = serde_json::to_string(key.kid()).expect("string serialization");
         let header = format!(r#"{{"alg":"{}","kid":{kid},"typ":"JWT"}}"#, key.alg());
         Signer {
-            header_b64: b64_encode(header.as_bytes()),
+            header_b64: URL_SAFE_NO_PAD.encode(header),
             key,
         }
     }
@@ -50,50 +58,13 @@ impl Signer {
     /// A compact JWS `header.payload.signature` carrying `claims`.
     pub fn sign(&self, claims: &Claims) -> Result<String, SignError> {
         let payload = serde_json::to_vec(claims)?;
-        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 2 + 700);
-        token.push_str(&self.header_b64);
+        let mut token = format!("{}.", self.header_b64);
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let alg = self.key.alg();
+        let signature = jsonwebtoken::crypto::sign(token.as_bytes(), &self.key.encoding, alg.jwt())
+            .map_err(|_| SignError::Crypto { alg })?;
         token.push('.');
-        base64::Engine::encode_string(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            &payload,
-            &mut token,
-        );
-        let signature = sign_bytes(&self.key, token.as_bytes())?;
-        token.push('.');
-        base64::Engine::encode_string(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            &signature,
-            &mut token,
-        );
+        token.push_str(&signature);
         Ok(token)
-    }
-}
-
-/// The raw JWS signature of `message` (64 bytes for EdDSA and ES256 R‖S, the
-/// modulus length for RS256).
-pub(crate) fn sign_bytes(key: &PrivateKey, message: &[u8]) -> Result<Vec<u8>, SignError> {
-    match &key.material {
-        PrivateMaterial::Ed(sk) => {
-            use ed25519_dalek::Signer as _;
-            Ok(sk.sign(message).to_bytes().to_vec())
-        }
-        PrivateMaterial::Ec(sk) => {
-            use p256::ecdsa::signature::Signer as _;
-            // RFC 6979 deterministic nonce, SHA-256, fixed-size R‖S.
-            let sig: p256::ecdsa::Signature = sk.sign(message);
-            Ok(sig.to_bytes().to_vec())
-        }
-        PrivateMaterial::Rsa(rsa) => {
-            let mut sig = vec![0u8; rsa.key_pair.public_modulus_len()];
-            rsa.key_pair
-                .sign(
-                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                    &aws_lc_rs::rand::SystemRandom::new(),
-                    message,
-                    &mut sig,
-                )
-                .map_err(|_| SignError::Crypto { alg: key.alg() })?;
-            Ok(sig)
-        }
     }
 }

@@ -1,32 +1,37 @@
-//! [`Verifier`]: every rule of SPEC §3 and SECURITY.md §1, with an injectable clock.
+//! [`Verifier`]: our policy (SPEC §3, SECURITY.md §1) around `jsonwebtoken::decode`.
 //!
-//! The JWS is checked by hand, in this order (cheap structural checks first, the
-//! signature before the claims are parsed):
-//! 1. length > [`Verifier::MAX_TOKEN_BYTES`] → `too-large` (before any decoding);
-//! 2. exactly three `.`-separated segments, each strict base64url without padding,
-//!    and a non-empty signature → else `malformed` (an empty signature is
-//!    `malformed`, not `bad-signature`);
-//! 3. the header is a JSON object without duplicate known members (`malformed`);
-//!    `alg` is a string (`malformed`) and exactly `EdDSA`, `ES256` or `RS256`
-//!    (`alg-not-allowed`); none of `jwk`, `jku`, `x5u`, `x5c`, `x5t`, `crit`, `cty`,
-//!    `b64` is present, even as `null` (`forbidden-header`; `b64` is refused because
-//!    RFC 7797 only allows it together with `crit`); `typ`, if present, is exactly
-//!    `"JWT"` (`bad-typ`); `kid` is present (`missing-kid`), a string (`malformed`),
-//!    a configured key (`unknown-kid`) whose alg is the header alg (`alg-mismatch`);
-//!    the payload starts as a JSON object (`malformed`);
-//! 4. the signature (`bad-signature`): EdDSA with `verify_strict`, ES256 as a
-//!    64-byte R‖S, RS256 PKCS#1 v1.5 with SHA-256;
-//! 5. the payload is a JSON object with no duplicate known claim
-//!    (`duplicate-claim`; other JSON errors `malformed`); each known claim is
-//!    checked in the order iss, sub, aud, exp, nbf, iat, jti: a required one that
-//!    is absent is `missing-claim`, a present one of the wrong type (including
-//!    `null`, floats such as `1.5`, `1.0` or `1e30`, and integers outside i64) is
-//!    `bad-claim`;
-//! 6. `exp <= now` → `expired`; `nbf > now` → `not-yet-valid`; `iat > now` →
-//!    `issued-in-future`; `iss` ≠ the issuer → `wrong-issuer`; no `aud` entry equal
-//!    to the audience (empty strings never match) → `wrong-audience`.
+//! jsonwebtoken splits the token, decodes it (strict base64url), parses the header,
+//! checks `alg` against the key's one-algorithm `Validation`, verifies the
+//! signature (through [`crate::provider`], so EdDSA is `verify_strict`) and parses
+//! the claims. What it does not do, or does more loosely than SPEC §3, is here, in
+//! this order:
+//! 1. length > [`Verifier::MAX_TOKEN_BYTES`] → `too-large`, before any decoding;
+//! 2. exactly three `.`-separated segments and a non-empty signature, else
+//!    `malformed`; the header is strict base64url and a JSON object without
+//!    duplicate known members (`malformed`);
+//! 3. header allow-list: `alg` a string (`malformed`) and exactly `EdDSA`, `ES256`
+//!    or `RS256` (`alg-not-allowed`); none of `jwk`, `jku`, `x5u`, `x5c`, `x5t`,
+//!    `x5t#S256`, `crit`, `cty`, `b64`, even as `null` (`forbidden-header`; the
+//!    library ignores the key-carrying ones); `typ` absent or exactly `"JWT"`
+//!    (`bad-typ`; the library never checks it); `kid` present (`missing-kid`), a
+//!    string (`malformed`), a configured key (`unknown-kid`) whose alg is the
+//!    header alg (`alg-mismatch`);
+//! 4. jsonwebtoken: base64/JSON errors → `malformed`, signature → `bad-signature`;
+//! 5. typed claims, read by [`Payload`] inside jsonwebtoken's parse: a JSON object,
+//!    no duplicate known claim (`duplicate-claim`), then in the order iss, sub, aud,
+//!    exp, nbf, iat, jti a required one absent is `missing-claim` and a present
+//!    one of the wrong type (`null`, floats such as `1.0` or `1e30`, integers
+//!    outside i64, an `iss` array) is `bad-claim`;
+//! 6. with the injected clock, zero leeway: `exp <= now` → `expired` (the library
+//!    accepts `exp == now`), `nbf > now` → `not-yet-valid`, `iat > now` →
+//!    `issued-in-future` (never checked by the library); `iss` ≠ the issuer →
+//!    `wrong-issuer`; no `aud` entry equal to the audience (empty strings never
+//!    match) → `wrong-audience`.
 //!
-//! Duplicate *unknown* header members or claims are not detected (they are ignored).
+//! The library's own claim checks are all switched off: it reads the system clock,
+//! treats `null` as absent and accepts an `iss` array if one entry matches. The
+//! library's claim parse still runs and refuses duplicate `exp`/`nbf`/`sub`/`iss`/
+//! `aud`. Duplicate *unknown* header members or claims are not detected.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,12 +40,15 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde::de::{self, IgnoredAny};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+use serde::de::{self, DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::claims::{Audience, Claims};
-use crate::jwk::{Algorithm, KeyError, PublicKey, PublicMaterial, MEMORY_PATH};
+use crate::jwk::{Algorithm, KeyError, PublicKey, MEMORY_PATH};
 
 /// The source of "now", in Unix seconds.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -70,93 +78,59 @@ impl Clock for FixedClock {
     }
 }
 
-/// Why a token was refused. `label()` strings are stable (metrics, logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum Rejection {
-    #[error("token is larger than 8192 bytes")]
-    TooLarge,
-    #[error("token is malformed")]
-    Malformed,
-    #[error("token algorithm is not allowed")]
-    AlgNotAllowed,
-    #[error("token header has no kid")]
-    MissingKid,
-    #[error("token kid is not a configured key")]
-    UnknownKid,
-    #[error("token algorithm does not match the key's algorithm")]
-    AlgMismatch,
-    #[error("token header carries a forbidden parameter")]
-    ForbiddenHeader,
-    #[error("token typ is not JWT")]
-    BadTyp,
-    #[error("token signature is invalid")]
-    BadSignature,
-    #[error("token has a duplicate claim")]
-    DuplicateClaim,
-    #[error("token has an ill-typed claim")]
-    BadClaim,
-    #[error("token lacks a required claim")]
-    MissingClaim,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not yet valid")]
-    NotYetValid,
-    #[error("token was issued in the future")]
-    IssuedInFuture,
-    #[error("token has the wrong issuer")]
-    WrongIssuer,
-    #[error("token is not for this audience")]
-    WrongAudience,
+/// Declares [`Rejection`] from one table: variant, stable label, message.
+macro_rules! rejections {
+    ($($variant:ident => $label:literal, $message:literal;)*) => {
+        /// Why a token was refused. `label()` strings are stable (metrics, logs).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+        pub enum Rejection {
+            $(#[error($message)] $variant,)*
+        }
+
+        impl Rejection {
+            pub const ALL: [Rejection; 17] = [$(Rejection::$variant,)*];
+
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $label,)*
+                }
+            }
+        }
+    };
 }
 
-impl Rejection {
-    pub const ALL: [Rejection; 17] = [
-        Rejection::TooLarge,
-        Rejection::Malformed,
-        Rejection::AlgNotAllowed,
-        Rejection::MissingKid,
-        Rejection::UnknownKid,
-        Rejection::AlgMismatch,
-        Rejection::ForbiddenHeader,
-        Rejection::BadTyp,
-        Rejection::BadSignature,
-        Rejection::DuplicateClaim,
-        Rejection::BadClaim,
-        Rejection::MissingClaim,
-        Rejection::Expired,
-        Rejection::NotYetValid,
-        Rejection::IssuedInFuture,
-        Rejection::WrongIssuer,
-        Rejection::WrongAudience,
-    ];
+rejections! {
+    TooLarge => "too-large", "token is larger than 8192 bytes";
+    Malformed => "malformed", "token is malformed";
+    AlgNotAllowed => "alg-not-allowed", "token algorithm is not allowed";
+    MissingKid => "missing-kid", "token header has no kid";
+    UnknownKid => "unknown-kid", "token kid is not a configured key";
+    AlgMismatch => "alg-mismatch", "token algorithm does not match the key's algorithm";
+    ForbiddenHeader => "forbidden-header", "token header carries a forbidden parameter";
+    BadTyp => "bad-typ", "token typ is not JWT";
+    BadSignature => "bad-signature", "token signature is invalid";
+    DuplicateClaim => "duplicate-claim", "token has a duplicate claim";
+    BadClaim => "bad-claim", "token has an ill-typed claim";
+    MissingClaim => "missing-claim", "token lacks a required claim";
+    Expired => "expired", "token has expired";
+    NotYetValid => "not-yet-valid", "token is not yet valid";
+    IssuedInFuture => "issued-in-future", "token was issued in the future";
+    WrongIssuer => "wrong-issuer", "token has the wrong issuer";
+    WrongAudience => "wrong-audience", "token is not for this audience";
+}
 
-    pub fn label(self) -> &'static str {
-        match self {
-            Rejection::TooLarge => "too-large",
-            Rejection::Malformed => "malformed",
-            Rejection::AlgNotAllowed => "alg-not-allowed",
-            Rejection::MissingKid => "missing-kid",
-            Rejection::UnknownKid => "unknown-kid",
-            Rejection::AlgMismatch => "alg-mismatch",
-            Rejection::ForbiddenHeader => "forbidden-header",
-            Rejection::BadTyp => "bad-typ",
-            Rejection::BadSignature => "bad-signature",
-            Rejection::DuplicateClaim => "duplicate-claim",
-            Rejection::BadClaim => "bad-claim",
-            Rejection::MissingClaim => "missing-claim",
-            Rejection::Expired => "expired",
-            Rejection::NotYetValid => "not-yet-valid",
-            Rejection::IssuedInFuture => "issued-in-future",
-            Rejection::WrongIssuer => "wrong-issuer",
-            Rejection::WrongAudience => "wrong-audience",
-        }
-    }
+/// A configured key and its jsonwebtoken `Validation`, which allows only the
+/// key's algorithm and has every claim check off (ours are in [`Verifier`]).
+#[derive(Debug, Clone)]
+struct Entry {
+    key: PublicKey,
+    validation: Validation,
 }
 
 /// Checks tokens against a fixed set of keys, an issuer and an audience.
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    keys: HashMap<String, PublicKey>,
+    keys: HashMap<String, Entry>,
     issuer: String,
     audience: String,
     clock: Arc<dyn Clock>,
@@ -166,21 +140,34 @@ impl Verifier {
     /// Tokens longer than this are refused before any decoding.
     pub const MAX_TOKEN_BYTES: usize = 8192;
 
+    /// Fails on a duplicate kid, or when a jsonwebtoken `CryptoProvider` other
+    /// than [`crate::provider::STRICT_PROVIDER`] is installed in this process.
     pub fn new(
         keys: Vec<PublicKey>,
         issuer: impl Into<String>,
         audience: impl Into<String>,
     ) -> Result<Verifier, KeyError> {
+        let memory = PathBuf::from(MEMORY_PATH);
+        crate::provider::install().map_err(|reason| KeyError::Invalid {
+            path: memory.clone(),
+            reason,
+        })?;
         let mut map = HashMap::with_capacity(keys.len());
         for key in keys {
             if map.contains_key(key.kid()) {
                 return Err(KeyError::DuplicateKid {
                     kid: key.kid().to_string(),
-                    first: PathBuf::from(MEMORY_PATH),
-                    second: PathBuf::from(MEMORY_PATH),
+                    first: memory.clone(),
+                    second: memory,
                 });
             }
-            map.insert(key.kid().to_string(), key);
+            let mut validation = Validation::new(key.alg().jwt());
+            validation.leeway = 0;
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.validate_aud = false;
+            validation.required_spec_claims.clear();
+            map.insert(key.kid().to_string(), Entry { key, validation });
         }
         Ok(Verifier {
             keys: map,
@@ -196,36 +183,70 @@ impl Verifier {
 
     /// The claims of `token` if every rule holds (see the module docs for the order).
     pub fn verify(&self, token: &str) -> Result<Claims, Rejection> {
+        let Payload(claims) = self.decode(token)?;
+        self.check_claims(&claims)?;
+        Ok(claims)
+    }
+
+    /// Like [`Verifier::verify`], and also deserializes the same verified payload
+    /// into a caller's type `T` (custom claims). `T` is read separately from the
+    /// standard claims, so it can never change them: a `T` with its own `sub` or
+    /// `exp` field sees the token's value, but the returned [`Claims`] are still
+    /// the ones checked here. `T` is read only after every check has passed; a
+    /// payload that `T` cannot deserialize is refused as `bad-claim`.
+    pub fn verify_with<T: DeserializeOwned>(&self, token: &str) -> Result<(Claims, T), Rejection> {
+        let WithRaw(claims, raw) = self.decode(token)?;
+        self.check_claims(&claims)?;
+        let custom = serde_json::from_str(raw.get()).map_err(|_| Rejection::BadClaim)?;
+        Ok((claims, custom))
+    }
+
+    /// Steps 1–5 of the module docs: the header policy, then jsonwebtoken.
+    fn decode<P: DeserializeOwned>(&self, token: &str) -> Result<P, Rejection> {
         if token.len() > Self::MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge);
         }
-        let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(Rejection::Malformed)?;
-        let (header_b64, payload_b64) =
-            signing_input.split_once('.').ok_or(Rejection::Malformed)?;
-        if payload_b64.contains('.') || sig_b64.is_empty() {
+        let mut segments = token.split('.');
+        let (Some(header_b64), Some(_), Some(sig), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(Rejection::Malformed);
+        };
+        if sig.is_empty() {
             return Err(Rejection::Malformed);
         }
+        // 8192 base64 characters decode to at most 6144 bytes.
+        let mut buf = [0u8; 6144];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(header_b64, &mut buf)
+            .map_err(|_| Rejection::Malformed)?;
+        let entry = self.header_policy(&buf[..len])?;
+        jsonwebtoken::decode::<P>(token, &entry.key.decoding, &entry.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.into_kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidKeyFormat => Rejection::BadSignature,
+                ErrorKind::InvalidAlgorithm => Rejection::AlgMismatch,
+                ErrorKind::Json(e) => json_rejection(&e),
+                // Base64, UTF-8, shape; and, failing closed, any kind added later.
+                _ => Rejection::Malformed,
+            })
+    }
 
-        // All three segments decode into one stack buffer: 8192 base64 characters
-        // decode to at most 6144 bytes (+ a few bytes of per-segment estimate slack).
-        let mut buf = [0u8; 6160];
-        let header_len = decode_into(header_b64, &mut buf)?;
-        let (header, rest) = buf.split_at_mut(header_len);
-        let payload_len = decode_into(payload_b64, rest)?;
-        let (payload, rest) = rest.split_at_mut(payload_len);
-        let sig_len = decode_into(sig_b64, rest)?;
-        let signature = &rest[..sig_len];
-        let (header, payload) = (&*header, &*payload);
-
+    fn header_policy(&self, header: &[u8]) -> Result<&Entry, Rejection> {
         if !starts_object(header) {
             return Err(Rejection::Malformed);
         }
-        let header: Header<'_> =
-            serde_json::from_slice(header).map_err(|_| Rejection::Malformed)?;
-        let alg = match header.alg.0 {
-            None => return Err(Rejection::Malformed),
-            Some(AlgName(None)) => return Err(Rejection::AlgNotAllowed),
-            Some(AlgName(Some(alg))) => alg,
+        let header: Header = serde_json::from_slice(header).map_err(|_| Rejection::Malformed)?;
+        let alg: Algorithm = match &header.alg.0 {
+            Some(Value::String(name)) => name.parse().map_err(|_| Rejection::AlgNotAllowed)?,
+            _ => return Err(Rejection::Malformed),
         };
         if header.has_forbidden() {
             return Err(Rejection::ForbiddenHeader);
@@ -236,26 +257,11 @@ impl Verifier {
             }
         }
         let kid = header.kid.0.as_ref().ok_or(Rejection::MissingKid)?;
-        let key = self.keys.get(kid.as_str()).ok_or(Rejection::UnknownKid)?;
-        if key.alg() != alg {
+        let entry = self.keys.get(kid.as_str()).ok_or(Rejection::UnknownKid)?;
+        if entry.key.alg() != alg {
             return Err(Rejection::AlgMismatch);
         }
-        if !starts_object(payload) {
-            return Err(Rejection::Malformed);
-        }
-
-        check_signature(key, signing_input.as_bytes(), signature)?;
-
-        let raw: RawClaims = serde_json::from_slice(payload).map_err(|e| {
-            if e.is_data() && e.to_string().starts_with("duplicate field") {
-                Rejection::DuplicateClaim
-            } else {
-                Rejection::Malformed
-            }
-        })?;
-        let claims = raw.typed()?;
-        self.check_claims(&claims)?;
-        Ok(claims)
+        Ok(entry)
     }
 
     fn check_claims(&self, claims: &Claims) -> Result<(), Rejection> {
@@ -279,12 +285,6 @@ impl Verifier {
     }
 }
 
-fn decode_into(segment: &str, out: &mut [u8]) -> Result<usize, Rejection> {
-    URL_SAFE_NO_PAD
-        .decode_slice(segment, out)
-        .map_err(|_| Rejection::Malformed)
-}
-
 /// True when the JSON text's first non-whitespace byte opens an object (serde's
 /// derived structs would otherwise also accept an array).
 fn starts_object(json: &[u8]) -> bool {
@@ -293,27 +293,22 @@ fn starts_object(json: &[u8]) -> bool {
         .is_some_and(|&b| b == b'{')
 }
 
-fn check_signature(key: &PublicKey, message: &[u8], signature: &[u8]) -> Result<(), Rejection> {
-    let ok = match &key.material {
-        PublicMaterial::Ed(vk) => match <&[u8; 64]>::try_from(signature) {
-            Ok(bytes) => {
-                let sig = ed25519_dalek::Signature::from_bytes(bytes);
-                vk.verify_strict(message, &sig).is_ok()
-            }
-            Err(_) => false,
-        },
-        // Fixed-length R‖S only (a DER signature is 70-odd bytes and fails here);
-        // aws-lc rejects r or s of zero or ≥ n.
-        PublicMaterial::Ec(ec) => {
-            signature.len() == 64 && ec.parsed.verify_sig(message, signature).is_ok()
-        }
-        PublicMaterial::Rsa(rsa) => rsa.parsed.verify_sig(message, signature).is_ok(),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::BadSignature)
+/// Claim errors travel through jsonwebtoken as JSON errors: serde's "duplicate
+/// field", or our label after [`LABEL_MARK`]; anything else is `malformed`.
+const LABEL_MARK: &str = "envelope-rejection:";
+
+fn json_rejection(e: &serde_json::Error) -> Rejection {
+    let text = e.to_string();
+    if e.is_data() && text.starts_with("duplicate field") {
+        return Rejection::DuplicateClaim;
     }
+    text.strip_prefix(LABEL_MARK)
+        .and_then(|rest| {
+            Rejection::ALL
+                .into_iter()
+                .find(|r| rest.starts_with(r.label()))
+        })
+        .unwrap_or(Rejection::Malformed)
 }
 
 // ---------------------------------------------------------------------------
@@ -334,123 +329,90 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
     }
 }
 
-/// `alg`: a string, recognised only when it is exactly one of the three names.
-struct AlgName(Option<Algorithm>);
-
-impl<'de> Deserialize<'de> for AlgName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = AlgName;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an algorithm name")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<AlgName, E> {
-                Ok(AlgName(
-                    Algorithm::ALL.into_iter().find(|a| a.as_str() == v),
-                ))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// A string borrowed from the input when it has no escapes.
-enum StrCow<'a> {
-    Borrowed(&'a str),
-    Owned(String),
-}
-
-impl StrCow<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            StrCow::Borrowed(s) => s,
-            StrCow::Owned(s) => s,
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for StrCow<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = StrCow<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<StrCow<'de>, E> {
-                Ok(StrCow::Borrowed(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrCow<'de>, E> {
-                Ok(StrCow::Owned(v.to_owned()))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// The JOSE header. Derived, so a duplicate known member is an error; other
 /// members are ignored. Presence-only members use `IgnoredAny` so that any type
 /// (including `null`) counts as present.
-#[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(default)]
-    alg: Member<AlgName>,
-    #[serde(default, borrow)]
-    kid: Member<StrCow<'a>>,
-    #[serde(default)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Header {
+    alg: Member<Value>,
+    kid: Member<String>,
     typ: Member<Value>,
-    #[serde(default)]
     jwk: Member<IgnoredAny>,
-    #[serde(default)]
     jku: Member<IgnoredAny>,
-    #[serde(default)]
     x5u: Member<IgnoredAny>,
-    #[serde(default)]
     x5c: Member<IgnoredAny>,
-    #[serde(default, rename = "x5t")]
     x5t: Member<IgnoredAny>,
-    #[serde(default, rename = "x5t#S256")]
+    #[serde(rename = "x5t#S256")]
     x5t_s256: Member<IgnoredAny>,
-    #[serde(default)]
     crit: Member<IgnoredAny>,
-    #[serde(default)]
     cty: Member<IgnoredAny>,
-    #[serde(default)]
     b64: Member<IgnoredAny>,
 }
 
-impl Header<'_> {
+impl Header {
     fn has_forbidden(&self) -> bool {
-        self.jwk.0.is_some()
-            || self.jku.0.is_some()
-            || self.x5u.0.is_some()
-            || self.x5c.0.is_some()
-            || self.x5t.0.is_some()
-            || self.x5t_s256.0.is_some()
-            || self.crit.0.is_some()
-            || self.cty.0.is_some()
-            || self.b64.0.is_some()
+        [
+            &self.jwk,
+            &self.jku,
+            &self.x5u,
+            &self.x5c,
+            &self.x5t,
+            &self.x5t_s256,
+            &self.crit,
+            &self.cty,
+            &self.b64,
+        ]
+        .iter()
+        .any(|m| m.0.is_some())
+    }
+}
+
+/// The standard claims, typed while jsonwebtoken parses the payload. Only a JSON
+/// object is accepted; a typing error is a JSON error carrying our label.
+struct Payload(Claims);
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Payload, A::Error> {
+                let raw = RawClaims::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                raw.typed()
+                    .map(Payload)
+                    .map_err(|r| de::Error::custom(format_args!("{LABEL_MARK}{}", r.label())))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// [`Payload`] and the payload's raw JSON text, for [`Verifier::verify_with`].
+struct WithRaw(Claims, Box<RawValue>);
+
+impl<'de> Deserialize<'de> for WithRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        let Payload(claims) = serde_json::from_str(raw.get()).map_err(de::Error::custom)?;
+        Ok(WithRaw(claims, raw))
     }
 }
 
 /// The known claims, untyped so that type errors are ours to classify; derived,
 /// so a duplicate known claim is a serde "duplicate field" error.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct RawClaims {
-    #[serde(default)]
     iss: Member<Value>,
-    #[serde(default)]
     sub: Member<Value>,
-    #[serde(default)]
     aud: Member<Value>,
-    #[serde(default)]
     exp: Member<Value>,
-    #[serde(default)]
     nbf: Member<Value>,
-    #[serde(default)]
     iat: Member<Value>,
-    #[serde(default)]
     jti: Member<Value>,
 }
 
@@ -546,14 +508,19 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_known_claim_error_text() {
-        let e = serde_json::from_str::<RawClaims>(r#"{"exp":1,"exp":2}"#)
-            .err()
-            .unwrap();
-        assert!(
-            e.is_data() && e.to_string().starts_with("duplicate field"),
-            "{e}"
+    fn payload_errors_carry_their_label_through_serde_json() {
+        let label = |t: &str| json_rejection(&serde_json::from_str::<Payload>(t).err().unwrap());
+        assert_eq!(label(r#"{"exp":1,"exp":2}"#), Rejection::DuplicateClaim);
+        assert_eq!(label(r#"{"iss":7}"#), Rejection::BadClaim);
+        assert_eq!(label(r#"{"iss":"a"}"#), Rejection::MissingClaim);
+        assert_eq!(label("[1]"), Rejection::Malformed);
+        let raw = |t: &str| json_rejection(&serde_json::from_str::<WithRaw>(t).err().unwrap());
+        assert_eq!(raw(r#"{"jti":1,"jti":2}"#), Rejection::DuplicateClaim);
+        assert_eq!(
+            raw(r#"{"iss":"i","sub":"s","aud":"a","exp":[1]}"#),
+            Rejection::BadClaim
         );
+        assert_eq!(raw("[1]"), Rejection::Malformed);
     }
 
     #[test]

@@ -464,6 +464,17 @@ fn rows() -> Vec<Row> {
         Err("bad-signature"),
     );
 
+    // The aws-lc identity-key forgery: R = identity, S = 0. Key loading refuses an
+    // identity key (so it cannot be in this verifier; `provider` tests it with
+    // one); against a real key the strict provider refuses it too.
+    let mut identity_sig = [0u8; 64];
+    identity_sig[0] = 1;
+    row(
+        "forgery R = identity, S = 0",
+        format!("{input}.{}", b64(&identity_sig)),
+        Err("bad-signature"),
+    );
+
     let ec_valid = tok(&f.ec, &hdr("ES256", "ec"), &good);
     let (ec_input, ec_sig_b64) = ec_valid.rsplit_once('.').unwrap();
     let ec_sig = p256::ecdsa::Signature::from_slice(&unb64(ec_sig_b64)).unwrap();
