@@ -54,6 +54,10 @@ struct Cli {
     /// Poisson arrivals per second.
     #[arg(long, default_value_t = 50.0)]
     poisson_rate: f64,
+    /// Skip the firewall rounds (back to back, Poisson, burst, SIGKILL): only
+    /// the token floods and memory, e.g. to re-measure them on a quiet machine.
+    #[arg(long)]
+    no_firewall: bool,
     /// Where the SVG plots go (grant-latency CDFs).
     #[arg(long, default_value = "target/bench-plots")]
     plots: PathBuf,
@@ -126,7 +130,9 @@ fn main() -> anyhow::Result<()> {
     let lab = Lab::new(envelope, lab::find_testdata()?, cli.burst)?;
     let mut report = Report::default();
 
-    firewall_rounds(&lab, &cli, &mut report)?;
+    if !cli.no_firewall {
+        firewall_rounds(&lab, &cli, &mut report)?;
+    }
 
     println!(
         "\n== invalid-token flood ({} s, {} keep-alive connections, second process)",
