@@ -252,6 +252,11 @@ pub struct Flags {
     /// Longest a single firewall command may run before it is killed.
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub firewall_timeout: Duration,
+
+    /// Test only (the soak): `fail:N` or `stall:N` makes the Nth netlink
+    /// exchange of set-member changes fail or stall past the timeout.
+    #[arg(long, hide = true, value_name = "fail:N|stall:N")]
+    pub fault_netlink: Option<String>,
 }
 
 /// Token policy once flags are validated.
@@ -297,6 +302,7 @@ pub struct Config {
     pub firewall_timeout: Duration,
     pub kernel_margin: Duration,
     pub ipset_unavailable: bool,
+    pub fault_netlink: Option<String>,
 }
 
 impl Flags {
@@ -412,6 +418,7 @@ impl Flags {
             firewall_timeout: self.firewall_timeout,
             kernel_margin: self.kernel_margin,
             ipset_unavailable: self.ipset_unavailable,
+            fault_netlink: self.fault_netlink.clone(),
         })
     }
 }

@@ -44,6 +44,10 @@ pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>
                     std::io::Error::other("--ipset-unavailable").into(),
                 ))
             } else {
+                if let Some(spec) = &config.fault_netlink {
+                    crate::firewall::ipset::IpsetSocket::inject_fault(spec)
+                        .map_err(anyhow::Error::msg)?;
+                }
                 IpsetFirewall::new(iptables_config(config), config.kernel_margin).await
             };
             match probe {

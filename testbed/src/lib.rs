@@ -226,6 +226,47 @@ impl NetPair {
         addrs
     }
 
+    /// Gives the client `count` more IPv6 addresses, 2001:db8:0:K::2/64 for K in
+    /// 1..=count, each in its own /64, and routes 2001:db8::/32 from the server.
+    pub fn add_client_v6_subnets(&self, count: u16) -> Vec<IpAddr> {
+        let addrs: Vec<String> = (1..=count)
+            .map(|k| format!("2001:db8:0:{k:x}::2/64"))
+            .collect();
+        self.add_client_addrs(&addrs);
+        run(&[
+            "ip", "-n", &self.server, "-6", "route", "add", "2001:db8::/32", "dev", DEVICE,
+        ]);
+        addrs
+            .iter()
+            .map(|a| a.split('/').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// Adds addresses (`ADDR/PREFIX`) to the client's device in one batch, with
+    /// no duplicate address detection. Routing from the server is the caller's.
+    pub fn add_client_addrs(&self, addrs: &[String]) {
+        let mut batch = String::new();
+        for addr in addrs {
+            let nodad = if addr.contains(':') { " nodad" } else { "" };
+            batch.push_str(&format!("addr add {addr} dev {CLIENT_DEVICE}{nodad}\n"));
+        }
+        let mut child = Command::new("ip")
+            .args(["-n", &self.client, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(batch.as_bytes())
+                .unwrap();
+        }
+        assert!(child.wait().unwrap().success(), "adding client addresses");
+    }
+
     /// `iptables-save` (v4) or `ip6tables-save` (v6) of the server namespace,
     /// normalized: no `#` lines, no `[packets:bytes]` counters.
     pub fn save(&self, v6: bool) -> String {

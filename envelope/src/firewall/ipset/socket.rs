@@ -4,8 +4,13 @@
 //! learns exactly which ones the kernel took (a multi-member ipset message is not
 //! atomic, so the caller rolls back what it must). Every exchange is bounded by a
 //! timeout.
+//!
+//! Test-only: [`IpsetSocket::inject_fault`] (the hidden `--fault-netlink` flag)
+//! makes one chosen exchange of member changes fail or stall, for the soak.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -58,6 +63,22 @@ fn describe(code: i32) -> String {
     }
 }
 
+/// What the injected fault does to its exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultAction {
+    /// Nothing is sent; the exchange fails as if the socket broke.
+    Fail,
+    /// Everything is sent (the kernel applies it) but no acknowledgement is
+    /// read: the exchange times out, as if the kernel never answered.
+    Stall,
+}
+
+/// Test-only fault: the `nth` exchange (counting from 1) that carries member
+/// adds or deletes, process-wide. Set once at start-up; never in production.
+static FAULT: Mutex<Option<(FaultAction, u64)>> = Mutex::new(None);
+/// Exchanges of member changes so far (counted only while a fault is set).
+static CHANGES: AtomicU64 = AtomicU64::new(0);
+
 /// The socket, the protocol version agreed with the kernel, and a sequence counter.
 pub struct IpsetSocket {
     socket: TokioSocket,
@@ -90,6 +111,43 @@ impl IpsetSocket {
         let kernel = reply.protocol.unwrap_or(6);
         me.protocol = kernel.min(7);
         Ok(me)
+    }
+
+    /// Test hook (`--fault-netlink`): `fail:N` makes the Nth exchange carrying
+    /// member adds or deletes fail without reaching the kernel; `stall:N` sends
+    /// it and then waits out the timeout without reading the answer. Set-up
+    /// exchanges (create, destroy) are not counted; a rollback is.
+    pub fn inject_fault(spec: &str) -> Result<(), String> {
+        let bad = || format!("--fault-netlink {spec:?}: expected fail:N or stall:N (N >= 1)");
+        let (action, nth) = spec.split_once(':').ok_or_else(bad)?;
+        let action = match action {
+            "fail" => FaultAction::Fail,
+            "stall" => FaultAction::Stall,
+            _ => return Err(bad()),
+        };
+        let nth: u64 = nth.parse().map_err(|_| bad())?;
+        if nth == 0 {
+            return Err(bad());
+        }
+        *FAULT.lock().unwrap_or_else(|p| p.into_inner()) = Some((action, nth));
+        CHANGES.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The injected fault's action if this exchange of `requests` is the chosen one.
+    fn fault_for(requests: &[Request]) -> Option<FaultAction> {
+        let (action, nth) = (*FAULT.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let changes = requests
+            .iter()
+            .any(|r| matches!(r.cmd(), Cmd::Add | Cmd::Del));
+        if !changes {
+            return None;
+        }
+        let n = CHANGES.fetch_add(1, Ordering::SeqCst) + 1;
+        (n == nth).then(|| {
+            tracing::warn!(exchange = n, action = ?action, "injected netlink fault (test hook)");
+            action
+        })
     }
 
     pub fn protocol(&self) -> u8 {
@@ -142,6 +200,10 @@ impl IpsetSocket {
         &mut self,
         requests: Vec<Request>,
     ) -> Result<Vec<Result<(), IpsetError>>, IpsetError> {
+        let fault = Self::fault_for(&requests);
+        if fault == Some(FaultAction::Fail) {
+            return Err(IpsetError::Io(io::Error::other("injected fault (--fault-netlink)")));
+        }
         let mut results = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
@@ -162,6 +224,12 @@ impl IpsetSocket {
                 self.append(&mut buf, request, flags);
             }
             self.socket.send(&buf).await?;
+            if fault == Some(FaultAction::Stall) {
+                // The late acknowledgements carry old sequence numbers: later
+                // exchanges skip them.
+                tokio::time::sleep(self.timeout).await;
+                return Err(IpsetError::Timeout(self.timeout));
+            }
             let mut acks: Vec<Option<Result<(), IpsetError>>> =
                 (0..whats.len()).map(|_| None).collect();
             let mut missing = whats.len();

@@ -1,0 +1,123 @@
+//! Client side: WebSocket sessions over TLS and plain TCP probes. Everything
+//! here runs on the soak's worker thread, which has joined the client
+//! namespace, so every socket made here belongs to that namespace.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::lab::{ENVELOPE_PORT, PROXY_PORT, SERVICE_PORT};
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub type Ws = WebSocketStream<Box<dyn Stream>>;
+
+pub fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The server address a source talks to: the same family.
+pub fn server_for(source: IpAddr, port: u16) -> SocketAddr {
+    let ip: IpAddr = if source.is_ipv4() {
+        testbed::SERVER_V4.parse().unwrap()
+    } else {
+        testbed::SERVER_V6.parse().unwrap()
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// What an upgrade attempt got.
+pub enum Upgrade {
+    Session(Box<Ws>),
+    /// The HTTP status of a refusal.
+    Refused(u16),
+}
+
+/// A WebSocket upgrade from `source` with `token`, bounded in time.
+pub async fn open(source: IpAddr, tls: &TlsConnector, token: &str) -> anyhow::Result<Upgrade> {
+    let to = server_for(source, ENVELOPE_PORT);
+    let socket = if to.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+        .await
+        .map_err(|_| anyhow!("connect {to} from {source} timed out"))??;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream: Box<dyn Stream> = Box::new(
+        tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+            .await
+            .map_err(|_| anyhow!("TLS from {source} timed out"))??,
+    );
+    let mut request = format!("wss://{to}/v0/envelope/access?access_token={token}")
+        .into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("net.measurementlab.envelope"),
+    );
+    match tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    {
+        Err(_) => Err(anyhow!("upgrade from {source} timed out")),
+        Ok(Ok((ws, _))) => Ok(Upgrade::Session(Box::new(ws))),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            Ok(Upgrade::Refused(response.status().as_u16()))
+        }
+        Ok(Err(e)) => Err(anyhow!("upgrade from {source}: {e}")),
+    }
+}
+
+/// A clean hang-up: a Close frame, then the connection goes.
+pub async fn close(mut ws: Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+/// Whether a TCP connection from `source` to `port` on the server is accepted
+/// (`Some(true)`), refused (`Some(false)`), or neither within a second (`None`).
+pub fn probe(source: IpAddr, port: u16) -> io::Result<Option<bool>> {
+    let to = server_for(source, port);
+    let domain = if to.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect_timeout(&to.into(), Duration::from_secs(1)) {
+        Ok(()) => Ok(Some(true)),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Some(false)),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub const PROBE_PORTS: [u16; 2] = [SERVICE_PORT, PROXY_PORT];

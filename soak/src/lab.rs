@@ -1,0 +1,296 @@
+//! The soak's laboratory: the namespaces and client addresses (from `testbed`),
+//! the guarded service, a signing key, the envelope process (start, SIGTERM,
+//! SIGKILL), its admin API over the unix socket, and raw reads of the kernel.
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use common::admin::Grant;
+use common::{Algorithm, Audience, Claims, PrivateKey, Signer};
+use testbed::{NetPair, DEVICE};
+
+pub const MACHINE: &str = "soak-machine";
+pub const SUBJECT: &str = "ndt";
+pub const ENVELOPE_PORT: u16 = 8443;
+pub const SERVICE_PORT: u16 = 9999;
+pub const PROXY_PORT: u16 = 8080;
+/// Envelope flags the model depends on.
+pub const TIMEOUT_SECS: u64 = 2;
+pub const MAX_HOLD_SECS: u64 = 5;
+pub const MARGIN_SECS: u64 = 1;
+pub const MAX_CLIENTS: usize = 5;
+/// `--firewall-timeout`: how long a stalled netlink exchange waits.
+pub const FIREWALL_TIMEOUT: &str = "1s";
+
+/// Client address counts: IPv4 /24s and IPv6 /64s, two addresses each.
+const V4_SUBNETS: u8 = 5;
+const V6_SUBNETS: u16 = 3;
+
+pub struct Lab {
+    pub ns: NetPair,
+    pub dir: tempfile::TempDir,
+    pub envelope_bin: PathBuf,
+    pub testdata: PathBuf,
+    /// Every client source address, IPv4 first.
+    pub sources: Vec<IpAddr>,
+    signer: Signer,
+    _service: testbed::Listener,
+    _proxy: testbed::Listener,
+}
+
+impl Lab {
+    pub fn new(envelope_bin: PathBuf, testdata: PathBuf) -> anyhow::Result<Lab> {
+        let ns = NetPair::new();
+        let lifetime = Duration::from_secs(6 * 3600);
+        let service = ns.listener(SERVICE_PORT, lifetime);
+        let proxy = ns.listener(PROXY_PORT, lifetime);
+        let mut sources: Vec<IpAddr> = vec![testbed::CLIENT_V4.parse()?];
+        let v4 = ns.add_client_subnets(V4_SUBNETS);
+        // A second address in each /24 and /64: two sessions sharing one grant.
+        let second: Vec<String> = (1..=V4_SUBNETS)
+            .map(|k| format!("198.18.{k}.3/24"))
+            .chain((1..=V6_SUBNETS).map(|k| format!("2001:db8:0:{k:x}::3/64")))
+            .collect();
+        let v6 = ns.add_client_v6_subnets(V6_SUBNETS);
+        ns.add_client_addrs(&second);
+        for (k, ip) in v4.iter().enumerate() {
+            sources.push(*ip);
+            sources.push(format!("198.18.{}.3", k + 1).parse()?);
+        }
+        sources.push(testbed::CLIENT_V6.parse()?);
+        for (k, ip) in v6.iter().enumerate() {
+            sources.push(*ip);
+            sources.push(format!("2001:db8:0:{:x}::3", k + 1).parse()?);
+        }
+        let dir = tempfile::tempdir()?;
+        let key = PrivateKey::generate(Algorithm::EdDSA, "soak")?;
+        std::fs::write(
+            dir.path().join("verify.jwk.pub"),
+            key.public_key().to_jwk_json(),
+        )?;
+        Ok(Lab {
+            ns,
+            dir,
+            envelope_bin,
+            testdata,
+            sources,
+            signer: Signer::new(key),
+            _service: service,
+            _proxy: proxy,
+        })
+    }
+
+    /// A token that expires `exp_in` seconds from now.
+    pub fn token(&self, exp_in: u64) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            iss: "locate".into(),
+            sub: SUBJECT.into(),
+            aud: Audience::One(MACHINE.into()),
+            exp: now + exp_in as i64,
+            nbf: None,
+            iat: Some(now),
+            jti: None,
+        };
+        self.signer.sign(&claims).expect("signing a soak token")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// Starts the envelope in the server namespace, optionally with a netlink fault.
+    pub fn envelope(&self, fault: Option<&str>) -> anyhow::Result<Envelope> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.server])
+            .arg(&self.envelope_bin)
+            .arg(format!("--listen-address=:{ENVELOPE_PORT}"))
+            .arg("--firewall=iptables")
+            .arg(format!("--device={DEVICE}"))
+            .arg(format!("--proxy-ports={PROXY_PORT}"))
+            .arg(format!(
+                "--verify-key={}",
+                self.dir.path().join("verify.jwk.pub").display()
+            ))
+            .arg(format!("--machine={MACHINE}"))
+            .arg(format!("--subject={SUBJECT}"))
+            .arg(format!("--max-clients={MAX_CLIENTS}"))
+            .arg(format!("--timeout={TIMEOUT_SECS}s"))
+            .arg(format!("--max-hold={MAX_HOLD_SECS}s"))
+            .arg(format!("--kernel-margin={MARGIN_SECS}s"))
+            .arg(format!("--firewall-timeout={FIREWALL_TIMEOUT}"))
+            .arg(format!("--admin-socket={}", self.admin_socket().display()))
+            .arg("--metrics-address=off")
+            .arg(format!(
+                "--cert={}",
+                self.testdata.join("insecure-test-server.pem").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                self.testdata.join("insecure-test-server.key").display()
+            ))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(fault) = fault {
+            cmd.arg(format!("--fault-netlink={fault}"));
+        }
+        let log = self.dir.path().join("envelope.log");
+        Envelope::spawn(cmd, log)
+    }
+
+    /// `GET /v1/grants`.
+    pub fn grants(&self) -> anyhow::Result<Vec<Grant>> {
+        let body = self.admin("GET", "/v1/grants")?;
+        serde_json::from_str(&body).with_context(|| format!("grants: {body}"))
+    }
+
+    /// A `DELETE` on the admin API; the revoked ids.
+    pub fn revoke(&self, path_and_query: &str) -> anyhow::Result<Vec<u64>> {
+        let body = self.admin("DELETE", path_and_query)?;
+        let revoked: common::admin::Revoked =
+            serde_json::from_str(&body).with_context(|| format!("revoke: {body}"))?;
+        Ok(revoked.revoked)
+    }
+
+    fn admin(&self, method: &str, path: &str) -> anyhow::Result<String> {
+        let mut stream = UnixStream::connect(self.admin_socket()).context("admin socket")?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: envelope\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").context("admin: no body")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("admin {method} {path}: {head} {body}");
+        }
+        let chunked = head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+        Ok(if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        })
+    }
+
+    /// `ipset save` of the server namespace, raw.
+    pub fn ipset_save(&self) -> String {
+        let out = self.ns.server_cmd(&["/usr/sbin/ipset", "save"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell command inside the server namespace (for tampering by hand).
+    pub fn server_sh(&self, script: &str) -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.server, "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("{script}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An envelope process. Dropping it sends SIGKILL (the run already checked it).
+pub struct Envelope {
+    child: Child,
+    log: PathBuf,
+    started_at: usize,
+}
+
+impl Envelope {
+    fn spawn(mut cmd: Command, log: PathBuf) -> anyhow::Result<Envelope> {
+        // The log is shared by every instance of the run: append.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let started_at = file.metadata()?.len() as usize;
+        let child = cmd.stderr(file).spawn().context("starting the envelope")?;
+        let mut envelope = Envelope {
+            child,
+            log,
+            started_at,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !envelope.logs().contains("listen-address listening") {
+            if let Some(status) = envelope.child.try_wait()? {
+                bail!("the envelope exited with {status}:\n{}", envelope.logs());
+            }
+            if Instant::now() > deadline {
+                bail!("the envelope did not start:\n{}", envelope.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(envelope)
+    }
+
+    /// This instance's log.
+    pub fn logs(&self) -> String {
+        let all = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(all.get(self.started_at..).unwrap_or_default()).into_owned()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            signal,
+        );
+    }
+
+    /// Waits (bounded) for the process to exit; its status.
+    pub fn wait(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the envelope did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The soak's model of what must be true: live sessions and their deadlines,
+//! what a SIGKILLed instance left in the kernel, tampering done by hand, the
+//! envelope's static lines and everything foreign. From it, at any instant,
+//! the expected state of every subnet, proxy port and source, with an
+//! "either" window around each deadline and kernel expiry so that timing on a
+//! slow machine is never mistaken for a bug.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::Ws;
+use crate::lab::MARGIN_SECS;
+
+/// Before its deadline minus this a session must still be open (generous: one
+/// read of the three views takes a few hundred milliseconds here).
+pub const EARLY: Duration = Duration::from_millis(800);
+/// After its deadline plus this the envelope must have closed it (SPEC: within a second).
+pub const LATE: Duration = Duration::from_millis(1500);
+/// Kernel expiry lands within a second after deadline + margin (whole-second
+/// timeouts, rounded up); allow one more second of slack.
+const KERNEL_LATE: Duration = Duration::from_millis(2000);
+
+/// An expectation: must hold, must not hold, or may go either way right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tri {
+    Yes,
+    No,
+    Either,
+}
+
+impl Tri {
+    pub fn or(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::Yes, _) | (_, Tri::Yes) => Tri::Yes,
+            (Tri::No, Tri::No) => Tri::No,
+            _ => Tri::Either,
+        }
+    }
+
+    pub fn and_not(self, cut: bool) -> Tri {
+        if cut {
+            Tri::No
+        } else {
+            self
+        }
+    }
+
+    pub fn allows(self, value: bool) -> bool {
+        match self {
+            Tri::Yes => value,
+            Tri::No => !value,
+            Tri::Either => true,
+        }
+    }
+}
+
+/// The grant subnet of a client address, as the admin API and `ipset save` print it.
+pub fn subnet_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+    }
+}
+
+pub fn family(subnet: &str) -> usize {
+    usize::from(subnet.contains(':'))
+}
+
+pub struct Session {
+    pub id: u64,
+    pub source: IpAddr,
+    pub subnet: String,
+    pub deadline: Instant,
+    pub ws: Option<Ws>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the envelope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Up,
+    /// SIGKILLed: its rules and members stay until their kernel timeouts.
+    Killed,
+    /// Exited after SIGTERM: nothing of it may remain.
+    Down,
+}
+
+/// A member a SIGKILLed instance left behind.
+#[derive(Debug, Clone, Copy)]
+pub struct Orphan {
+    /// Latest deadline of its sessions: the kernel drops it at this + margin.
+    pub until: Instant,
+    /// Whether the dead instance certainly still held it (no session was in
+    /// its either window, and no hand deleted it).
+    pub held: Tri,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub phase: Phase,
+    pub sessions: Vec<Session>,
+    /// Members deleted by hand: subnet → its latest deadline then. The envelope
+    /// re-adds a member only when that subnet's latest deadline changes.
+    pub tampered: BTreeMap<String, Instant>,
+    pub orphans: BTreeMap<String, Orphan>,
+    /// The set rule deleted by hand, per family (v4, v6): grants of that family
+    /// stop working until the next start (the envelope does not repair rules).
+    pub rule_cut: [Option<String>; 2],
+    /// The envelope's static lines when it is up (sorted), from the first start.
+    pub static_lines: Vec<String>,
+    /// Everything not the envelope's in the three dumps (sorted).
+    pub foreign: Vec<String>,
+}
+
+impl Model {
+    pub fn new(foreign: Vec<String>) -> Model {
+        Model {
+            phase: Phase::Down,
+            sessions: Vec::new(),
+            tampered: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            rule_cut: [None, None],
+            static_lines: Vec::new(),
+            foreign,
+        }
+    }
+
+    /// Whether a running envelope still holds a session right now.
+    pub fn session_state(&self, s: &Session, now: Instant) -> Tri {
+        if now + EARLY < s.deadline {
+            Tri::Yes
+        } else if now > s.deadline + LATE {
+            Tri::No
+        } else {
+            Tri::Either
+        }
+    }
+
+    /// Drops sessions the envelope has certainly ended by their deadline, and
+    /// orphans the kernel has certainly expired.
+    pub fn prune(&mut self, now: Instant) {
+        let gone: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| self.session_state(&self.sessions[i], now) == Tri::No)
+            .collect();
+        for i in gone.into_iter().rev() {
+            self.sessions.remove(i);
+        }
+        let margin = Duration::from_secs(MARGIN_SECS);
+        self.orphans
+            .retain(|_, o| now <= o.until + margin + KERNEL_LATE);
+        let live: Vec<String> = self.sessions.iter().map(|s| s.subnet.clone()).collect();
+        self.tampered.retain(|subnet, _| live.contains(subnet));
+    }
+
+    pub fn yes_count(&self, now: Instant) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| self.session_state(s, now) == Tri::Yes)
+            .count()
+    }
+
+    pub fn either_count(&self, now: Instant) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| self.session_state(s, now) == Tri::Either)
+            .count()
+    }
+
+    /// The subnet's latest session deadline: the kernel member's deadline.
+    pub fn latest(&self, subnet: &str) -> Option<Instant> {
+        self.sessions
+            .iter()
+            .filter(|s| s.subnet == subnet)
+            .map(|s| s.deadline)
+            .max()
+    }
+
+    /// Whether any of the subnet's sessions is in its either window.
+    fn unsettled(&self, subnet: &str, now: Instant) -> bool {
+        self.sessions
+            .iter()
+            .any(|s| s.subnet == subnet && self.session_state(s, now) == Tri::Either)
+    }
+
+    /// Whether the subnet's sessions keep it granted (ignoring hand deletion).
+    pub fn held(&self, subnet: &str, now: Instant) -> Tri {
+        self.sessions
+            .iter()
+            .filter(|s| s.subnet == subnet)
+            .fold(Tri::No, |acc, s| acc.or(self.session_state(s, now)))
+    }
+
+    /// Whether a hand-deleted member is still missing.
+    fn still_tampered(&self, subnet: &str) -> bool {
+        self.tampered
+            .get(subnet)
+            .is_some_and(|at| self.latest(subnet) == Some(*at))
+    }
+
+    /// Whether the kernel set holds the subnet's member right now.
+    pub fn member(&self, subnet: &str, now: Instant) -> Tri {
+        match self.phase {
+            Phase::Down => Tri::No,
+            Phase::Up => {
+                let held = self.held(subnet, now);
+                if self.still_tampered(subnet) {
+                    if self.unsettled(subnet, now) {
+                        Tri::Either
+                    } else {
+                        Tri::No
+                    }
+                } else {
+                    held
+                }
+            }
+            Phase::Killed => self
+                .orphans
+                .get(subnet)
+                .map_or(Tri::No, |o| kernel_state(o.until, o.held, now)),
+        }
+    }
+
+    /// Whether the family's proxy-port members are in the kernel right now.
+    pub fn ports(&self, family_index: usize, now: Instant) -> Tri {
+        match self.phase {
+            Phase::Down => Tri::No,
+            Phase::Up => self
+                .sessions
+                .iter()
+                .filter(|s| family(&s.subnet) == family_index)
+                .fold(Tri::No, |acc, s| acc.or(self.session_state(s, now))),
+            Phase::Killed => self
+                .orphans
+                .iter()
+                .filter(|(subnet, _)| family(subnet) == family_index)
+                // A hand-deleted member does not take the ports with it.
+                .fold(Tri::No, |acc, (_, o)| {
+                    acc.or(kernel_state(
+                        o.until,
+                        if o.held == Tri::No { Tri::Yes } else { o.held },
+                        now,
+                    ))
+                }),
+        }
+    }
+
+    /// Whether `source` reaches the service port right now.
+    pub fn service_reach(&self, source: IpAddr, now: Instant) -> Tri {
+        if self.phase == Phase::Down {
+            return Tri::Yes;
+        }
+        let subnet = subnet_of(source);
+        let fam = family(&subnet);
+        self.member(&subnet, now)
+            .and_not(self.rule_cut[fam].is_some())
+    }
+
+    /// Whether the family's proxy port is reachable (from any source) right now.
+    pub fn proxy_reach(&self, family_index: usize, now: Instant) -> Tri {
+        if self.phase == Phase::Down {
+            return Tri::Yes;
+        }
+        self.ports(family_index, now)
+    }
+
+    /// The kernel timeout (seconds left) a member should show, when settled.
+    pub fn member_timeout(&self, subnet: &str, now: Instant) -> Option<f64> {
+        let until = match self.phase {
+            Phase::Up if !self.unsettled(subnet, now) => self.latest(subnet)?,
+            Phase::Killed => self.orphans.get(subnet)?.until,
+            _ => return None,
+        };
+        let at = until + Duration::from_secs(MARGIN_SECS);
+        Some(at.saturating_duration_since(now).as_secs_f64())
+    }
+
+    /// Expected `kernel_remaining_seconds` of a listed grant, when settled.
+    pub fn kernel_remaining(&self, subnet: &str, now: Instant) -> Option<f64> {
+        if self.still_tampered(subnet) {
+            return (!self.unsettled(subnet, now)).then_some(0.0);
+        }
+        self.member_timeout(subnet, now)
+    }
+
+    /// Records a SIGKILL: what the dead instance held stays in the kernel.
+    pub fn killed(&mut self, now: Instant) {
+        let subnets: Vec<String> = self.sessions.iter().map(|s| s.subnet.clone()).collect();
+        self.orphans.clear();
+        for subnet in subnets {
+            let held = if self.still_tampered(&subnet) {
+                if self.unsettled(&subnet, now) {
+                    Tri::Either
+                } else {
+                    Tri::No
+                }
+            } else if self.unsettled(&subnet, now) {
+                Tri::Either
+            } else {
+                self.held(&subnet, now)
+            };
+            let until = self.latest(&subnet).unwrap();
+            self.orphans.insert(subnet, Orphan { until, held });
+        }
+        self.sessions.clear();
+        self.tampered.clear();
+        self.phase = Phase::Killed;
+    }
+
+    /// Records a fresh start: set-up replaces whatever a dead instance left.
+    pub fn started(&mut self) {
+        self.sessions.clear();
+        self.orphans.clear();
+        self.tampered.clear();
+        self.rule_cut = [None, None];
+        self.phase = Phase::Up;
+    }
+
+    /// The static lines expected in the kernel now.
+    pub fn expected_static(&self) -> Vec<String> {
+        if self.phase == Phase::Down {
+            return Vec::new();
+        }
+        let mut lines = self.static_lines.clone();
+        for cut in self.rule_cut.iter().flatten() {
+            if let Some(at) = lines.iter().position(|l| l == cut) {
+                lines.remove(at);
+            }
+        }
+        lines
+    }
+}
+
+/// A member with a kernel timeout: held until `until` + margin, then gone.
+fn kernel_state(until: Instant, held: Tri, now: Instant) -> Tri {
+    let expiry = until + Duration::from_secs(MARGIN_SECS);
+    if held == Tri::No || now > expiry + KERNEL_LATE {
+        Tri::No
+    } else if now + EARLY < expiry {
+        held
+    } else {
+        Tri::Either
+    }
+}
