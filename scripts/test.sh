@@ -35,3 +35,7 @@ cargo build -q -p envelope -p envelope-bench
 target/debug/envelope-bench --sessions 3 --burst 4 --poisson-secs 1 --crash-held 4 --flood-secs 1 --flood-conns 4 --held 100
 # The Debian package: built from the debug build above, installed, checked, removed.
 bash scripts/package-test.sh
+# The firewall soak, short (docs/soak.md): a fixed seed, then a fresh one (printed).
+cargo build -q -p envelope-soak
+target/debug/envelope-soak --seed 13 --ops 200
+target/debug/envelope-soak --ops 60

@@ -73,8 +73,8 @@ pub async fn open(source: IpAddr, tls: &TlsConnector, token: &str) -> anyhow::Re
             .await
             .map_err(|_| anyhow!("TLS from {source} timed out"))??,
     );
-    let mut request = format!("wss://{to}/v0/envelope/access?access_token={token}")
-        .into_client_request()?;
+    let mut request =
+        format!("wss://{to}/v0/envelope/access?access_token={token}").into_client_request()?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("net.measurementlab.envelope"),

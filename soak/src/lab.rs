@@ -24,8 +24,9 @@ pub const TIMEOUT_SECS: u64 = 2;
 pub const MAX_HOLD_SECS: u64 = 5;
 pub const MARGIN_SECS: u64 = 1;
 pub const MAX_CLIENTS: usize = 5;
-/// `--firewall-timeout`: how long a stalled netlink exchange waits.
-pub const FIREWALL_TIMEOUT: &str = "1s";
+/// `--firewall-timeout`: how long a stalled netlink exchange waits (and any
+/// iptables command: the default; less is too tight on a loaded machine).
+pub const FIREWALL_TIMEOUT: &str = "5s";
 
 /// Client address counts: IPv4 /24s and IPv6 /64s, two addresses each.
 const V4_SUBNETS: u8 = 5;
@@ -150,9 +151,13 @@ impl Lab {
         serde_json::from_str(&body).with_context(|| format!("grants: {body}"))
     }
 
-    /// A `DELETE` on the admin API; the revoked ids.
+    /// A `DELETE` on the admin API; the revoked ids (none when it answers 404,
+    /// "no grant covers …").
     pub fn revoke(&self, path_and_query: &str) -> anyhow::Result<Vec<u64>> {
-        let body = self.admin("DELETE", path_and_query)?;
+        let body = match self.admin("DELETE", path_and_query) {
+            Err(e) if e.to_string().contains("HTTP/1.1 404") => return Ok(Vec::new()),
+            other => other?,
+        };
         let revoked: common::admin::Revoked =
             serde_json::from_str(&body).with_context(|| format!("revoke: {body}"))?;
         Ok(revoked.revoked)
@@ -265,10 +270,7 @@ impl Envelope {
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            signal,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
     }
 
     /// Waits (bounded) for the process to exit; its status.

@@ -125,9 +125,9 @@ pub struct Model {
     /// The set rule deleted by hand, per family (v4, v6): grants of that family
     /// stop working until the next start (the envelope does not repair rules).
     pub rule_cut: [Option<String>; 2],
-    /// The envelope's static lines when it is up (sorted), from the first start.
+    /// The envelope's static lines when it is up (dump order), from the first start.
     pub static_lines: Vec<String>,
-    /// Everything not the envelope's in the three dumps (sorted).
+    /// Everything not the envelope's in the three dumps (dump order).
     pub foreign: Vec<String>,
 }
 

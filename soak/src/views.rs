@@ -16,8 +16,8 @@ use crate::lab::{Lab, PROXY_PORT, SERVICE_PORT};
 use crate::model::{family, subnet_of, Model, Phase};
 
 /// Longest the envelope may take to settle after a step (a failed revoke is
-/// retried after 0.5 s; a stalled exchange waits out a 1 s timeout first).
-pub const SETTLE: Duration = Duration::from_secs(4);
+/// retried after 0.5 s; a stalled exchange waits out a 5 s timeout first).
+pub const SETTLE: Duration = Duration::from_secs(9);
 
 /// What was read.
 #[derive(Debug, Default)]
@@ -25,9 +25,9 @@ pub struct Views {
     pub grants: Option<Vec<Grant>>,
     /// Set → member → seconds left.
     pub members: BTreeMap<String, BTreeMap<String, Option<u64>>>,
-    /// The envelope's static lines: chains, rules, set headers (sorted).
+    /// The envelope's static lines: chains, rules, set headers (dump order).
     pub static_lines: Vec<String>,
-    /// Every other line of the three dumps (sorted).
+    /// Every other line of the three dumps (dump order).
     pub foreign: Vec<String>,
     /// (source, port) → accepted?
     pub reach: BTreeMap<(IpAddr, u16), Option<bool>>,
@@ -78,7 +78,11 @@ pub fn read_kernel(lab: &Lab, views: &mut Views) {
     let sets = lab.ipset_save();
     let mut static_lines = Vec::new();
     let mut foreign = Vec::new();
-    for line in v4.lines().map(|l| format!("4 {l}")).chain(v6.lines().map(|l| format!("6 {l}"))) {
+    for line in v4
+        .lines()
+        .map(|l| format!("4 {l}"))
+        .chain(v6.lines().map(|l| format!("6 {l}")))
+    {
         if is_envelope(&line) {
             static_lines.push(line);
         } else {
@@ -87,7 +91,8 @@ pub fn read_kernel(lab: &Lab, views: &mut Views) {
     }
     for line in testbed::normalize_ipset(&sets).lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() == Some(&"add") && words.get(1).is_some_and(|s| s.starts_with("envelope")) {
+        if words.first() == Some(&"add") && words.get(1).is_some_and(|s| s.starts_with("envelope"))
+        {
             continue;
         }
         let line = format!("s {line}");
@@ -111,8 +116,7 @@ pub fn read_kernel(lab: &Lab, views: &mut Views) {
                 .insert(words[2].to_owned(), timeout);
         }
     }
-    static_lines.sort();
-    foreign.sort();
+    // Dump order is kept: a rule in the wrong place is a different firewall.
     views.static_lines = static_lines;
     views.foreign = foreign;
 }
@@ -155,7 +159,11 @@ pub fn compare(model: &Model, views: &Views, now: Instant) -> Vec<String> {
                             "admin API: grant {} from {} is {} but the model says {state:?}",
                             s.id,
                             s.source,
-                            if listed.is_some() { "listed" } else { "missing" }
+                            if listed.is_some() {
+                                "listed"
+                            } else {
+                                "missing"
+                            }
                         ));
                     }
                     if let Some(g) = listed {
@@ -165,9 +173,10 @@ pub fn compare(model: &Model, views: &Views, now: Instant) -> Vec<String> {
                                 g.id, g.ip, g.subnet, s.source, s.subnet
                             ));
                         }
-                        if let (Some(want), Some(got)) =
-                            (model.kernel_remaining(&s.subnet, now), g.kernel_remaining_seconds)
-                        {
+                        if let (Some(want), Some(got)) = (
+                            model.kernel_remaining(&s.subnet, now),
+                            g.kernel_remaining_seconds,
+                        ) {
                             if (got as f64 - want).abs() > 1.6 {
                                 bad.push(format!(
                                     "admin API: grant {} kernel_remaining_seconds {got}, model {want:.1}",
@@ -212,7 +221,11 @@ pub fn compare(model: &Model, views: &Views, now: Instant) -> Vec<String> {
         if !want.allows(member.is_some()) {
             bad.push(format!(
                 "kernel: {set} member {subnet} is {} but the model says {want:?}",
-                if member.is_some() { "present" } else { "absent" }
+                if member.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                }
             ));
         }
         if let (Some(Some(got)), Some(want)) = (member, model.member_timeout(subnet, now)) {
@@ -223,7 +236,10 @@ pub fn compare(model: &Model, views: &Views, now: Instant) -> Vec<String> {
             }
         }
     }
-    for (fam, set) in ["envelope-proxy-v4", "envelope-proxy-v6"].iter().enumerate() {
+    for (fam, set) in ["envelope-proxy-v4", "envelope-proxy-v6"]
+        .iter()
+        .enumerate()
+    {
         let present = views
             .members
             .get(*set)
@@ -258,7 +274,9 @@ pub fn compare(model: &Model, views: &Views, now: Instant) -> Vec<String> {
             model.proxy_reach(usize::from(source.is_ipv6()), now)
         };
         match got {
-            None => bad.push(format!("packets: {source} -> :{port} neither accepted nor refused")),
+            None => bad.push(format!(
+                "packets: {source} -> :{port} neither accepted nor refused"
+            )),
             Some(ok) if !want.allows(ok) => bad.push(format!(
                 "packets: {source} ({}) -> :{port} {} but the model says {want:?}",
                 subnet_of(source),

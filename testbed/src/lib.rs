@@ -234,7 +234,15 @@ impl NetPair {
             .collect();
         self.add_client_addrs(&addrs);
         run(&[
-            "ip", "-n", &self.server, "-6", "route", "add", "2001:db8::/32", "dev", DEVICE,
+            "ip",
+            "-n",
+            &self.server,
+            "-6",
+            "route",
+            "add",
+            "2001:db8::/32",
+            "dev",
+            DEVICE,
         ]);
         addrs
             .iter()

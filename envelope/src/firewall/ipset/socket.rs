@@ -202,7 +202,9 @@ impl IpsetSocket {
     ) -> Result<Vec<Result<(), IpsetError>>, IpsetError> {
         let fault = Self::fault_for(&requests);
         if fault == Some(FaultAction::Fail) {
-            return Err(IpsetError::Io(io::Error::other("injected fault (--fault-netlink)")));
+            return Err(IpsetError::Io(io::Error::other(
+                "injected fault (--fault-netlink)",
+            )));
         }
         let mut results = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
@@ -352,5 +354,46 @@ impl IpsetSocket {
             offset += (length + 3) & !3;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse_or_fail_clearly() {
+        for bad in [
+            "", "fail", "fail:", "fail:0", "fail:x", "hang:1", "stall:-1",
+        ] {
+            let error = IpsetSocket::inject_fault(bad).unwrap_err();
+            assert!(
+                error.contains("expected fail:N or stall:N"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_nth_exchange_of_member_changes_is_faulted() {
+        IpsetSocket::inject_fault("stall:2").unwrap();
+        let flush = || Request::flush(7, "s");
+        // Set-up exchanges (flush, create, destroy) are not counted.
+        assert_eq!(IpsetSocket::fault_for(&[flush()]), None);
+        let member = |del: bool| {
+            let element = Element::Port(80);
+            if del {
+                Request::del(7, "s", element)
+            } else {
+                Request::add(7, "s", element, 1)
+            }
+        };
+        assert_eq!(IpsetSocket::fault_for(&[member(false)]), None);
+        assert_eq!(
+            IpsetSocket::fault_for(&[member(true), member(false)]),
+            Some(FaultAction::Stall)
+        );
+        assert_eq!(IpsetSocket::fault_for(&[member(true)]), None);
+        *FAULT.lock().unwrap() = None;
     }
 }
