@@ -99,6 +99,15 @@ pub async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
+/// Reads a session until it ends: answers the server's Close frame.
+pub async fn drain(mut ws: Ws) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
 /// Whether a TCP connection from `source` to `port` on the server is accepted
 /// (`Some(true)`), refused (`Some(false)`), or neither within a second (`None`).
 pub fn probe(source: IpAddr, port: u16) -> io::Result<Option<bool>> {

@@ -39,7 +39,9 @@ pub struct Lab {
     pub testdata: PathBuf,
     /// Every client source address, IPv4 first.
     pub sources: Vec<IpAddr>,
-    signer: Signer,
+    /// The key tokens are signed with; replaced by a key rotation.
+    signer: std::sync::Mutex<Signer>,
+    rotations: std::sync::atomic::AtomicU32,
     _service: testbed::Listener,
     _proxy: testbed::Listener,
 }
@@ -80,7 +82,8 @@ impl Lab {
             envelope_bin,
             testdata,
             sources,
-            signer: Signer::new(key),
+            signer: std::sync::Mutex::new(Signer::new(key)),
+            rotations: Default::default(),
             _service: service,
             _proxy: proxy,
         })
@@ -98,7 +101,50 @@ impl Lab {
             iat: Some(now),
             jti: None,
         };
-        self.signer.sign(&claims).expect("signing a soak token")
+        self.signer
+            .lock()
+            .unwrap()
+            .sign(&claims)
+            .expect("signing a soak token")
+    }
+
+    /// Writes a new verify key (new kid) over the old file; tokens are signed
+    /// with it from now on. Returns the old signer, whose tokens must be refused
+    /// once the envelope has reloaded.
+    pub fn rotate_key(&self) -> anyhow::Result<Signer> {
+        let n = self
+            .rotations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let key = PrivateKey::generate(Algorithm::EdDSA, &format!("soak-{n}"))?;
+        let path = self.dir.path().join("verify.jwk.pub");
+        let next = self.dir.path().join("verify.jwk.pub.next");
+        std::fs::write(&next, key.public_key().to_jwk_json())?;
+        std::fs::rename(&next, &path)?;
+        Ok(std::mem::replace(
+            &mut *self.signer.lock().unwrap(),
+            Signer::new(key),
+        ))
+    }
+
+    /// A token from `signer` (an old key), valid for 8 s.
+    pub fn token_from(signer: &Signer) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            iss: "locate".into(),
+            sub: SUBJECT.into(),
+            aud: Audience::One(MACHINE.into()),
+            exp: now + 8,
+            nbf: None,
+            iat: Some(now),
+            jti: None,
+        };
+        signer.sign(&claims).expect("signing a soak token")
+    }
+
+    /// `POST /v1/reload`.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        self.admin("POST", "/v1/reload").map(drop)
     }
 
     pub fn admin_socket(&self) -> PathBuf {
@@ -273,8 +319,9 @@ impl Envelope {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
     }
 
-    /// Waits (bounded) for the process to exit; its status.
-    pub fn wait(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    /// Waits (bounded) for the process to exit; its status. Async, so that the
+    /// clients' tasks answer the envelope's Close frames meanwhile.
+    pub async fn wait(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -283,7 +330,7 @@ impl Envelope {
             if Instant::now() > deadline {
                 bail!("the envelope did not exit within {within:?}");
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -210,7 +210,12 @@ async fn drive(lab: &Lab, seed: u64, count: usize, verbose: bool) -> anyhow::Res
     let last = ops.len().saturating_sub(1);
     if let Some(mut envelope) = driver.envelope.take() {
         envelope.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = envelope.wait(Duration::from_secs(20))?;
+        for session in &mut driver.model.sessions {
+            if let Some(ws) = session.ws.take() {
+                tokio::spawn(client::drain(ws));
+            }
+        }
+        let status = envelope.wait(Duration::from_secs(20)).await?;
         if !status.success() {
             let logs = envelope.logs();
             return Ok(Outcome::Failed {

@@ -69,6 +69,11 @@ pub enum Op {
         v6: bool,
     },
     ForeignSet,
+    /// A new verify key, loaded by SIGHUP or `POST /v1/reload`: tokens of the
+    /// old key are refused from then on, held sessions stay.
+    KeyReload {
+        sighup: bool,
+    },
     /// Restart with `--fault-netlink`, then a grant (fault on its add) or a
     /// grant and a hang-up (fault on the revoke).
     Fault {
@@ -124,6 +129,9 @@ pub fn generate(seed: u64, count: usize, sources: usize) -> Vec<Op> {
                     v6: rng.gen_bool(0.5),
                 },
                 94 => Op::ForeignSet,
+                95 => Op::KeyReload {
+                    sighup: rng.gen_bool(0.5),
+                },
                 _ => Op::Fault {
                     stall: rng.gen_bool(0.5),
                     on_revoke: rng.gen_bool(0.5),
@@ -185,6 +193,7 @@ fn kind(op: &Op) -> &'static str {
         Op::TamperRule { .. } => "tamper-rule",
         Op::ForeignRule { .. } => "foreign-rule",
         Op::ForeignSet => "foreign-set",
+        Op::KeyReload { .. } => "key-reload",
         Op::Fault { .. } => "fault",
     }
 }
@@ -217,7 +226,13 @@ impl Driver<'_> {
     async fn sigterm(&mut self) -> Result<(), Mismatch> {
         let mut envelope = self.envelope.take().expect("running");
         envelope.signal(Signal::SIGTERM);
-        let status = envelope.wait(Duration::from_secs(20))?;
+        // The clients answer the Close frames, as real ones would.
+        for session in &mut self.model.sessions {
+            if let Some(ws) = session.ws.take() {
+                tokio::spawn(client::drain(ws));
+            }
+        }
+        let status = envelope.wait(Duration::from_secs(20)).await?;
         if !status.success() {
             return Err(Mismatch::new(format!(
                 "SIGTERM: the envelope exited with {status}:\n{}",
@@ -234,7 +249,7 @@ impl Driver<'_> {
     async fn sigkill(&mut self) -> Result<(), Mismatch> {
         let mut envelope = self.envelope.take().expect("running");
         envelope.signal(Signal::SIGKILL);
-        envelope.wait(Duration::from_secs(10))?;
+        envelope.wait(Duration::from_secs(10)).await?;
         self.model.killed(Instant::now());
         Ok(())
     }
@@ -483,6 +498,43 @@ impl Driver<'_> {
                     "ipset create foreign-{k} hash:ip && ipset add foreign-{k} 203.0.113.{}",
                     k % 250 + 1
                 ))?;
+            }
+            Op::KeyReload { sighup } => {
+                let old = self.lab.rotate_key()?;
+                if sighup {
+                    self.envelope
+                        .as_ref()
+                        .expect("running")
+                        .signal(Signal::SIGHUP);
+                } else {
+                    self.lab.reload()?;
+                }
+                // SIGHUP (and the file watch) act asynchronously: poll, bounded.
+                let until = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let asked = unix_now();
+                    let sent = Instant::now();
+                    let upgrade =
+                        client::open(sources[0], &self.tls, &Lab::token_from(&old)).await?;
+                    match self.admit(sources[0], 8, asked, sent, upgrade).await? {
+                        Some(401) => break,
+                        // Not reloaded yet: a valid token, granted or refused for slots.
+                        Some(101 | 503) if !sighup => {
+                            return Err(Mismatch::new(
+                                "an old key's token still accepted after POST /v1/reload",
+                            ))
+                        }
+                        Some(101 | 503) if Instant::now() < until => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        got => {
+                            return Err(Mismatch::new(format!(
+                                "old key after reload: answer {got:?}, want 401\n{}",
+                                self.logs()
+                            )))
+                        }
+                    }
+                }
             }
             Op::Fault {
                 stall,
