@@ -26,6 +26,8 @@ const MAX_BATCH: usize = 1024;
 /// First and longest wait before a failed revoke is tried again.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest a list waits for the kernel's timeouts before it shows them as unknown.
+const KERNEL_READ_LIMIT: Duration = Duration::from_millis(500);
 
 /// Why the owner ended a session; the session turns it into a Close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -622,7 +624,9 @@ impl Owner {
         list.sort_by_key(|g| g.id);
         if !pending.lists.is_empty() {
             // The kernel's word, read now: a member deleted by hand shows as none.
-            match self.firewall.kernel_expiries().await {
+            // Bounded: a stalled kernel read must not hold up the operator's list.
+            let read = tokio::time::timeout(KERNEL_READ_LIMIT, self.firewall.kernel_expiries());
+            match read.await.unwrap_or(Ok(None)) {
                 Ok(Some(kernel)) => {
                     for grant in &mut list {
                         grant.kernel_remaining =
