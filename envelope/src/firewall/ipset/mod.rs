@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 pub use self::socket::{IpsetError, IpsetSocket};
 use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
-use super::iptables::rules::{self, Family};
+use super::iptables::rules::{self, Family, PerFamily};
 use super::iptables::{IptablesConfig, IptablesFirewall};
 use super::{Change, Firewall, FirewallError, FwFuture, Subnet};
 
@@ -98,20 +98,7 @@ pub struct IpsetFirewall {
 }
 
 /// What the kernel holds, as far as the backend knows.
-#[derive(Debug, Default, Clone)]
-struct State {
-    v4: FamilyState,
-    v6: FamilyState,
-}
-
-impl State {
-    fn family(&mut self, family: Family) -> &mut FamilyState {
-        match family {
-            Family::V4 => &mut self.v4,
-            Family::V6 => &mut self.v6,
-        }
-    }
-}
+type State = PerFamily<FamilyState>;
 
 #[derive(Debug, Default, Clone)]
 struct FamilyState {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use self::command::{RunError, Runner};
-use self::rules::{Family, GRANTS_CHAIN};
+use self::rules::{Family, PerFamily, GRANTS_CHAIN};
 use super::{Change, Firewall, FirewallError, FwFuture, Subnet};
 
 /// What the iptables backend needs from the daemon's configuration.
@@ -60,20 +60,7 @@ pub struct IptablesFirewall {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    v4: FamilyState,
-    v6: FamilyState,
-}
-
-impl State {
-    fn family(&mut self, family: Family) -> &mut FamilyState {
-        match family {
-            Family::V4 => &mut self.v4,
-            Family::V6 => &mut self.v6,
-        }
-    }
-}
+type State = PerFamily<FamilyState>;
 
 #[derive(Debug, Default, Clone)]
 struct FamilyState {

@@ -77,6 +77,22 @@ impl Family {
     }
 }
 
+/// One value per family: a backend's view of what it installed for IPv4 and IPv6.
+#[derive(Debug, Default, Clone)]
+pub struct PerFamily<T> {
+    pub v4: T,
+    pub v6: T,
+}
+
+impl<T> PerFamily<T> {
+    pub fn family(&mut self, family: Family) -> &mut T {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+}
+
 /// Whether `device` is safe to put into a rule: a Linux interface name
 /// (at most 15 characters, no whitespace, `/` or `:`), optionally ending in
 /// iptables' `+` wildcard, and never looking like an option.
