@@ -195,10 +195,18 @@ impl Verifier {
     /// the ones checked here. `T` is read only after every check has passed; a
     /// payload that `T` cannot deserialize is refused as `bad-claim`.
     pub fn verify_with<T: DeserializeOwned>(&self, token: &str) -> Result<(Claims, T), Rejection> {
-        let WithRaw(claims, raw) = self.decode(token)?;
-        self.check_claims(&claims)?;
+        let (claims, raw) = self.verify_payload(token)?;
         let custom = serde_json::from_str(raw.get()).map_err(|_| Rejection::BadClaim)?;
         Ok((claims, custom))
+    }
+
+    /// Like [`Verifier::verify`], and also hands back the verified payload's
+    /// JSON text, decoded once, for a caller that reads more from it under its
+    /// own rules (the warp filters' custom claims).
+    pub fn verify_payload(&self, token: &str) -> Result<(Claims, Box<RawValue>), Rejection> {
+        let WithRaw(claims, raw) = self.decode(token)?;
+        self.check_claims(&claims)?;
+        Ok((claims, raw))
     }
 
     /// Steps 1–5 of the module docs: the header policy, then jsonwebtoken.

@@ -1,14 +1,12 @@
-//! Caller-defined custom claims, read from a token the verifier has **already
-//! accepted**. The standard claims (`iss`, `sub`, `aud`, `exp`, `nbf`, `iat`,
+//! Caller-defined custom claims, read from the payload of a token the verifier
+//! has **already accepted** ([`Verifier::verify_payload`](crate::Verifier::verify_payload)
+//! hands it over, decoded once). The standard claims (`iss`, `sub`, `aud`, `exp`, `nbf`, `iat`,
 //! `jti`) are removed before the caller's type sees the payload, so a custom type
 //! can never carry — let alone override — one of them: the standard claims a
 //! handler gets always come from the verifier.
-//!
-//! This is the one place to swap for `Verifier::verify_with::<T>` once the
-//! verifier offers it; nothing else in the filters decodes the payload.
+//! That is stricter than `Verifier::verify_with`, whose `T` sees the whole
+//! payload, and it also refuses any member given twice.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -26,12 +24,10 @@ impl<'de> Deserialize<'de> for NoCustomClaims {
     }
 }
 
-/// `T` from the non-standard members of `token`'s payload. `None` when the
-/// payload cannot be read or a member is given twice, or `T` does not fit.
-pub(crate) fn custom_claims<T: DeserializeOwned>(verified_token: &str) -> Option<T> {
-    let payload = verified_token.split('.').nth(1)?;
-    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let UniqueObject(mut members) = serde_json::from_slice(&json).ok()?;
+/// `T` from the non-standard members of a verified payload (JSON text). `None`
+/// when the payload is no object, a member is given twice, or `T` does not fit.
+pub(crate) fn custom_claims<T: DeserializeOwned>(payload_json: &str) -> Option<T> {
+    let UniqueObject(mut members) = serde_json::from_str(payload_json).ok()?;
     for name in STANDARD {
         members.remove(name);
     }
@@ -69,10 +65,6 @@ impl<'de> Deserialize<'de> for UniqueObject {
 mod tests {
     use super::*;
 
-    fn token(payload: &str) -> String {
-        format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(payload))
-    }
-
     #[derive(Debug, Deserialize, PartialEq)]
     struct Integration {
         int_id: String,
@@ -82,8 +74,7 @@ mod tests {
 
     #[test]
     fn custom_members_are_read_and_standard_ones_are_never_seen() {
-        let got: Integration =
-            custom_claims(&token(r#"{"sub":"ndt","exp":9,"int_id":"a1"}"#)).unwrap();
+        let got: Integration = custom_claims(r#"{"sub":"ndt","exp":9,"int_id":"a1"}"#).unwrap();
         assert_eq!(
             got,
             Integration {
@@ -96,14 +87,14 @@ mod tests {
     #[test]
     fn duplicates_missing_fields_and_garbage_are_refused() {
         assert_eq!(
-            custom_claims::<Integration>(&token(r#"{"int_id":"a","int_id":"b"}"#)),
+            custom_claims::<Integration>(r#"{"int_id":"a","int_id":"b"}"#),
             None
         );
-        assert_eq!(custom_claims::<Integration>(&token(r#"{"exp":9}"#)), None);
-        assert_eq!(custom_claims::<Integration>(&token("[1]")), None);
-        assert_eq!(custom_claims::<Integration>("no-dots"), None);
+        assert_eq!(custom_claims::<Integration>(r#"{"exp":9}"#), None);
+        assert_eq!(custom_claims::<Integration>("[1]"), None);
+        assert_eq!(custom_claims::<Integration>("not json"), None);
         assert_eq!(
-            custom_claims::<NoCustomClaims>(&token(r#"{"x":1}"#)),
+            custom_claims::<NoCustomClaims>(r#"{"x":1}"#),
             Some(NoCustomClaims)
         );
     }

@@ -86,8 +86,10 @@ impl AccessPolicy {
             };
         };
         let verifier = self.verifier.current().ok_or(Denied::NoVerifier)?;
-        let claims = verifier.verify(&token).map_err(Denied::InvalidToken)?;
-        let custom = custom_claims::<T>(&token).ok_or(Denied::BadCustomClaims)?;
+        let (claims, payload) = verifier
+            .verify_payload(&token)
+            .map_err(Denied::InvalidToken)?;
+        let custom = custom_claims::<T>(payload.get()).ok_or(Denied::BadCustomClaims)?;
         let verified = Verified { claims, custom };
         if let Some(subject) = &self.subject {
             if !verified.is_monitoring() && &verified.claims.sub != subject {
