@@ -5,10 +5,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use common::{Algorithm, Audience, Claims, PrivateKey, Signer};
+use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
 use testbed::{NetPair, DEVICE, SERVER_V4};
 
 pub const MACHINE: &str = "bench-machine";
@@ -59,18 +59,10 @@ impl Lab {
 
     /// A valid token carrying `jti` (for single-use tokens).
     pub fn token_with_jti(&self, jti: Option<String>) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = common::SystemClock.now_unix();
         let claims = Claims {
-            iss: "locate".into(),
-            sub: SUBJECT.into(),
-            aud: Audience::One(MACHINE.into()),
-            exp: now + 600,
-            nbf: None,
-            iat: Some(now),
             jti,
+            ..Claims::for_machine("locate", SUBJECT, MACHINE, now, now + 600)
         };
         self.signer.sign(&claims).expect("signing a bench token")
     }

@@ -17,6 +17,28 @@ pub struct Claims {
     pub jti: Option<String>,
 }
 
+impl Claims {
+    /// Claims for one machine's service, issued at `iat` and expiring at `exp`
+    /// (Unix seconds), with no `nbf` or `jti`: the shape Locate issues.
+    pub fn for_machine(
+        issuer: impl Into<String>,
+        subject: impl Into<String>,
+        machine: impl Into<String>,
+        iat: i64,
+        exp: i64,
+    ) -> Claims {
+        Claims {
+            iss: issuer.into(),
+            sub: subject.into(),
+            aud: Audience::One(machine.into()),
+            exp,
+            nbf: None,
+            iat: Some(iat),
+            jti: None,
+        }
+    }
+}
+
 /// `aud`: one audience or several; a token is for a machine when any entry matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

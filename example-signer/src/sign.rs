@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use common::goflags::parse_duration;
 use common::jwk::load_private_key;
-use common::{Audience, Claims, Signer};
+use common::{Claims, Signer};
 
 pub const DEFAULT_URL: &str = "ws://localhost:8880/v0/envelope/access";
 
@@ -68,13 +68,9 @@ fn claims_at(args: &SignArgs, now: i64) -> Result<Claims> {
         .checked_add(args.expiry)
         .context("expiry is too large")?;
     Ok(Claims {
-        iss: args.issuer.clone(),
-        sub: args.subject.clone(),
-        aud: Audience::One(args.machine.clone()),
-        exp,
         nbf: Some(now),
-        iat: Some(now),
         jti: Some(format!("{:032x}", rand::random::<u128>())),
+        ..Claims::for_machine(&args.issuer, &args.subject, &args.machine, now, exp)
     })
 }
 
@@ -98,6 +94,7 @@ fn url_with_token(base: &str, token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::Audience;
 
     #[test]
     fn token_is_appended_as_a_query_parameter() {

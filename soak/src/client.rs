@@ -4,38 +4,16 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::lab::{ENVELOPE_PORT, PROXY_PORT, SERVICE_PORT};
 
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-pub type Ws = WebSocketStream<Box<dyn Stream>>;
-
-pub fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
-}
+pub use testbed::tls::{tls_connector, Stream, Ws};
 
 /// The server address a source talks to: the same family.
 pub fn server_for(source: IpAddr, port: u16) -> SocketAddr {

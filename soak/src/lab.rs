@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use common::admin::Grant;
-use common::{Algorithm, Audience, Claims, PrivateKey, Signer};
+use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
 use testbed::{NetPair, DEVICE};
 
 pub const MACHINE: &str = "soak-machine";
@@ -91,21 +91,7 @@ impl Lab {
 
     /// A token that expires `exp_in` seconds from now.
     pub fn token(&self, exp_in: u64) -> String {
-        let now = unix_now();
-        let claims = Claims {
-            iss: "locate".into(),
-            sub: SUBJECT.into(),
-            aud: Audience::One(MACHINE.into()),
-            exp: now + exp_in as i64,
-            nbf: None,
-            iat: Some(now),
-            jti: None,
-        };
-        self.signer
-            .lock()
-            .unwrap()
-            .sign(&claims)
-            .expect("signing a soak token")
+        Self::token_from(&self.signer.lock().unwrap(), exp_in)
     }
 
     /// Writes a new verify key (new kid) over the old file; tokens are signed
@@ -127,18 +113,10 @@ impl Lab {
         ))
     }
 
-    /// A token from `signer` (an old key), valid for 8 s.
-    pub fn token_from(signer: &Signer) -> String {
+    /// A token from `signer` (the current key, or an old one), valid for `exp_in` s.
+    pub fn token_from(signer: &Signer, exp_in: u64) -> String {
         let now = unix_now();
-        let claims = Claims {
-            iss: "locate".into(),
-            sub: SUBJECT.into(),
-            aud: Audience::One(MACHINE.into()),
-            exp: now + 8,
-            nbf: None,
-            iat: Some(now),
-            jti: None,
-        };
+        let claims = Claims::for_machine("locate", SUBJECT, MACHINE, now, now + exp_in as i64);
         signer.sign(&claims).expect("signing a soak token")
     }
 
@@ -269,10 +247,7 @@ fn dechunk(body: &str) -> String {
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    common::SystemClock.now_unix()
 }
 
 /// An envelope process. Dropping it sends SIGKILL (the run already checked it).

@@ -515,7 +515,7 @@ impl Driver<'_> {
                     let asked = unix_now();
                     let sent = Instant::now();
                     let upgrade =
-                        client::open(sources[0], &self.tls, &Lab::token_from(&old)).await?;
+                        client::open(sources[0], &self.tls, &Lab::token_from(&old, 8)).await?;
                     match self.admit(sources[0], 8, asked, sent, upgrade).await? {
                         Some(401) => break,
                         // Not reloaded yet: a valid token, granted or refused for slots.

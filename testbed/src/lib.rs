@@ -9,6 +9,8 @@
 //!        (+ 198.18.K.2/24 on demand)            (route 198.18.0.0/15 dev env0)
 //! ```
 
+pub mod tls;
+
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -7,9 +7,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{Audience, Claims, Signer};
+use common::{Claims, Clock as _, Signer};
 
 pub const MACHINE: &str = "mlab1-test0";
 pub const SUBJECT: &str = "wehe";
@@ -36,19 +36,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 fn sign_with(key_file: &str, exp_in: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
-        iss: "locate".into(),
-        sub: SUBJECT.into(),
-        aud: Audience::One(MACHINE.into()),
-        exp: now + exp_in,
-        nbf: None,
-        iat: Some(now),
-        jti: None,
-    };
+    let now = common::SystemClock.now_unix();
+    let claims = Claims::for_machine("locate", SUBJECT, MACHINE, now, now + exp_in);
     let key = common::jwk::load_private_key(&testdata(key_file)).unwrap();
     Signer::new(key).sign(&claims).unwrap()
 }

@@ -8,15 +8,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{Audience, Claims, Signer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use common::{Claims, Clock as _, Signer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::WebSocketStream;
 
 pub const MACHINE: &str = "mlab1-test0";
 pub const SUBJECT: &str = "ndt";
@@ -30,23 +29,13 @@ pub fn testdata(name: &str) -> PathBuf {
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    common::SystemClock.now_unix()
 }
 
 /// Claims that pass every check, expiring `exp_in` seconds from now.
 pub fn claims(sub: &str, exp_in: i64) -> Claims {
-    Claims {
-        iss: "locate".into(),
-        sub: sub.into(),
-        aud: Audience::One(MACHINE.into()),
-        exp: now_unix() + exp_in,
-        nbf: None,
-        iat: Some(now_unix()),
-        jti: None,
-    }
+    let now = now_unix();
+    Claims::for_machine("locate", sub, MACHINE, now, now + exp_in)
 }
 
 pub fn sign(claims: &Claims) -> String {
@@ -389,26 +378,12 @@ fn find_address(text: &str, marker: &str) -> Option<SocketAddr> {
 }
 
 /// A TLS client trusting only the insecure test CA.
-pub fn tls_connector() -> TlsConnector {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        rustls::pki_types::CertificateDer::pem_file_iter(testdata("insecure-test-ca.pem")).unwrap()
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
+pub use testbed::tls::{Stream, Ws};
 
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+/// Trusts the insecure test CA.
+pub fn tls_connector() -> TlsConnector {
+    testbed::tls::tls_connector(&testdata("insecure-test-ca.pem")).unwrap()
+}
 
 /// TCP (and TLS, when `tls`) to `addr`, from an optional local address.
 pub async fn connect(addr: SocketAddr, tls: bool) -> std::io::Result<Box<dyn Stream>> {
@@ -420,8 +395,6 @@ pub async fn connect(addr: SocketAddr, tls: bool) -> std::io::Result<Box<dyn Str
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     Ok(Box::new(tls_connector().connect(name, tcp).await?))
 }
-
-pub type Ws = WebSocketStream<Box<dyn Stream>>;
 
 /// A real WebSocket client; `subprotocol` offers net.measurementlab.envelope.
 pub async fn ws_connect(
