@@ -194,27 +194,8 @@ impl NetPair {
     /// Gives the client `count` more addresses, 198.18.K.2/24 for K in 1..=count,
     /// each in its own /24, and routes them from the server.
     pub fn add_client_subnets(&self, count: u8) -> Vec<IpAddr> {
-        let mut batch = String::new();
-        let mut addrs = Vec::new();
-        for k in 1..=count {
-            batch.push_str(&format!("addr add 198.18.{k}.2/24 dev {CLIENT_DEVICE}\n"));
-            addrs.push(format!("198.18.{k}.2").parse().unwrap());
-        }
-        let mut child = Command::new("ip")
-            .args(["-n", &self.client, "-batch", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(batch.as_bytes())
-                .unwrap();
-        }
-        assert!(child.wait().unwrap().success(), "adding client addresses");
+        let addrs: Vec<String> = (1..=count).map(|k| format!("198.18.{k}.2/24")).collect();
+        self.add_client_addrs(&addrs);
         run(&[
             "ip",
             "-n",
@@ -226,6 +207,9 @@ impl NetPair {
             DEVICE,
         ]);
         addrs
+            .iter()
+            .map(|a| a.split('/').next().unwrap().parse().unwrap())
+            .collect()
     }
 
     /// Gives the client `count` more IPv6 addresses, 2001:db8:0:K::2/64 for K in
@@ -321,20 +305,7 @@ impl NetPair {
 
     /// The members of one set with their remaining kernel timeout in seconds.
     pub fn members_with_timeouts(&self, set: &str) -> Vec<(String, Option<u64>)> {
-        let prefix = format!("add {set} ");
-        self.ipset_save_raw()
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .map(|rest| {
-                let mut words = rest.split_whitespace();
-                let member = words.next().unwrap_or_default().to_owned();
-                let timeout = words
-                    .skip_while(|w| *w != "timeout")
-                    .nth(1)
-                    .and_then(|t| t.parse().ok());
-                (member, timeout)
-            })
-            .collect()
+        members_in(&self.ipset_save_raw(), set)
     }
 
     /// Every grant the kernel holds, whichever backend: envelope grant rules from
@@ -346,10 +317,11 @@ impl NetPair {
             .chain(v6.lines())
             .filter(|l| l.contains("envelope: grant "))
             .map(str::to_owned);
+        let dump = self.ipset_save_raw();
         let members = ["envelope-v4", "envelope-v6"].into_iter().flat_map(|set| {
-            self.members(set)
+            members_in(&dump, set)
                 .into_iter()
-                .map(move |m| format!("add {set} {m}"))
+                .map(move |(m, _)| format!("add {set} {m}"))
         });
         rules.chain(members).collect()
     }
@@ -514,6 +486,23 @@ fn connect(local: Option<IpAddr>, to: SocketAddr) -> io::Result<TcpStream> {
     let stream: TcpStream = socket.into();
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// The members of `set` in an `ipset save` dump, with their timeouts (seconds).
+fn members_in(dump: &str, set: &str) -> Vec<(String, Option<u64>)> {
+    let prefix = format!("add {set} ");
+    dump.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| {
+            let mut words = rest.split_whitespace();
+            let member = words.next().unwrap_or_default().to_owned();
+            let timeout = words
+                .skip_while(|w| *w != "timeout")
+                .nth(1)
+                .and_then(|t| t.parse().ok());
+            (member, timeout)
+        })
+        .collect()
 }
 
 /// Drops the random `initval` of hash sets and the ticking timeouts of members

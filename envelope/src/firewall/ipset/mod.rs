@@ -108,12 +108,6 @@ struct FamilyState {
     ports_until: Option<Instant>,
 }
 
-impl FamilyState {
-    fn latest(&self) -> Option<Instant> {
-        self.members.values().max().copied()
-    }
-}
-
 impl IpsetFirewall {
     /// Checks the iptables binaries, opens the netlink socket and asks the
     /// kernel for the set types. `NewError::NoIpset` means: use the `iptables`
@@ -212,48 +206,47 @@ impl IpsetFirewall {
         Ok(())
     }
 
-    /// The requests that turn `before` into `after` for one family, each with
-    /// the request that undoes it.
+    /// The requests that apply `edits` (a subnet's new deadline, or `None` to
+    /// close it) to one family that holds `before`, each with the request that
+    /// undoes it; and the proxy ports' deadline afterwards. Only what changes is
+    /// looked at, plus one pass for the family's latest deadline.
     fn plan(
         &self,
         family: Family,
         before: &FamilyState,
-        after: &FamilyState,
+        edits: &BTreeMap<Subnet, Option<Instant>>,
         now: Instant,
         protocol: u8,
-    ) -> Vec<(Request, Option<Request>)> {
+    ) -> (Vec<(Request, Option<Request>)>, Option<Instant>) {
         let nets = nets_set(family);
         let net = |s: &Subnet| Element::Net(s.network(), s.prefix());
+        let restore = |subnet: &Subnet, old: Option<Instant>| match old {
+            Some(old) => Request::add(protocol, nets, net(subnet), self.timeout(old, now)),
+            None => Request::del(protocol, nets, net(subnet)),
+        };
         let mut adds = Vec::new();
         let mut dels = Vec::new();
-        for (subnet, until) in &after.members {
-            let old = before.members.get(subnet);
-            if old == Some(until) {
-                continue;
-            }
-            let undo = match old {
-                Some(old) => Request::add(protocol, nets, net(subnet), self.timeout(*old, now)),
-                None => Request::del(protocol, nets, net(subnet)),
-            };
-            adds.push((
-                Request::add(protocol, nets, net(subnet), self.timeout(*until, now)),
-                Some(undo),
-            ));
-        }
-        for (subnet, old) in &before.members {
-            if !after.members.contains_key(subnet) {
-                dels.push((
+        for (subnet, new) in edits {
+            let old = before.members.get(subnet).copied();
+            match (old, *new) {
+                (old, Some(until)) if old != Some(until) => adds.push((
+                    Request::add(protocol, nets, net(subnet), self.timeout(until, now)),
+                    Some(restore(subnet, old)),
+                )),
+                (Some(old), None) => dels.push((
                     Request::del(protocol, nets, net(subnet)),
-                    Some(Request::add(
-                        protocol,
-                        nets,
-                        net(subnet),
-                        self.timeout(*old, now),
-                    )),
-                ));
+                    Some(restore(subnet, Some(old))),
+                )),
+                _ => {}
             }
         }
-        if self.has_proxy_ports() && before.ports_until != after.ports_until {
+        let untouched = before
+            .members
+            .iter()
+            .filter(|(subnet, _)| !edits.contains_key(*subnet))
+            .map(|(_, until)| *until);
+        let ports_until = untouched.chain(edits.values().flatten().copied()).max();
+        if self.has_proxy_ports() && before.ports_until != ports_until {
             let set = ports_set(family);
             for &port in self.guard.proxy_ports() {
                 let element = Element::Port(port);
@@ -261,7 +254,7 @@ impl IpsetFirewall {
                     Some(old) => Request::add(protocol, set, element, self.timeout(old, now)),
                     None => Request::del(protocol, set, element),
                 };
-                match after.ports_until {
+                match ports_until {
                     Some(until) => adds.push((
                         Request::add(protocol, set, element, self.timeout(until, now)),
                         Some(undo),
@@ -272,7 +265,7 @@ impl IpsetFirewall {
         }
         // Opening before closing: a subnet's member goes in before its ports.
         adds.extend(dels);
-        adds
+        (adds, ports_until)
     }
 }
 
@@ -333,25 +326,30 @@ impl Firewall for IpsetFirewall {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            let mut after = state.clone();
+            let mut edits = PerFamily::<BTreeMap<Subnet, Option<Instant>>>::default();
             for opening in change.grant.iter().chain(&change.refresh) {
-                after
+                edits
                     .family(Family::of(&opening.subnet))
-                    .members
-                    .insert(opening.subnet, opening.until);
+                    .insert(opening.subnet, Some(opening.until));
             }
             for subnet in &change.revoke {
-                after.family(Family::of(subnet)).members.remove(subnet);
+                edits.family(Family::of(subnet)).insert(*subnet, None);
             }
             let now = Instant::now();
             let mut socket = self.socket.lock().await;
             let protocol = socket.protocol();
             let mut plan = Vec::new();
+            let mut ports_until = PerFamily::<Option<Instant>>::default();
             for family in Family::ALL {
-                let fam = after.family(family);
-                fam.ports_until = fam.latest();
-                let before = state.family(family).clone();
-                plan.extend(self.plan(family, &before, after.family(family), now, protocol));
+                let (requests, ports) = self.plan(
+                    family,
+                    state.family(family),
+                    edits.family(family),
+                    now,
+                    protocol,
+                );
+                plan.extend(requests);
+                *ports_until.family(family) = ports;
             }
             if plan.is_empty() {
                 return Ok(());
@@ -366,7 +364,16 @@ impl Firewall for IpsetFirewall {
                 Err(e) => Some(e.to_string()),
             };
             let Some(message) = first_error else {
-                *state = after;
+                for family in Family::ALL {
+                    let held = state.family(family);
+                    for (subnet, until) in std::mem::take(edits.family(family)) {
+                        match until {
+                            Some(until) => held.members.insert(subnet, until),
+                            None => held.members.remove(&subnet),
+                        };
+                    }
+                    held.ports_until = *ports_until.family(family);
+                }
                 return Ok(());
             };
             // All or nothing: undo what the kernel took (or may have taken).

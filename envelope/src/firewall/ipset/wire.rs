@@ -179,36 +179,37 @@ impl Request {
         default_timeout: u32,
         maxelem: u32,
     ) -> Request {
-        let mut r = Request::named(Cmd::Create, protocol, set);
-        r.family = family;
-        r.attrs.push(Attr::Str(ATTR_TYPENAME, "hash:net".into()));
-        r.attrs.push(Attr::U8(ATTR_REVISION, revision));
-        r.attrs.push(Attr::U8(ATTR_FAMILY, family));
-        r.attrs.push(Attr::Nested(
-            ATTR_DATA,
-            vec![
-                Attr::Be32(DATA_TIMEOUT, default_timeout),
-                Attr::Be32(DATA_MAXELEM, maxelem),
-            ],
-        ));
-        r
+        let data = vec![
+            Attr::Be32(DATA_TIMEOUT, default_timeout),
+            Attr::Be32(DATA_MAXELEM, maxelem),
+        ];
+        Request::create(protocol, set, "hash:net", revision, family, data)
     }
 
     /// A bitmap:port set over every port whose members carry timeouts.
     pub fn create_ports(protocol: u8, set: &str, revision: u8, default_timeout: u32) -> Request {
+        let data = vec![
+            Attr::Be16(DATA_PORT, 0),
+            Attr::Be16(DATA_PORT_TO, u16::MAX),
+            Attr::Be32(DATA_TIMEOUT, default_timeout),
+        ];
+        Request::create(protocol, set, "bitmap:port", revision, FAMILY_INET, data)
+    }
+
+    fn create(
+        protocol: u8,
+        set: &str,
+        typename: &str,
+        revision: u8,
+        family: u8,
+        data: Vec<Attr>,
+    ) -> Request {
         let mut r = Request::named(Cmd::Create, protocol, set);
-        r.family = FAMILY_INET;
-        r.attrs.push(Attr::Str(ATTR_TYPENAME, "bitmap:port".into()));
+        r.family = family;
+        r.attrs.push(Attr::Str(ATTR_TYPENAME, typename.to_owned()));
         r.attrs.push(Attr::U8(ATTR_REVISION, revision));
-        r.attrs.push(Attr::U8(ATTR_FAMILY, FAMILY_INET));
-        r.attrs.push(Attr::Nested(
-            ATTR_DATA,
-            vec![
-                Attr::Be16(DATA_PORT, 0),
-                Attr::Be16(DATA_PORT_TO, u16::MAX),
-                Attr::Be32(DATA_TIMEOUT, default_timeout),
-            ],
-        ));
+        r.attrs.push(Attr::U8(ATTR_FAMILY, family));
+        r.attrs.push(Attr::Nested(ATTR_DATA, data));
         r
     }
 
