@@ -17,6 +17,7 @@
 //! Needs root (it creates network namespaces); never touches the host's own
 //! firewall. Run it with `bash scripts/bench.sh`.
 
+mod apply;
 mod client;
 mod flood;
 mod go_baseline;
@@ -35,7 +36,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::lab::{Lab, ENVELOPE_PORT, SERVICE_PORT};
-use crate::stats::{ms, ratio, Sample};
+use crate::stats::{ms, ratio, us, Sample};
 
 #[derive(Debug, Parser)]
 #[command(name = "envelope-bench", about)]
@@ -223,6 +224,21 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     let subnets: Vec<String> = lab.client_addrs.iter().map(subnet_of).collect();
     let server = lab.ns.server.clone();
     let ports = [SERVICE_PORT, lab::PROXY_PORT];
+
+    println!("\n== the firewall step alone: Firewall::apply of one grant, then its revoke, {n} times (iptables+ipset, no daemon)");
+    let step = apply::grant_and_revoke(&server, n)?;
+    report.line(
+        "firewall step alone: apply(grant) p50 / p99",
+        &format!("{} / {}", us(step.grant.pct(50)), us(step.grant.pct(99))),
+        "",
+        true,
+    );
+    report.line(
+        "firewall step alone: apply(revoke) p50 / p99",
+        &format!("{} / {}", us(step.revoke.pct(50)), us(step.revoke.pct(99))),
+        "",
+        true,
+    );
 
     println!("\n== back to back: {n} sessions, each starting as the last one ends (no pause)");
     let ours = back_to_back(lab, "iptables", n)?;

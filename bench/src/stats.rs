@@ -30,6 +30,11 @@ impl Sample {
     }
 }
 
+/// Microseconds, for figures far below a millisecond.
+pub fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
