@@ -99,17 +99,7 @@ fn a_revoke_stops_the_command_and_exits_non_zero_with_a_message() {
     let locate = FakeLocate::with_targets(DEFAULT_KEY, &[envelope.url(&token())]);
     let dir = tempfile::tempdir().unwrap();
 
-    let mut cmd = exec();
-    cmd.arg(format!("--locate-url={}", locate.prefix()))
-        .args([
-            "sh",
-            "-c",
-            r#"exec 2>/dev/null # (sh's own "Terminated" notice)
-               trap 'echo TERM > "$OUT/term"; exit 0' TERM
-               touch "$OUT/ready"
-               while :; do sleep 0.1; done"#,
-        ])
-        .env("OUT", dir.path());
+    let cmd = command_until_term(&locate, dir.path());
     let ready = dir.path().join("ready");
     let revoker = std::thread::spawn({
         let socket = envelope.socket();
@@ -278,18 +268,8 @@ fn sigterm_to_envelope_exec_is_passed_on_and_the_session_closed() {
     let envelope = Envelope::start(true);
     let locate = FakeLocate::with_targets(DEFAULT_KEY, &[envelope.url(&token())]);
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = exec();
-    cmd.arg(format!("--locate-url={}", locate.prefix()))
-        .args([
-            "sh",
-            "-c",
-            r#"exec 2>/dev/null
-               trap 'echo TERM > "$OUT/term"; exit 0' TERM
-               touch "$OUT/ready"
-               while :; do sleep 0.1; done"#,
-        ])
-        .env("OUT", dir.path())
-        .stdout(std::process::Stdio::null())
+    let mut cmd = command_until_term(&locate, dir.path());
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     wait_until(BOUND, "the command to start", || {
@@ -313,4 +293,21 @@ fn sigterm_to_envelope_exec_is_passed_on_and_the_session_closed() {
     wait_until(Duration::from_secs(5), "the grant to end", || {
         envelope.grants() == 0
     });
+}
+
+/// `envelope-exec` running a shell that touches `OUT/ready` once it runs,
+/// then waits until SIGTERM, which it records in `OUT/term`.
+fn command_until_term(locate: &FakeLocate, out: &std::path::Path) -> std::process::Command {
+    let mut cmd = exec();
+    cmd.arg(format!("--locate-url={}", locate.prefix()))
+        .args([
+            "sh",
+            "-c",
+            r#"exec 2>/dev/null # (sh's own "Terminated" notice)
+               trap 'echo TERM > "$OUT/term"; exit 0' TERM
+               touch "$OUT/ready"
+               while :; do sleep 0.1; done"#,
+        ])
+        .env("OUT", out);
+    cmd
 }

@@ -18,6 +18,7 @@ use common::filters::{
     self, AccessPolicy, Denied, NoCustomClaims, ReplayCache, Reservation, TxExempt, TxGate,
     Verified, VerifierSource,
 };
+use common::Clock as _;
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::TaskTracker;
@@ -173,9 +174,7 @@ fn single_use(
     let (Some(cache), Some(verified)) = (cache, token.as_ref()) else {
         return Ok((token, None));
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = common::SystemClock.now_unix();
     match cache.reserve(verified.claims.jti.as_deref(), verified.claims.exp, now) {
         Ok(reservation) => Ok((token, Some(reservation))),
         Err(denied) => Err(warp::reject::custom(denied)),
