@@ -1,4 +1,5 @@
-//! tracing-subscriber set-up: text or JSON lines on stderr, `RUST_LOG` to filter.
+//! tracing-subscriber set-up (text or JSON lines on stderr, `RUST_LOG` to filter),
+//! and errors written with their causes on one line.
 
 use std::io::IsTerminal;
 
@@ -17,4 +18,16 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// An error and its causes on one line (`outer: inner: innermost`), for logs.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

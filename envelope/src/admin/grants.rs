@@ -13,7 +13,7 @@ use warp::{Filter, Rejection};
 
 use super::{error, json, method_not_allowed, query, AdminResponse, AdminState};
 use crate::access::exact_path;
-use crate::grants::{GrantInfo, Selector};
+use crate::grants::{GrantInfo, RevokeError, Selector};
 use crate::server::Reply;
 
 const ONE_PREFIX: &str = "/v1/grants/";
@@ -88,9 +88,14 @@ async fn revoke(state: &AdminState, selector: Selector, none_matched: String) ->
         }
         Ok(ids) => json(StatusCode::OK, &Revoked { revoked: ids }),
         Err(e) => {
+            let status = match e {
+                RevokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                RevokeError::Stuck { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            // The whole chain, down to the firewall's own words.
             let mut body = ApiError::from_chain(&e);
             body.errors.insert(0, "revoke failed".into());
-            json(StatusCode::INTERNAL_SERVER_ERROR, &body)
+            json(status, &body)
         }
     }
 }

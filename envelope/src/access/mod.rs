@@ -1,13 +1,11 @@
 //! `GET /v0/envelope/access` as warp filters, in the fixed order of SPEC §5 —
-//! path, method, token (`common::filters`), subject, WebSocket upgrade headers,
-//! transmit rate — and only then the handler: a client slot and the grant, which
-//! is in the kernel before the 101 goes out. Every refusal is a rejection turned
-//! into its status in one place, [`refusal`].
-//!
-//! The upgrade is ours, not `warp::ws`: warp's allocates 128 KiB buffers per
-//! session and ignores `Sec-WebSocket-Protocol`. We take hyper's `OnUpgrade` from
-//! the request, answer our own 101 (the subprotocol echoed only when offered) and
-//! hand the upgraded connection to [`session::hold`] with small buffers.
+//! path, method, token (`common::filters`), subject, WebSocket upgrade headers
+//! ([`upgrade`]), transmit rate — and only then the handler: a client slot and
+//! the grant, which is in the kernel before the 101 goes out. Every refusal is
+//! a [`Refusal`], answered in one place.
+
+mod refusal;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,24 +13,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::filters::{
-    self, AccessPolicy, Denied, NoCustomClaims, ReplayCache, Reservation, TxExempt, TxGate,
-    Verified, VerifierSource,
+    self, AccessPolicy, NoCustomClaims, ReplayCache, Reservation, TxExempt, TxGate, Verified,
+    VerifierSource,
 };
 use common::Clock as _;
-use hyper::upgrade::OnUpgrade;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::TaskTracker;
-use warp::http::header::{self, HeaderMap, HeaderValue};
+use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
 use crate::config::TokenPolicy;
-use crate::grants::{AcquireError, GrantRequest, Grants};
+use crate::grants::{GrantRequest, Grants};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::server::{self, Reply};
 use crate::session;
+
+pub use refusal::Refusal;
+use upgrade::{websocket_upgrade, Handshake, NotAnUpgrade};
 
 pub const PATH: &str = "/v0/envelope/access";
 pub const SUBPROTOCOL: &str = "net.measurementlab.envelope";
@@ -70,12 +69,6 @@ impl VerifierSource for KeysSource {
     }
 }
 
-/// A request that is not a valid RFC 6455 upgrade (400).
-#[derive(Debug)]
-struct NotAnUpgrade;
-
-impl warp::reject::Reject for NotAnUpgrade {}
-
 /// What the checks found: the client's token (if any), its single-use
 /// reservation (with `--single-use-tokens`) and its upgrade.
 struct Checked {
@@ -88,13 +81,6 @@ impl TxExempt for Checked {
     fn tx_exempt(&self) -> bool {
         self.token.tx_exempt()
     }
-}
-
-/// A valid upgrade request: what the 101 needs, and hyper's handle on the connection.
-struct Handshake {
-    accept_key: String,
-    subprotocol: bool,
-    upgrade: OnUpgrade,
 }
 
 /// The access endpoint, every other path (404) and the per-request log line.
@@ -128,10 +114,11 @@ pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infal
     let access = filters::transmit_rate_unless_exempt(app.tx_gate.clone(), checked)
         .and(server::peer())
         .then(move |checked, peer| admit(admit_app.clone(), checked, peer))
-        .recover(move |rejection| {
-            std::future::ready(Ok::<_, Infallible>(refusal(&refuse_app, rejection)))
-        })
-        .unify();
+        .recover(|rejection| std::future::ready(Ok::<_, Infallible>(Err(Refusal::from(rejection)))))
+        .unify()
+        .map(move |answer: Result<Reply, Refusal>| {
+            answer.unwrap_or_else(|refusal| refusal.respond(&refuse_app.metrics, refuse_app.tls))
+        });
     logged(app.metrics.clone(), access)
 }
 
@@ -146,23 +133,6 @@ pub fn exact_path(path: &'static str) -> impl Filter<Extract = (), Error = Rejec
             })
         })
         .untuple_one()
-}
-
-/// A valid RFC 6455 upgrade request, with hyper's upgrade handle; else [`NotAnUpgrade`].
-fn websocket_upgrade() -> impl Filter<Extract = (Handshake,), Error = Rejection> + Copy {
-    warp::header::headers_cloned()
-        .and(warp::ext::optional::<OnUpgrade>())
-        .and_then(|headers: HeaderMap, upgrade: Option<OnUpgrade>| {
-            let handshake = websocket_accept_key(&headers)
-                .zip(upgrade)
-                .map(|(accept_key, upgrade)| Handshake {
-                    accept_key,
-                    subprotocol: offers_subprotocol(&headers),
-                    upgrade,
-                })
-                .ok_or_else(|| warp::reject::custom(NotAnUpgrade));
-            std::future::ready(handshake)
-        })
 }
 
 /// With `--single-use-tokens`, reserves the token's `jti` right after the token
@@ -182,7 +152,7 @@ fn single_use(
 }
 
 /// Every check passed: take a slot, put the grant in the kernel, then answer 101.
-async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
+async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Result<Reply, Refusal> {
     let Checked {
         token,
         reservation,
@@ -205,17 +175,7 @@ async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
         monitoring,
         deadline: tokio::time::Instant::now() + app.hold_for(exp),
     };
-    let lease = match app.grants.acquire(request).await {
-        Ok(lease) => lease,
-        Err(
-            e @ (AcquireError::Full(_) | AcquireError::ShuttingDown | AcquireError::EndedAtOnce),
-        ) => {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-        }
-        Err(e @ AcquireError::Firewall(_)) => {
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
-        }
-    };
+    let lease = app.grants.acquire(request).await?;
     // Granted: a single-use token is now used for good.
     if let Some(reservation) = reservation {
         reservation.commit();
@@ -224,37 +184,10 @@ async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
     // the session drops the lease and the grant is released.
     app.sessions
         .spawn(session::hold(handshake.upgrade, lease, peer));
-    switching_protocols(&handshake.accept_key, handshake.subprotocol)
-}
-
-/// Every refusal's status, line and metric, in one place (SPEC §5).
-fn refusal(app: &Access, rejection: Rejection) -> Reply {
-    if let Some(&denied) = rejection.find::<Denied>() {
-        if denied.is_token() {
-            app.metrics.count_token(PATH, false, denied.label());
-        } else {
-            app.metrics.count_tx(false, app.tls);
-        }
-        return denied.response();
-    }
-    if rejection.find::<NotAnUpgrade>().is_some() {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "not a valid WebSocket upgrade request",
-        );
-    }
-    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return response;
-    }
-    if rejection.is_not_found() {
-        return plain(StatusCode::NOT_FOUND, "not found");
-    }
-    tracing::error!(?rejection, "unexpected rejection");
-    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    Ok(upgrade::switching_protocols(
+        &handshake.accept_key,
+        handshake.subprotocol,
+    ))
 }
 
 /// One log line and one status count per request; the query (token) is never logged.
@@ -310,53 +243,6 @@ impl Access {
     }
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
-}
-
-/// The `Sec-WebSocket-Accept` value, if this is a valid RFC 6455 upgrade request.
-fn websocket_accept_key(headers: &HeaderMap) -> Option<String> {
-    use base64::Engine as _;
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
-        || !header_has_token(headers, header::UPGRADE, "websocket")
-        || headers.get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13"
-    {
-        return None;
-    }
-    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(key.as_bytes())
-        .ok()?;
-    (decoded.len() == 16).then(|| derive_accept_key(key.as_bytes()))
-}
-
-fn offers_subprotocol(headers: &HeaderMap) -> bool {
-    header_has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
-}
-
-fn switching_protocols(accept_key: &str, subprotocol: bool) -> Reply {
-    let mut response = Reply::default();
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(accept_key) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
-    if subprotocol {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +293,7 @@ mod tests {
         let mut req = warp::http::Request::get(PATH)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
-        *req.headers_mut() = upgrade_headers();
+        *req.headers_mut() = upgrade::tests::upgrade_headers();
         req.extensions_mut()
             .insert(server::PeerAddr("192.0.2.7:40000".parse().unwrap()));
         if upgrade {
@@ -438,59 +324,5 @@ mod tests {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert!(app.grants.list().await.0.is_empty());
         assert_eq!(app.metrics.encode().matches("status=\"400\"").count(), 1);
-    }
-
-    fn upgrade_headers() -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        h.insert(
-            header::SEC_WEBSOCKET_KEY,
-            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
-        );
-        h
-    }
-
-    #[test]
-    fn valid_upgrade_gets_the_rfc_6455_accept_key() {
-        assert_eq!(
-            websocket_accept_key(&upgrade_headers()).as_deref(),
-            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-        );
-    }
-
-    #[test]
-    fn incomplete_upgrades_are_refused() {
-        for (name, value) in [
-            (header::SEC_WEBSOCKET_VERSION, "8"),
-            (header::SEC_WEBSOCKET_KEY, "short"),
-            (header::UPGRADE, "h2c"),
-            (header::CONNECTION, "keep-alive"),
-        ] {
-            let mut h = upgrade_headers();
-            h.insert(name.clone(), HeaderValue::from_static(value));
-            assert_eq!(websocket_accept_key(&h), None, "{name}: {value}");
-        }
-        let mut h = upgrade_headers();
-        h.remove(header::SEC_WEBSOCKET_KEY);
-        assert_eq!(websocket_accept_key(&h), None);
-    }
-
-    #[test]
-    fn subprotocol_is_echoed_only_when_offered() {
-        let mut h = upgrade_headers();
-        assert!(!offers_subprotocol(&h));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("chat, net.measurementlab.envelope"),
-        );
-        assert!(offers_subprotocol(&h));
     }
 }

@@ -1,0 +1,155 @@
+//! The commit step: turns the table's pending change into one firewall
+//! transaction, isolates a failure to one transaction per subnet so a bad
+//! subnet never takes others down, counts what happened, and backs off before a
+//! failed revoke is tried again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::table::{Outcome, Table};
+use crate::firewall::{Change, Firewall, FirewallError};
+use crate::metrics::Metrics;
+
+/// First and longest wait before a failed revoke is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub(super) struct Committer {
+    firewall: Arc<dyn Firewall>,
+    metrics: Arc<Metrics>,
+    retry_at: Option<Instant>,
+    retry_backoff: Duration,
+}
+
+impl Committer {
+    pub fn new(firewall: Arc<dyn Firewall>, metrics: Arc<Metrics>) -> Committer {
+        Committer {
+            firewall,
+            metrics,
+            retry_at: None,
+            retry_backoff: RETRY_FIRST,
+        }
+    }
+
+    pub fn firewall(&self) -> &Arc<dyn Firewall> {
+        &self.firewall
+    }
+
+    /// When failed revokes are due to be tried again, if any failed.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// True once, when the retry time has come.
+    pub fn take_due_retry(&mut self, now: Instant) -> bool {
+        let due = self.retry_at.is_some_and(|at| at <= now);
+        if due {
+            self.retry_at = None;
+        }
+        due
+    }
+
+    /// Brings the kernel in line with the table and tells the table what took.
+    pub async fn commit(&mut self, table: &mut Table) -> Outcome {
+        let change = table.plan();
+        let outcome = if change.is_empty() {
+            Outcome::default()
+        } else {
+            self.apply_isolated(&change).await
+        };
+        table.settle(&change, &outcome);
+        if !change.is_empty() {
+            self.schedule_retry(&outcome);
+        }
+        self.metrics
+            .active_grants
+            .set(table.occupancy().sessions as i64);
+        outcome
+    }
+
+    /// The whole change in one transaction; if that fails and it has more than
+    /// one subnet, one transaction per subnet.
+    async fn apply_isolated(&self, change: &Change) -> Outcome {
+        let mut outcome = Outcome::default();
+        let error = match self.apply(change).await {
+            Ok(()) => return outcome,
+            Err(e) => Arc::new(e),
+        };
+        if change.grant.len() + change.refresh.len() + change.revoke.len() == 1 {
+            for opening in change.grant.iter().chain(&change.refresh) {
+                outcome.failed_grants.insert(opening.subnet, error.clone());
+            }
+            for &subnet in &change.revoke {
+                outcome.failed_revokes.insert(subnet, error.clone());
+            }
+            return outcome;
+        }
+        for &opening in &change.grant {
+            let one = Change {
+                grant: vec![opening],
+                ..Change::default()
+            };
+            if let Err(e) = self.apply(&one).await {
+                outcome.failed_grants.insert(opening.subnet, Arc::new(e));
+            }
+        }
+        for &opening in &change.refresh {
+            let one = Change {
+                refresh: vec![opening],
+                ..Change::default()
+            };
+            if let Err(e) = self.apply(&one).await {
+                outcome.failed_grants.insert(opening.subnet, Arc::new(e));
+            }
+        }
+        for &subnet in &change.revoke {
+            let one = Change {
+                revoke: vec![subnet],
+                ..Change::default()
+            };
+            if let Err(e) = self.apply(&one).await {
+                outcome.failed_revokes.insert(subnet, Arc::new(e));
+            }
+        }
+        outcome
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), FirewallError> {
+        let started = std::time::Instant::now();
+        let result = self.firewall.apply(change).await;
+        let opens = !change.grant.is_empty() || !change.refresh.is_empty();
+        let op = match (opens, change.revoke.is_empty()) {
+            (false, _) => "revoke",
+            (true, true) => "grant",
+            (true, false) => "mixed",
+        };
+        self.metrics
+            .observe_firewall(op, started.elapsed(), result.is_ok());
+        if let Err(e) = &result {
+            tracing::error!(
+                grant = ?change.granted().map(|s| s.to_string()).collect::<Vec<_>>(),
+                refresh = ?change.refresh.iter().map(|o| o.subnet.to_string()).collect::<Vec<_>>(),
+                revoke = ?change.revoke.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                error = %e,
+                "firewall change failed"
+            );
+        }
+        result
+    }
+
+    /// Doubles the wait (up to [`RETRY_MAX`]) while revokes keep failing.
+    fn schedule_retry(&mut self, outcome: &Outcome) {
+        if outcome.failed_revokes.is_empty() {
+            self.retry_backoff = RETRY_FIRST;
+            return;
+        }
+        self.metrics
+            .revoke_failures
+            .inc_by(outcome.failed_revokes.len() as u64);
+        self.retry_at = Some(Instant::now() + self.retry_backoff);
+        self.retry_backoff = (self.retry_backoff * 2).min(RETRY_MAX);
+    }
+}

@@ -1,0 +1,239 @@
+//! Grants: what the rest of the daemon sees of the grant owner — the
+//! [`Grants`] handle that sends it commands, the [`Lease`] a session holds, and
+//! the request, snapshot and error types.
+//!
+//! One task owns every session record and every firewall change. Rules are
+//! reference-counted by subnet, so two clients in one /24 share one rule.
+//! Commands that arrive while a firewall change is in flight are coalesced into
+//! the next change (group commit). Inside:
+//! - [`table`]: the synchronous grant table (sessions, subnet holders,
+//!   deadlines, the pending change);
+//! - [`commit`]: one change applied, a failure isolated per subnet, backoff;
+//! - [`owner`]: the loop that routes commands and replies.
+
+mod commit;
+mod owner;
+mod table;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::firewall::{Firewall, FirewallError, Subnet};
+use crate::metrics::Metrics;
+
+pub type GrantId = u64;
+
+/// Why the owner ended a session; the session turns it into a Close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deadline,
+    Revoked,
+    Shutdown,
+}
+
+/// What a handler asks for once every check has passed.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub peer: IpAddr,
+    pub subject: String,
+    pub monitoring: bool,
+    pub deadline: Instant,
+}
+
+/// A snapshot of one live grant, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantInfo {
+    pub id: GrantId,
+    pub ip: IpAddr,
+    pub subnet: Subnet,
+    pub subject: String,
+    pub monitoring: bool,
+    pub started: SystemTime,
+    pub deadline: SystemTime,
+    /// How long the kernel itself still keeps the subnet open (backends with
+    /// kernel timeouts only), as read when the list was asked for.
+    pub kernel_remaining: Option<Duration>,
+}
+
+/// Which grants an operator revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    Id(GrantId),
+    /// Every grant whose subnet contains this address.
+    Ip(IpAddr),
+    All,
+}
+
+/// Counters the status endpoint reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub sessions: usize,
+    /// Subnets whose revoke failed and is being retried; each keeps a slot.
+    pub stuck_revokes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("all {0} client slots are in use")]
+    Full(usize),
+    #[error("the envelope is shutting down")]
+    ShuttingDown,
+    /// Revoked (e.g. `revoke --all`) or past its deadline before it was granted.
+    #[error("the session was ended before it was granted")]
+    EndedAtOnce,
+    #[error("the grant for {subnet} could not be installed")]
+    Firewall {
+        subnet: Subnet,
+        #[source]
+        source: Arc<FirewallError>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error("the envelope is shutting down")]
+    ShuttingDown,
+    /// The sessions are ended and their slots stay taken until a retry removes the rules.
+    #[error(
+        "could not remove the rule for {}; retrying in the background",
+        list(subnets)
+    )]
+    Stuck {
+        subnets: Vec<Subnet>,
+        /// Why the first of them failed.
+        #[source]
+        source: Arc<FirewallError>,
+    },
+}
+
+fn list(subnets: &[Subnet]) -> String {
+    subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug)]
+enum Command {
+    Acquire {
+        request: GrantRequest,
+        reply: oneshot::Sender<Result<Lease, AcquireError>>,
+    },
+    Release {
+        id: GrantId,
+    },
+    Revoke {
+        selector: Selector,
+        reply: oneshot::Sender<Result<Vec<GrantId>, RevokeError>>,
+    },
+    List {
+        reply: oneshot::Sender<(Vec<GrantInfo>, Occupancy)>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), FirewallError>>,
+    },
+}
+
+/// A session's hold on its grant. Dropping it releases the grant, so a session
+/// that ends any way at all (including a failed upgrade) gives its slot back.
+#[derive(Debug)]
+pub struct Lease {
+    id: GrantId,
+    ended: Option<oneshot::Receiver<EndReason>>,
+    owner: mpsc::UnboundedSender<Command>,
+}
+
+impl Lease {
+    pub fn id(&self) -> GrantId {
+        self.id
+    }
+
+    /// Resolves when the owner ends the session (deadline, revoke, shutdown).
+    pub async fn ended(&mut self) -> EndReason {
+        match self.ended.as_mut() {
+            Some(rx) => rx.await.unwrap_or(EndReason::Revoked),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // The owner may be gone already at shutdown; then there is nothing to release.
+        let _ = self.owner.send(Command::Release { id: self.id });
+    }
+}
+
+/// Cloneable handle to the owner task.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Grants {
+    /// Starts the owner task. The firewall must already be set up.
+    pub fn spawn(
+        firewall: Arc<dyn Firewall>,
+        max_clients: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Grants, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let owner = owner::Owner::new(
+            table::Table::new(max_clients),
+            commit::Committer::new(firewall, metrics.clone()),
+            metrics,
+            tx.clone(),
+        );
+        let task = tokio::spawn(owner.run(rx));
+        (Grants { tx }, task)
+    }
+
+    pub async fn acquire(&self, request: GrantRequest) -> Result<Lease, AcquireError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Acquire { request, reply })
+            .map_err(|_| AcquireError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(AcquireError::ShuttingDown))
+    }
+
+    /// Ends the selected sessions; returns once their rules are gone.
+    pub async fn revoke(&self, selector: Selector) -> Result<Vec<GrantId>, RevokeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Revoke { selector, reply })
+            .map_err(|_| RevokeError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(RevokeError::ShuttingDown))
+    }
+
+    pub async fn list(&self) -> (Vec<GrantInfo>, Occupancy) {
+        let (reply, rx) = oneshot::channel();
+        let empty = (
+            Vec::new(),
+            Occupancy {
+                sessions: 0,
+                stuck_revokes: 0,
+            },
+        );
+        if self.tx.send(Command::List { reply }).is_err() {
+            return empty;
+        }
+        rx.await.unwrap_or(empty)
+    }
+
+    /// Ends every session, revokes every grant and tears the firewall down.
+    pub async fn shutdown(&self) -> Result<(), FirewallError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
