@@ -65,6 +65,12 @@ pub struct Status {
     /// When they were loaded.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub keys_loaded_at: Option<OffsetDateTime>,
+    /// Where the access endpoint listens, as bound (port 0 resolved).
+    #[serde(default)]
+    pub listening: Vec<std::net::SocketAddr>,
+    /// Where `/metrics` listens (empty when it is off).
+    #[serde(default)]
+    pub metrics_listening: Vec<std::net::SocketAddr>,
 }
 
 /// One verify key in force: its `kid` and the file it came from.

@@ -1,7 +1,11 @@
-//! Start-up in a fixed order (firewall guard before the port opens), serving, and
-//! the ordered shutdown on SIGTERM/SIGINT: stop accepting, close every session
-//! (Close 1001), revoke every grant, remove the firewall guard.
+//! The daemon's life in two steps, so tests can bind port 0 in-process and pass
+//! their own shutdown: [`bind`] (admin socket lock, firewall guard, then the
+//! ports) and [`run`] (serve until the shutdown future resolves, then stop
+//! accepting, close every session with 1001, revoke every grant, remove the
+//! guard, and report any task that panicked). `main` passes
+//! [`termination_signal`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +15,7 @@ use common::filters::TxGate;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,7 +24,8 @@ use crate::admin::{self, AdminSocket, AdminState};
 use crate::config::{Config, FirewallKind};
 use crate::firewall::ipset::NewError;
 use crate::firewall::{
-    Firewall, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall,
+    Firewall, FirewallError, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall,
+    NoopFirewall,
 };
 use crate::grants::Grants;
 use crate::metrics::Metrics;
@@ -77,32 +83,93 @@ pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>
     })
 }
 
-/// Runs the daemon until a termination signal; returns after a clean shutdown.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    raise_fd_limit();
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+/// A daemon that holds everything it needs but serves nothing yet: the admin
+/// socket (and its lock), the firewall guard in place, and the bound ports.
+#[derive(Debug)]
+pub struct Bound {
+    config: Config,
+    admin_socket: AdminSocket,
+    firewall: Arc<dyn Firewall>,
+    access: Vec<TcpListener>,
+    metrics: Vec<TcpListener>,
+}
 
-    // The admin socket's lock comes first: a second envelope must stop before it
-    // touches the firewall the first one owns.
+impl Bound {
+    /// Where the access endpoint listens (port 0 resolved).
+    pub fn access_addrs(&self) -> Vec<SocketAddr> {
+        local_addrs(&self.access)
+    }
+
+    /// Where `/metrics` listens; empty with `--metrics-address off`.
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        local_addrs(&self.metrics)
+    }
+
+    pub fn admin_socket(&self) -> &std::path::Path {
+        &self.config.admin_socket
+    }
+}
+
+/// Takes the admin socket's lock, sets the firewall guard up, then binds the
+/// ports, in that order: a second envelope stops before it touches the firewall
+/// the first one owns, and no port opens before the guard is in place. A
+/// failure half way removes the guard again.
+pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    raise_fd_limit();
     let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
-    let firewall = build_firewall(&config).await?;
+    let firewall = build_firewall(config).await?;
     tracing::info!(backend = %firewall.backend(), device = %config.device, "firewall backend");
     firewall.setup().await.context("firewall set-up failed")?;
+    let listeners = bind_all(&config.listen, "--listen-address").and_then(|access| {
+        let metrics = match &config.metrics {
+            Some(addrs) => bind_all(addrs, "--metrics-address")?,
+            None => Vec::new(),
+        };
+        Ok((access, metrics))
+    });
+    let (access, metrics) = match listeners {
+        Ok(bound) => bound,
+        Err(e) => {
+            if let Err(teardown) = firewall.teardown().await {
+                tracing::error!(error = %teardown, "removing the firewall guard after a failed start");
+            }
+            return Err(e);
+        }
+    };
+    Ok(Bound {
+        config: config.clone(),
+        admin_socket,
+        firewall,
+        access,
+        metrics,
+    })
+}
 
+/// Serves until `shutdown` resolves, then shuts down in order: stop accepting,
+/// revoke every grant (sessions get Close 1001), wait for the sessions and
+/// connections (bounded), tear the guard down, and [`finalize`] the tasks.
+pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Bound {
+        config,
+        admin_socket,
+        firewall,
+        access,
+        metrics: metrics_listeners,
+    } = bound;
+    let listening = local_addrs(&access);
+    let metrics_listening = local_addrs(&metrics_listeners);
     let metrics = Arc::new(Metrics::new());
     let (grants, owner) = Grants::spawn(firewall.clone(), config.max_clients, metrics.clone());
     let stop = CancellationToken::new();
-    let started = match start_serving(&config, &grants, &metrics, &stop) {
-        Ok(started) => started,
+    let serving = match serve(&config, access, metrics_listeners, &grants, &metrics, &stop) {
+        Ok(serving) => serving,
         Err(e) => {
             // Nothing may stay behind when start-up fails half way.
             let _ = grants.shutdown().await;
             return Err(e);
         }
     };
-
-    match &config.tokens.verifier {
+    let keys = match &config.tokens.verifier {
         Some(keys) => tokio::spawn(keys.clone().watch(metrics.clone(), stop.clone())),
         None => tokio::spawn(crate::keys::ignore_hangup(stop.clone())),
     };
@@ -115,23 +182,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         firewall: firewall.backend(),
         max_clients: config.max_clients,
         started: Instant::now(),
+        listening,
+        metrics_listening,
     });
     let admin = tokio::spawn(admin::serve(admin_socket, admin_state, stop.clone()));
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    shutdown.await;
     let began = Instant::now();
     stop.cancel();
-    let result = grants.shutdown().await;
-    started.sessions.close();
-    let _ = tokio::time::timeout(SESSION_CLOSE_GRACE, started.sessions.wait()).await;
-    started.conns.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), started.conns.wait()).await;
-    let _ = owner.await;
-    let _ = admin.await;
-    result.context("revoking grants at shutdown")?;
+    let revoked = grants.shutdown().await;
+    serving.sessions.close();
+    let _ = tokio::time::timeout(SESSION_CLOSE_GRACE, serving.sessions.wait()).await;
+    serving.conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), serving.conns.wait()).await;
+    finalize(
+        revoked,
+        owner,
+        [("admin API", admin), ("key watcher", keys)],
+    )
+    .await?;
     tracing::info!(
         took_ms = began.elapsed().as_millis() as u64,
         "shutdown complete"
@@ -139,17 +208,72 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Started {
+/// The end of a shutdown: the owner's revoke result, then every task joined. A
+/// task that panicked is an error here rather than a silent exit 0, and a
+/// panicked owner is reported even when its revoke answer got lost with it.
+async fn finalize(
+    revoked: Result<(), FirewallError>,
+    owner: JoinHandle<()>,
+    others: [(&'static str, JoinHandle<()>); 2],
+) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    if let Err(e) = owner.await {
+        failures.push(format!("the grant owner {}", joined(e)));
+    }
+    for (name, task) in others {
+        if let Err(e) = task.await {
+            failures.push(format!("the {name} {}", joined(e)));
+        }
+    }
+    if let Err(e) = revoked {
+        return Err(anyhow::Error::new(e).context("revoking grants at shutdown"));
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+fn joined(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            format!("panicked: {message}")
+        }
+        Err(_) => "was cancelled".into(),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when
+/// this is called, so a signal that comes during start-up is not lost.
+pub fn termination_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+struct Serving {
     sessions: TaskTracker,
     conns: TaskTracker,
 }
 
-fn start_serving(
+fn serve(
     config: &Config,
+    access: Vec<TcpListener>,
+    metrics_listeners: Vec<TcpListener>,
     grants: &Grants,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
-) -> anyhow::Result<Started> {
+) -> anyhow::Result<Serving> {
     let tx_gate = match &config.tx_limit {
         Some(limit) => Some(
             TxGate::spawn(
@@ -185,7 +309,7 @@ fn start_serving(
         );
     }
     let routes = access::routes(app);
-    for listener in bind_all(&config.listen, "--listen-address")? {
+    for listener in access {
         tokio::spawn(server::serve(
             listener,
             acceptor.clone(),
@@ -195,24 +319,22 @@ fn start_serving(
             conns.clone(),
         ));
     }
-    if let Some(addrs) = &config.metrics {
-        let routes = crate::metrics::routes(metrics.clone());
-        for listener in bind_all(addrs, "--metrics-address")? {
-            let limits = Limits {
-                connections: Arc::new(Semaphore::new(64)),
-                handshake_timeout: config.handshake_timeout,
-            };
-            tokio::spawn(server::serve(
-                listener,
-                None,
-                limits,
-                routes.clone(),
-                stop.clone(),
-                conns.clone(),
-            ));
-        }
+    let routes = crate::metrics::routes(metrics.clone());
+    for listener in metrics_listeners {
+        let limits = Limits {
+            connections: Arc::new(Semaphore::new(64)),
+            handshake_timeout: config.handshake_timeout,
+        };
+        tokio::spawn(server::serve(
+            listener,
+            None,
+            limits,
+            routes.clone(),
+            stop.clone(),
+            conns.clone(),
+        ));
     }
-    Ok(Started { sessions, conns })
+    Ok(Serving { sessions, conns })
 }
 
 fn bind_all(addrs: &[SocketAddr], flag: &str) -> anyhow::Result<Vec<TcpListener>> {
@@ -225,6 +347,13 @@ fn bind_all(addrs: &[SocketAddr], flag: &str) -> anyhow::Result<Vec<TcpListener>
             tracing::info!(address = %local, "{} listening", flag.trim_start_matches("--"));
             Ok(listener)
         })
+        .collect()
+}
+
+fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
         .collect()
 }
 

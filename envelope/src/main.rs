@@ -1,4 +1,5 @@
-//! `envelope` binary: flags → config → run; any start-up failure is one line and exit 1.
+//! `envelope` binary: flags → config → bind → run until SIGTERM/SIGINT; any
+//! failure is one line and exit 1.
 
 use std::process::ExitCode;
 
@@ -20,9 +21,14 @@ fn main() -> ExitCode {
     let result = if flags.cleanup {
         runtime.block_on(envelope::daemon::cleanup(flags))
     } else {
-        flags
-            .validate()
-            .and_then(|config| runtime.block_on(envelope::daemon::run(config)))
+        flags.validate().and_then(|config| {
+            runtime.block_on(async {
+                // Installed first, so a signal during start-up is not lost.
+                let shutdown = envelope::daemon::termination_signal()?;
+                let bound = envelope::daemon::bind(&config).await?;
+                envelope::daemon::run(bound, shutdown).await
+            })
+        })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

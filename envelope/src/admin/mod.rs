@@ -50,6 +50,9 @@ pub struct AdminState {
     pub firewall: String,
     pub max_clients: usize,
     pub started: Instant,
+    /// Where the access endpoint and `/metrics` listen, as bound.
+    pub listening: Vec<std::net::SocketAddr>,
+    pub metrics_listening: Vec<std::net::SocketAddr>,
 }
 
 pub type AdminResponse = Reply;

@@ -34,6 +34,8 @@ async fn get(state: Arc<AdminState>) -> AdminResponse {
         uptime_seconds: state.started.elapsed().as_secs(),
         keys: Vec::new(),
         keys_loaded_at: None,
+        listening: state.listening.clone(),
+        metrics_listening: state.metrics_listening.clone(),
     };
     if let Some(keys) = &state.keys {
         let set = keys.current();

@@ -16,6 +16,8 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
     println!("machine:          {}", s.machine.as_deref().unwrap_or("-"));
     println!("subject:          {}", s.subject.as_deref().unwrap_or("-"));
     println!("firewall:         {}", s.firewall);
+    println!("listening:        {}", addresses(&s.listening));
+    println!("metrics:          {}", addresses(&s.metrics_listening));
     println!("clients:          {} of {}", s.active_grants, s.max_clients);
     if s.pending_revokes > 0 {
         println!("pending revokes:  {} (retrying)", s.pending_revokes);
@@ -34,4 +36,15 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
         println!("key:              {}  {}", key.kid, key.file);
     }
     Ok(())
+}
+
+fn addresses(addrs: &[std::net::SocketAddr]) -> String {
+    if addrs.is_empty() {
+        return "off".into();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
