@@ -17,6 +17,7 @@
 //! is killed and never restarted. A change is all or nothing: the kernel applies
 //! members one by one, so what it took before a failure is rolled back here.
 
+mod fault;
 mod socket;
 mod wire;
 

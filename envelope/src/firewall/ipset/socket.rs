@@ -4,13 +4,8 @@
 //! learns exactly which ones the kernel took (a multi-member ipset message is not
 //! atomic, so the caller rolls back what it must). Every exchange is bounded by a
 //! timeout.
-//!
-//! Test-only: [`IpsetSocket::inject_fault`] (the hidden `--fault-netlink` flag)
-//! makes one chosen exchange of member changes fail or stall, for the soak.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -19,6 +14,7 @@ use netlink_packet_core::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 
+use super::fault::{self, FaultAction};
 use super::wire::{error_name, Cmd, Element, Reply, Request};
 
 /// Most requests in one send: their acknowledgements must fit the receive buffer.
@@ -63,22 +59,6 @@ fn describe(code: i32) -> String {
     }
 }
 
-/// What the injected fault does to its exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FaultAction {
-    /// Nothing is sent; the exchange fails as if the socket broke.
-    Fail,
-    /// Everything is sent (the kernel applies it) but no acknowledgement is
-    /// read: the exchange times out, as if the kernel never answered.
-    Stall,
-}
-
-/// Test-only fault: the `nth` exchange (counting from 1) that carries member
-/// adds or deletes, process-wide. Set once at start-up; never in production.
-static FAULT: Mutex<Option<(FaultAction, u64)>> = Mutex::new(None);
-/// Exchanges of member changes so far (counted only while a fault is set).
-static CHANGES: AtomicU64 = AtomicU64::new(0);
-
 /// The socket, the protocol version agreed with the kernel, and a sequence counter.
 pub struct IpsetSocket {
     socket: TokioSocket,
@@ -97,6 +77,11 @@ impl std::fmt::Debug for IpsetSocket {
 }
 
 impl IpsetSocket {
+    /// Test hook (`--fault-netlink`); see [`super::fault`].
+    pub fn inject_fault(spec: &str) -> Result<(), String> {
+        fault::inject(spec)
+    }
+
     /// Opens the socket and agrees on a protocol version (6 or 7).
     pub async fn open(timeout: Duration) -> Result<IpsetSocket, IpsetError> {
         let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
@@ -113,94 +98,11 @@ impl IpsetSocket {
         Ok(me)
     }
 
-    /// Test hook (`--fault-netlink`): `fail:N` makes the Nth exchange carrying
-    /// member adds or deletes fail without reaching the kernel; `stall:N` sends
-    /// it and then waits out the timeout without reading the answer. Set-up
-    /// exchanges (create, destroy) are not counted; a rollback is.
-    pub fn inject_fault(spec: &str) -> Result<(), String> {
-        let bad = || format!("--fault-netlink {spec:?}: expected fail:N or stall:N (N >= 1)");
-        let (action, nth) = spec.split_once(':').ok_or_else(bad)?;
-        let action = match action {
-            "fail" => FaultAction::Fail,
-            "stall" => FaultAction::Stall,
-            _ => return Err(bad()),
-        };
-        let nth: u64 = nth.parse().map_err(|_| bad())?;
-        if nth == 0 {
-            return Err(bad());
-        }
-        *FAULT.lock().unwrap_or_else(|p| p.into_inner()) = Some((action, nth));
-        CHANGES.store(0, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// The injected fault's action if this exchange of `requests` is the chosen one.
-    fn fault_for(requests: &[Request]) -> Option<FaultAction> {
-        let (action, nth) = (*FAULT.lock().unwrap_or_else(|p| p.into_inner()))?;
-        let changes = requests
-            .iter()
-            .any(|r| matches!(r.cmd(), Cmd::Add | Cmd::Del));
-        if !changes {
-            return None;
-        }
-        let n = CHANGES.fetch_add(1, Ordering::SeqCst) + 1;
-        (n == nth).then(|| {
-            tracing::warn!(exchange = n, action = ?action, "injected netlink fault (test hook)");
-            action
-        })
-    }
-
-    pub fn protocol(&self) -> u8 {
-        self.protocol
-    }
-
-    /// Newest revision of a set type the kernel offers for `family`.
-    pub async fn type_revision(&mut self, typename: &str, family: u8) -> Result<u8, IpsetError> {
-        let reply = self
-            .query(Request::type_query(self.protocol, typename, family))
-            .await?;
-        reply
-            .revision
-            .ok_or_else(|| IpsetError::Decode(format!("no revision for {typename}")))
-    }
-
-    /// Whether a set of this name exists.
-    pub async fn exists(&mut self, set: &str) -> Result<bool, IpsetError> {
-        match self.query(Request::header(self.protocol, set)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_missing_set() => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Destroys a set; a set that does not exist is not an error.
-    pub async fn destroy(&mut self, set: &str) -> Result<(), IpsetError> {
-        match self.run_one(Request::destroy(self.protocol, set)).await {
-            Err(e) if e.is_missing_set() => Ok(()),
-            other => other,
-        }
-    }
-
-    pub async fn flush(&mut self, set: &str) -> Result<(), IpsetError> {
-        self.run_one(Request::flush(self.protocol, set)).await
-    }
-
-    /// Sends one request and waits for its acknowledgement.
-    pub async fn run_one(&mut self, request: Request) -> Result<(), IpsetError> {
-        self.run(vec![request])
-            .await?
-            .pop()
-            .expect("one result per request")
-    }
-
-    /// Sends every request (several per send) and returns one result per
-    /// request, in order. An `Err` outside means the exchange itself failed, so
-    /// nothing is known about the requests.
     pub async fn run(
         &mut self,
         requests: Vec<Request>,
     ) -> Result<Vec<Result<(), IpsetError>>, IpsetError> {
-        let fault = Self::fault_for(&requests);
+        let fault = fault::for_exchange(&requests);
         if fault == Some(FaultAction::Fail) {
             return Err(IpsetError::Io(io::Error::other(
                 "injected fault (--fault-netlink)",
@@ -290,39 +192,6 @@ impl IpsetSocket {
         }
     }
 
-    /// Every member of `set`, with its remaining timeout in seconds.
-    pub async fn list(&mut self, set: &str) -> Result<Vec<(Element, Option<u32>)>, IpsetError> {
-        let mut buf = Vec::new();
-        let seq = self.append(
-            &mut buf,
-            Request::list(self.protocol, set),
-            NLM_F_REQUEST | NLM_F_DUMP,
-        );
-        self.socket.send(&buf).await?;
-        let mut members = Vec::new();
-        loop {
-            for (got, payload) in self.receive().await? {
-                if got != seq {
-                    continue;
-                }
-                match payload {
-                    NetlinkPayload::InnerMessage(reply) => members.extend(reply.members),
-                    NetlinkPayload::Done(_) => return Ok(members),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            Some(code) => Err(IpsetError::Kernel {
-                                what: format!("list {set}"),
-                                code: -code.get(),
-                            }),
-                            None => Ok(members),
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
     fn append(&mut self, buf: &mut Vec<u8>, request: Request, flags: u16) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
@@ -357,43 +226,84 @@ impl IpsetSocket {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Requests by what they do to sets.
+impl IpsetSocket {
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
 
-    #[test]
-    fn fault_specs_parse_or_fail_clearly() {
-        for bad in [
-            "", "fail", "fail:", "fail:0", "fail:x", "hang:1", "stall:-1",
-        ] {
-            let error = IpsetSocket::inject_fault(bad).unwrap_err();
-            assert!(
-                error.contains("expected fail:N or stall:N"),
-                "{bad}: {error}"
-            );
+    /// Newest revision of a set type the kernel offers for `family`.
+    pub async fn type_revision(&mut self, typename: &str, family: u8) -> Result<u8, IpsetError> {
+        let reply = self
+            .query(Request::type_query(self.protocol, typename, family))
+            .await?;
+        reply
+            .revision
+            .ok_or_else(|| IpsetError::Decode(format!("no revision for {typename}")))
+    }
+
+    /// Whether a set of this name exists.
+    pub async fn exists(&mut self, set: &str) -> Result<bool, IpsetError> {
+        match self.query(Request::header(self.protocol, set)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_missing_set() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
-    #[test]
-    fn only_the_nth_exchange_of_member_changes_is_faulted() {
-        IpsetSocket::inject_fault("stall:2").unwrap();
-        let flush = || Request::flush(7, "s");
-        // Set-up exchanges (flush, create, destroy) are not counted.
-        assert_eq!(IpsetSocket::fault_for(&[flush()]), None);
-        let member = |del: bool| {
-            let element = Element::Port(80);
-            if del {
-                Request::del(7, "s", element)
-            } else {
-                Request::add(7, "s", element, 1)
-            }
-        };
-        assert_eq!(IpsetSocket::fault_for(&[member(false)]), None);
-        assert_eq!(
-            IpsetSocket::fault_for(&[member(true), member(false)]),
-            Some(FaultAction::Stall)
+    /// Destroys a set; a set that does not exist is not an error.
+    pub async fn destroy(&mut self, set: &str) -> Result<(), IpsetError> {
+        match self.run_one(Request::destroy(self.protocol, set)).await {
+            Err(e) if e.is_missing_set() => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn flush(&mut self, set: &str) -> Result<(), IpsetError> {
+        self.run_one(Request::flush(self.protocol, set)).await
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    pub async fn run_one(&mut self, request: Request) -> Result<(), IpsetError> {
+        self.run(vec![request])
+            .await?
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Sends every request (several per send) and returns one result per
+    /// request, in order. An `Err` outside means the exchange itself failed, so
+    /// nothing is known about the requests.
+    /// Every member of `set`, with its remaining timeout in seconds.
+    pub async fn list(&mut self, set: &str) -> Result<Vec<(Element, Option<u32>)>, IpsetError> {
+        let mut buf = Vec::new();
+        let seq = self.append(
+            &mut buf,
+            Request::list(self.protocol, set),
+            NLM_F_REQUEST | NLM_F_DUMP,
         );
-        assert_eq!(IpsetSocket::fault_for(&[member(true)]), None);
-        *FAULT.lock().unwrap() = None;
+        self.socket.send(&buf).await?;
+        let mut members = Vec::new();
+        loop {
+            for (got, payload) in self.receive().await? {
+                if got != seq {
+                    continue;
+                }
+                match payload {
+                    NetlinkPayload::InnerMessage(reply) => members.extend(reply.members),
+                    NetlinkPayload::Done(_) => return Ok(members),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(IpsetError::Kernel {
+                                what: format!("list {set}"),
+                                code: -code.get(),
+                            }),
+                            None => Ok(members),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
