@@ -63,6 +63,7 @@ pub(super) fn for_exchange(requests: &[Request]) -> Option<FaultAction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::ipset::wire::Element;
 
     #[test]
     fn fault_specs_parse_or_fail_clearly() {
