@@ -11,6 +11,9 @@ use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, ValueEnum};
 use common::goflags::parse_duration;
 
+pub use crate::firewall::FirewallChoice;
+use crate::firewall::{IpsetMode, IptablesConfig};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FirewallKind {
     /// Real iptables/ip6tables guard on --device; grants are ipset members
@@ -285,24 +288,15 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub tokens: TokenPolicy,
     pub max_clients: usize,
-    pub device: String,
     pub timeout: Duration,
     pub max_hold: Duration,
-    pub firewall: FirewallKind,
-    pub proxy_ports: Vec<u16>,
+    pub firewall: FirewallChoice,
     pub admin_socket: PathBuf,
     pub admin_group: Option<String>,
     pub metrics: Option<Vec<SocketAddr>>,
     pub tx_limit: Option<TxLimit>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
-    pub firewall_journal: Option<PathBuf>,
-    pub firewall_journal_fail_grants: bool,
-    pub iptables_dir: PathBuf,
-    pub firewall_timeout: Duration,
-    pub kernel_margin: Duration,
-    pub ipset_unavailable: bool,
-    pub fault_netlink: Option<String>,
 }
 
 impl Flags {
@@ -374,10 +368,37 @@ impl Flags {
         } else {
             FirewallKind::None
         });
-        if firewall == FirewallKind::Record && self.firewall_journal.is_none() {
-            bail!("--firewall record needs --firewall-journal");
-        }
-        let proxy_ports = parse_ports(&self.proxy_ports).context("--proxy-ports")?;
+        // --proxy-ports is checked whatever the backend, as before.
+        let firewall = match firewall {
+            FirewallKind::None => {
+                parse_ports(&self.proxy_ports).context("--proxy-ports")?;
+                FirewallChoice::None
+            }
+            FirewallKind::Record => {
+                let Some(journal) = self.firewall_journal.clone() else {
+                    bail!("--firewall record needs --firewall-journal");
+                };
+                parse_ports(&self.proxy_ports).context("--proxy-ports")?;
+                FirewallChoice::Record {
+                    journal,
+                    fail_grants: self.firewall_journal_fail_grants,
+                }
+            }
+            FirewallKind::Iptables => FirewallChoice::Iptables {
+                rules: self.iptables_rules(iptables_dir, &listen)?,
+                kernel_margin: self.kernel_margin,
+                ipset: if self.ipset_unavailable {
+                    IpsetMode::Unavailable
+                } else {
+                    IpsetMode::Probe {
+                        fault_netlink: self.fault_netlink.clone(),
+                    }
+                },
+            },
+            FirewallKind::IptablesRestore => {
+                FirewallChoice::IptablesRestore(self.iptables_rules(iptables_dir, &listen)?)
+            }
+        };
         let tx_limit = match (self.tx_device, self.tx_max_rate) {
             (Some(device), Some(max)) if max > 0 => Some(TxLimit {
                 device,
@@ -401,24 +422,31 @@ impl Flags {
                     .then(|| Arc::new(common::filters::ReplayCache::new(self.replay_cache_cap))),
             },
             max_clients: self.max_clients as usize,
-            device: self.device,
             timeout: self.timeout,
             max_hold: self.max_hold,
             firewall,
-            proxy_ports,
             admin_socket: self.admin_socket,
             admin_group: self.admin_group,
             metrics,
             tx_limit,
             max_connections: self.max_connections.max(1),
             handshake_timeout: self.handshake_timeout,
-            firewall_journal: self.firewall_journal,
-            firewall_journal_fail_grants: self.firewall_journal_fail_grants,
-            iptables_dir,
-            firewall_timeout: self.firewall_timeout,
-            kernel_margin: self.kernel_margin,
-            ipset_unavailable: self.ipset_unavailable,
-            fault_netlink: self.fault_netlink.clone(),
+        })
+    }
+
+    /// What both iptables backends need: the guard on `--device`, letting in
+    /// the envelope's own listening ports.
+    fn iptables_rules(
+        &self,
+        bin_dir: PathBuf,
+        listen: &[SocketAddr],
+    ) -> anyhow::Result<IptablesConfig> {
+        Ok(IptablesConfig {
+            device: self.device.clone(),
+            service_ports: listen.iter().map(SocketAddr::port).collect(),
+            proxy_ports: parse_ports(&self.proxy_ports).context("--proxy-ports")?,
+            bin_dir,
+            command_timeout: self.firewall_timeout,
         })
     }
 }
@@ -532,13 +560,15 @@ mod tests {
         let ok = parse(&[
             "envelope",
             "-envelope.token-required=false",
+            "--firewall=iptables-restore",
             "-address.iptables=/opt/fw/iptables",
             "-address.ip6tables-restore=/opt/fw/ip6tables-restore",
         ]);
-        assert_eq!(
-            ok.validate().unwrap().iptables_dir,
-            PathBuf::from("/opt/fw")
-        );
+        let config = ok.validate().unwrap();
+        let FirewallChoice::IptablesRestore(rules) = &config.firewall else {
+            panic!("{:?}", config.firewall)
+        };
+        assert_eq!(rules.bin_dir, PathBuf::from("/opt/fw"));
         let mixed = parse(&[
             "envelope",
             "-envelope.token-required=false",

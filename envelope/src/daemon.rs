@@ -16,66 +16,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{self, Access};
 use crate::admin::{self, AdminSocket, AdminState};
-use crate::config::{Config, FirewallKind};
-use crate::firewall::ipset::NewError;
-use crate::firewall::{
-    Firewall, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall,
-};
+use crate::config::Config;
 use crate::grants::Grants;
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
 
 /// How long sessions get to send their Close frames at shutdown.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
-
-pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>> {
-    Ok(match config.firewall {
-        FirewallKind::None => Arc::new(NoopFirewall),
-        FirewallKind::Record => Arc::new(JournalFirewall::new(
-            config
-                .firewall_journal
-                .clone()
-                .context("--firewall-journal")?,
-            config.firewall_journal_fail_grants,
-        )),
-        FirewallKind::Iptables => {
-            let probe = if config.ipset_unavailable {
-                Err(NewError::NoIpset(
-                    std::io::Error::other("--ipset-unavailable").into(),
-                ))
-            } else {
-                if let Some(spec) = &config.fault_netlink {
-                    crate::firewall::ipset::IpsetSocket::inject_fault(spec)
-                        .map_err(anyhow::Error::msg)?;
-                }
-                IpsetFirewall::new(iptables_config(config), config.kernel_margin).await
-            };
-            match probe {
-                Ok(firewall) => Arc::new(firewall),
-                Err(NewError::Firewall(e)) => {
-                    return Err(anyhow::Error::new(e).context("--firewall iptables"))
-                }
-                Err(NewError::NoIpset(e)) => {
-                    tracing::warn!(
-                        error = %e,
-                        "the kernel offers no ipset: grants fall back to one iptables rule each \
-                         (iptables-restore per change, no kernel timeouts)"
-                    );
-                    Arc::new(
-                        IptablesFirewall::new(iptables_config(config))
-                            .await
-                            .context("--firewall iptables")?,
-                    )
-                }
-            }
-        }
-        FirewallKind::IptablesRestore => Arc::new(
-            IptablesFirewall::new(iptables_config(config))
-                .await
-                .context("--firewall iptables-restore")?,
-        ),
-    })
-}
 
 /// Runs the daemon until a termination signal; returns after a clean shutdown.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -86,8 +33,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The admin socket's lock comes first: a second envelope must stop before it
     // touches the firewall the first one owns.
     let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
-    let firewall = build_firewall(&config).await?;
-    tracing::info!(backend = %firewall.backend(), device = %config.device, "firewall backend");
+    let firewall = crate::firewall::build(&config.firewall).await?;
+    tracing::info!(backend = %firewall.backend(), device = config.firewall.device(), "firewall backend");
     firewall.setup().await.context("firewall set-up failed")?;
 
     let metrics = Arc::new(Metrics::new());
@@ -235,16 +182,6 @@ fn raise_fd_limit() {
         if soft < hard {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
-    }
-}
-
-fn iptables_config(config: &Config) -> IptablesConfig {
-    IptablesConfig {
-        device: config.device.clone(),
-        service_ports: config.listen.iter().map(SocketAddr::port).collect(),
-        proxy_ports: config.proxy_ports.clone(),
-        bin_dir: config.iptables_dir.clone(),
-        command_timeout: config.firewall_timeout,
     }
 }
 
