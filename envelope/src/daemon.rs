@@ -21,67 +21,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{self, Access};
 use crate::admin::{self, AdminSocket, AdminState};
-use crate::config::{Config, FirewallKind};
-use crate::firewall::ipset::NewError;
-use crate::firewall::{
-    Firewall, FirewallError, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall,
-    NoopFirewall,
-};
+use crate::config::Config;
+use crate::firewall::{Firewall, FirewallError};
 use crate::grants::Grants;
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
 
 /// How long sessions get to send their Close frames at shutdown.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
-
-pub async fn build_firewall(config: &Config) -> anyhow::Result<Arc<dyn Firewall>> {
-    Ok(match config.firewall {
-        FirewallKind::None => Arc::new(NoopFirewall),
-        FirewallKind::Record => Arc::new(JournalFirewall::new(
-            config
-                .firewall_journal
-                .clone()
-                .context("--firewall-journal")?,
-            config.firewall_journal_fail_grants,
-        )),
-        FirewallKind::Iptables => {
-            let probe = if config.ipset_unavailable {
-                Err(NewError::NoIpset(
-                    std::io::Error::other("--ipset-unavailable").into(),
-                ))
-            } else {
-                if let Some(spec) = &config.fault_netlink {
-                    crate::firewall::ipset::IpsetSocket::inject_fault(spec)
-                        .map_err(anyhow::Error::msg)?;
-                }
-                IpsetFirewall::new(iptables_config(config), config.kernel_margin).await
-            };
-            match probe {
-                Ok(firewall) => Arc::new(firewall),
-                Err(NewError::Firewall(e)) => {
-                    return Err(anyhow::Error::new(e).context("--firewall iptables"))
-                }
-                Err(NewError::NoIpset(e)) => {
-                    tracing::warn!(
-                        error = %e,
-                        "the kernel offers no ipset: grants fall back to one iptables rule each \
-                         (iptables-restore per change, no kernel timeouts)"
-                    );
-                    Arc::new(
-                        IptablesFirewall::new(iptables_config(config))
-                            .await
-                            .context("--firewall iptables")?,
-                    )
-                }
-            }
-        }
-        FirewallKind::IptablesRestore => Arc::new(
-            IptablesFirewall::new(iptables_config(config))
-                .await
-                .context("--firewall iptables-restore")?,
-        ),
-    })
-}
 
 /// A daemon that holds everything it needs but serves nothing yet: the admin
 /// socket (and its lock), the firewall guard in place, and the bound ports.
@@ -117,8 +64,8 @@ impl Bound {
 pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
     raise_fd_limit();
     let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
-    let firewall = build_firewall(config).await?;
-    tracing::info!(backend = %firewall.backend(), device = %config.device, "firewall backend");
+    let firewall = crate::firewall::build(&config.firewall).await?;
+    tracing::info!(backend = %firewall.backend(), device = config.firewall.device(), "firewall backend");
     firewall.setup().await.context("firewall set-up failed")?;
     let listeners = bind_all(&config.listen, "--listen-address").and_then(|access| {
         let metrics = match &config.metrics {
@@ -367,24 +314,15 @@ fn raise_fd_limit() {
     }
 }
 
-fn iptables_config(config: &Config) -> IptablesConfig {
-    IptablesConfig {
-        device: config.device.clone(),
-        service_ports: config.listen.iter().map(SocketAddr::port).collect(),
-        proxy_ports: config.proxy_ports.clone(),
-        bin_dir: config.iptables_dir.clone(),
-        command_timeout: config.firewall_timeout,
-    }
-}
-
 /// `envelope --cleanup`: removes everything the envelope ever installs, whatever
 /// the other flags say, and exits.
 pub async fn cleanup(flags: crate::config::Flags) -> anyhow::Result<()> {
+    let (iptables_dir, timeout) = flags.cleanup_settings()?;
     // Rules first: a set that a rule references cannot be destroyed.
-    crate::firewall::iptables::cleanup(&flags.iptables_dir, flags.firewall_timeout)
+    crate::firewall::iptables::cleanup(&iptables_dir, timeout)
         .await
         .context("--cleanup")?;
-    crate::firewall::ipset::cleanup(flags.firewall_timeout)
+    crate::firewall::ipset::cleanup(timeout)
         .await
         .context("--cleanup")?;
     tracing::info!("removed every envelope chain, rule and set");

@@ -116,9 +116,9 @@ fn help_flags(help: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `alias = "…"` values in config.rs: the documented Go-style aliases.
+/// `alias = "…"` values in config/flags.rs: the documented Go-style aliases.
 fn config_aliases() -> BTreeSet<String> {
-    let source = read("envelope/src/config.rs");
+    let source = read("envelope/src/config/flags.rs");
     source
         .split("alias = \"")
         .skip(1)

@@ -3,7 +3,9 @@
 //! one: static rules, grants as kernel set members with timeouts), `iptables`
 //! (one rule per grant through `iptables-restore`, where the kernel has no
 //! ipset), `none` (no-op), and `record` (a journal file, for tests of the daemon).
+//! [`FirewallChoice`] names one with its settings; [`build`] makes it.
 
+mod choice;
 pub mod ipset;
 pub mod iptables;
 mod journal;
@@ -16,6 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use choice::{build, FirewallChoice, IpsetMode};
 pub use ipset::IpsetFirewall;
 pub use iptables::{IptablesConfig, IptablesFirewall};
 pub use journal::JournalFirewall;

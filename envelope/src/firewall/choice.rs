@@ -1,0 +1,163 @@
+//! Which firewall backend the daemon runs, with the settings that backend alone
+//! needs, and how it is built. [`crate::config`] validates the flags into a
+//! [`FirewallChoice`]; [`build`] turns it into a backend, probing the kernel for
+//! ipset and falling back (with one warning) to iptables-restore rules where
+//! there is none. A choice cannot name a setting its backend does not use.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::ipset::{IpsetSocket, NewError};
+use super::{
+    Firewall, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall,
+};
+
+/// The validated `--firewall` choice.
+#[derive(Debug, Clone)]
+pub enum FirewallChoice {
+    /// `none`: touch nothing.
+    None,
+    /// `record` (tests): append each operation to a journal file.
+    Record {
+        /// `--firewall-journal`.
+        journal: PathBuf,
+        /// `--firewall-journal-fail-grants`: every grant fails.
+        fail_grants: bool,
+    },
+    /// `iptables`: the guard's static rules, grants as ipset members with
+    /// kernel timeouts; rules through iptables-restore where there is no ipset.
+    Iptables {
+        rules: IptablesConfig,
+        /// `--kernel-margin`: a member's kernel timeout beyond its deadline.
+        kernel_margin: Duration,
+        ipset: IpsetMode,
+    },
+    /// `iptables-restore`: the same guard with one rule per grant.
+    IptablesRestore(IptablesConfig),
+}
+
+/// How the `iptables` choice finds ipset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpsetMode {
+    /// Ask the kernel; fall back to rules when it has no ipset.
+    Probe {
+        /// `--fault-netlink` (the soak): fault one exchange of member changes.
+        fault_netlink: Option<String>,
+    },
+    /// `--ipset-unavailable` (tests): behave as if the kernel had none.
+    Unavailable,
+}
+
+impl FirewallChoice {
+    /// The guarded interface (`--device`), for the backends that guard one.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            FirewallChoice::Iptables { rules, .. } | FirewallChoice::IptablesRestore(rules) => {
+                Some(&rules.device)
+            }
+            FirewallChoice::None | FirewallChoice::Record { .. } => None,
+        }
+    }
+}
+
+/// Builds the chosen backend; an error names the `--firewall` choice at fault.
+pub async fn build(choice: &FirewallChoice) -> anyhow::Result<Arc<dyn Firewall>> {
+    Ok(match choice {
+        FirewallChoice::None => Arc::new(NoopFirewall),
+        FirewallChoice::Record {
+            journal,
+            fail_grants,
+        } => Arc::new(JournalFirewall::new(journal.clone(), *fail_grants)),
+        FirewallChoice::Iptables {
+            rules,
+            kernel_margin,
+            ipset,
+        } => {
+            let probe = match ipset {
+                IpsetMode::Unavailable => Err(NewError::NoIpset(
+                    std::io::Error::other("--ipset-unavailable").into(),
+                )),
+                IpsetMode::Probe { fault_netlink } => {
+                    if let Some(spec) = fault_netlink {
+                        IpsetSocket::inject_fault(spec).map_err(anyhow::Error::msg)?;
+                    }
+                    IpsetFirewall::new(rules.clone(), *kernel_margin).await
+                }
+            };
+            match probe {
+                Ok(firewall) => Arc::new(firewall),
+                Err(NewError::Firewall(e)) => {
+                    return Err(anyhow::Error::new(e).context("--firewall iptables"))
+                }
+                Err(NewError::NoIpset(e)) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the kernel offers no ipset: grants fall back to one iptables rule each \
+                         (iptables-restore per change, no kernel timeouts)"
+                    );
+                    Arc::new(
+                        IptablesFirewall::new(rules.clone())
+                            .await
+                            .context("--firewall iptables")?,
+                    )
+                }
+            }
+        }
+        FirewallChoice::IptablesRestore(rules) => Arc::new(
+            IptablesFirewall::new(rules.clone())
+                .await
+                .context("--firewall iptables-restore")?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> IptablesConfig {
+        IptablesConfig {
+            device: "eth7".into(),
+            service_ports: vec![8880],
+            proxy_ports: vec![],
+            bin_dir: "/nonexistent".into(),
+            command_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn only_the_iptables_choices_guard_a_device() {
+        assert_eq!(FirewallChoice::None.device(), None);
+        let record = FirewallChoice::Record {
+            journal: "/tmp/j".into(),
+            fail_grants: false,
+        };
+        assert_eq!(record.device(), None);
+        assert_eq!(
+            FirewallChoice::IptablesRestore(rules()).device(),
+            Some("eth7")
+        );
+        let iptables = FirewallChoice::Iptables {
+            rules: rules(),
+            kernel_margin: Duration::from_secs(5),
+            ipset: IpsetMode::Unavailable,
+        };
+        assert_eq!(iptables.device(), Some("eth7"));
+    }
+
+    #[tokio::test]
+    async fn none_and_record_build_without_touching_the_kernel() {
+        let none = build(&FirewallChoice::None).await.unwrap();
+        assert_eq!(none.backend(), "none");
+        let dir = tempfile::tempdir().unwrap();
+        let record = FirewallChoice::Record {
+            journal: dir.path().join("journal"),
+            fail_grants: false,
+        };
+        let record = build(&record).await.unwrap();
+        assert_eq!(record.backend(), "record");
+    }
+}
