@@ -305,7 +305,7 @@ mod tests {
         service.call(req).await.unwrap()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_upgrade_that_never_happens_releases_its_grant() {
         let app = Arc::new(access(60, 3600));
         let response = upgrade_through_routes(app.clone(), true).await;
