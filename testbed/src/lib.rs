@@ -1,4 +1,5 @@
-//! Network-namespace test bed for the envelope's firewall tests and benchmark. Nothing here ever
+//! Network-namespace test bed for the envelope's firewall tests, benchmark and soak,
+//! and the process launcher they share ([`launcher`]). Nothing here ever
 //! touches the host's own network namespace: every firewall command runs inside
 //! a server namespace this module creates, and both namespaces are deleted on
 //! drop, even when a test panics.
@@ -9,6 +10,7 @@
 //!        (+ 198.18.K.2/24 on demand)            (route 198.18.0.0/15 dev env0)
 //! ```
 
+pub mod launcher;
 pub mod tls;
 
 use std::fs::File;
