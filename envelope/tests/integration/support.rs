@@ -454,7 +454,7 @@ pub fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-// ---- Added for tests/daemon.rs -------------------------------------------------
+// ---- Added for daemon.rs -------------------------------------------------
 
 /// TCP (and TLS, when `tls`) to `addr`, from the local address `local` when given
 /// (e.g. 127.0.0.2, to be a second client in the same /24).

@@ -4,13 +4,11 @@
 //! iptables-save inside the server namespace. Nothing runs in the host's own
 //! network namespace. Needs root and iproute2; fails (never skips) without them.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::support::{self, Daemon, Options, Stream, Ws, ACCESS_PATH, SUBPROTOCOL};
 use futures_util::future::join_all;
-use support::{Daemon, Options, Stream, Ws, ACCESS_PATH, SUBPROTOCOL};
 use testbed::{FaultyBins, NetPair, DEVICE, ENVELOPE_PORT, SERVER_V4, SERVER_V6, SERVICE_PORT};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
