@@ -183,16 +183,6 @@ impl NetPair {
         run(&all)
     }
 
-    /// `ip netns exec SERVER` — the wrapper for `support::Options`.
-    pub fn wrapper(&self) -> Vec<String> {
-        vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            self.server.clone(),
-        ]
-    }
-
     /// Gives the client `count` more addresses, 198.18.K.2/24 for K in 1..=count,
     /// each in its own /24, and routes them from the server.
     pub fn add_client_subnets(&self, count: u8) -> Vec<IpAddr> {
