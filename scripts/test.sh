@@ -18,7 +18,7 @@ fi
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
 command -v websocat >/dev/null || cargo install -q --locked --root /usr/local websocat@1.14.1
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
-# envelope/tests/browser.rs drives Debian's headless Chromium.
+# envelope/tests/integration/browser.rs drives Debian's headless Chromium.
 [ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 # The Debian package (scripts/package-test.sh): cargo-deb (3.8.0 builds with rustc
 # 1.85+), man for `man -l` of its pages, systemd-analyze to verify its unit.

@@ -1,14 +1,15 @@
 //! The bench's laboratory: a server and a client network namespace (from
 //! `testbed`), a measurement service on port 9999, a signing key, and envelope
-//! processes started inside the server namespace.
+//! processes started inside the server namespace (with `testbed`'s launcher;
+//! the flags, key and token are the bench's).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
+use testbed::launcher::{Launch, Process};
 use testbed::{NetPair, DEVICE, SERVER_V4};
 
 pub const MACHINE: &str = "bench-machine";
@@ -79,118 +80,100 @@ impl Lab {
         SocketAddr::new(SERVER_V4.parse().unwrap(), ENVELOPE_PORT)
     }
 
-    /// Starts the envelope in the server namespace with TLS and tokens, plus `extra`.
+    /// Starts the envelope in the server namespace with TLS and tokens, plus
+    /// `extra`, logging to `NAME.log` in the lab's directory.
     pub fn envelope(&self, name: &str, tls: bool, extra: &[&str]) -> anyhow::Result<Envelope> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.server])
-            .arg(&self.envelope_bin)
-            .arg(format!("--listen-address={SERVER_V4}:{ENVELOPE_PORT}"))
-            .arg(format!(
-                "--verify-key={}",
-                self.dir.path().join("verify.jwk.pub").display()
-            ))
-            .arg(format!("--machine={MACHINE}"))
-            .arg(format!("--subject={SUBJECT}"))
-            .arg(format!("--device={DEVICE}"))
-            .arg(format!(
-                "--admin-socket={}",
-                self.dir.path().join(format!("{name}.sock")).display()
-            ))
-            .arg("--metrics-address=off")
-            .args(extra)
-            // Production logging (one line per request), written to a file as a
-            // service manager would, not held in memory.
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let mut launch = Launch::new(
+            &self.envelope_bin,
+            self.dir.path().join(format!("{name}.log")),
+        )
+        .in_netns(&self.ns.server)
+        .arg(format!("--listen-address={SERVER_V4}:{ENVELOPE_PORT}"))
+        .arg(format!(
+            "--verify-key={}",
+            self.dir.path().join("verify.jwk.pub").display()
+        ))
+        .arg(format!("--machine={MACHINE}"))
+        .arg(format!("--subject={SUBJECT}"))
+        .arg(format!("--device={DEVICE}"))
+        .arg(format!(
+            "--admin-socket={}",
+            self.dir.path().join(format!("{name}.sock")).display()
+        ))
+        .arg("--metrics-address=off")
+        .args(extra)
+        // Production logging (one line per request), written to a file as a
+        // service manager would, not held in memory.
+        .env("RUST_LOG", "info");
         if tls {
-            cmd.arg(format!(
-                "--cert={}",
-                self.testdata.join("insecure-test-server.pem").display()
-            ))
-            .arg(format!(
-                "--key={}",
-                self.testdata.join("insecure-test-server.key").display()
-            ));
+            launch = launch
+                .arg(format!(
+                    "--cert={}",
+                    self.testdata.join("insecure-test-server.pem").display()
+                ))
+                .arg(format!(
+                    "--key={}",
+                    self.testdata.join("insecure-test-server.key").display()
+                ));
         }
-        Envelope::spawn(cmd, self.dir.path().join(format!("{name}.log")))
+        let mut process = launch.spawn()?;
+        if let Err(e) = process.wait_for_log("listen-address listening", START_BOUND) {
+            bail!("the envelope did not start: {e}\n{}", process.logs());
+        }
+        Ok(Envelope(process))
     }
 }
 
-/// An envelope process; SIGTERM and wait on drop.
-pub struct Envelope {
-    child: Child,
-    log: PathBuf,
-}
+/// How long an envelope may take to say it listens.
+const START_BOUND: Duration = Duration::from_secs(20);
+/// How long it may take to exit after SIGTERM.
+const STOP_BOUND: Duration = Duration::from_secs(15);
+
+/// An envelope process (`testbed`'s launcher); SIGTERM and a bounded wait on
+/// drop, SIGKILL when that fails.
+pub struct Envelope(Process);
 
 impl Envelope {
-    fn spawn(mut cmd: Command, log: PathBuf) -> anyhow::Result<Envelope> {
-        let file = std::fs::File::create(&log)?;
-        let child = cmd.stderr(file).spawn().context("starting the envelope")?;
-        let envelope = Envelope { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !envelope.logs().contains("listen-address listening") {
-            if Instant::now() > deadline {
-                bail!("the envelope did not start:\n{}", envelope.logs());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(envelope)
-    }
-
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.logs()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// Resident set size now and at its peak, in KiB, from /proc.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        self.0.rss_kib()
     }
 
+    /// SIGTERM and a bounded wait; an error unless it exits successfully.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.terminate()
     }
 
     fn terminate(&mut self) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
+        if self.0.has_exited() {
+            self.0.wait_exit(Duration::ZERO)?;
             return Ok(());
         }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("the envelope exited with {status}:\n{}", self.logs());
-                }
-                return Ok(());
+        let status = match self.0.terminate(STOP_BOUND) {
+            Ok(status) => status,
+            Err(e) => {
+                let _ = self.0.kill();
+                bail!("the envelope after SIGTERM: {e}\n{}", self.logs());
             }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("the envelope did not exit within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !status.success() {
+            bail!("the envelope exited with {status}:\n{}", self.logs());
         }
+        Ok(())
     }
 }
 
 impl Drop for Envelope {
     fn drop(&mut self) {
+        // A failure here leaves the process to `Process`'s drop: SIGKILL.
         let _ = self.terminate();
     }
 }

@@ -1,5 +1,5 @@
 //! envelopectl's command line without a daemon: usage errors and an unreachable
-//! socket. (Against a live envelope it is tested in envelope/tests/admin.rs, which
+//! socket. (Against a live envelope it is tested in envelope/tests/integration/admin.rs, which
 //! also relies on this file making cargo build the binary.)
 
 use assert_cmd::Command;

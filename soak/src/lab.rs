@@ -1,17 +1,19 @@
 //! The soak's laboratory: the namespaces and client addresses (from `testbed`),
-//! the guarded service, a signing key, the envelope process (start, SIGTERM,
-//! SIGKILL), its admin API over the unix socket, and raw reads of the kernel.
+//! the guarded service, a signing key, the envelope process (its flags here,
+//! started and signalled through `testbed`'s launcher), its admin API over the
+//! unix socket, and raw reads of the kernel.
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use common::admin::Grant;
 use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
+use testbed::launcher::{Launch, Process};
 use testbed::{NetPair, DEVICE};
 
 pub const MACHINE: &str = "soak-machine";
@@ -129,11 +131,12 @@ impl Lab {
         self.dir.path().join("admin.sock")
     }
 
-    /// Starts the envelope in the server namespace, optionally with a netlink fault.
+    /// Starts the envelope in the server namespace, optionally with a netlink
+    /// fault. Every instance of the run appends to one log.
     pub fn envelope(&self, fault: Option<&str>) -> anyhow::Result<Envelope> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.server])
-            .arg(&self.envelope_bin)
+        let mut launch = Launch::new(&self.envelope_bin, self.dir.path().join("envelope.log"))
+            .append_log()
+            .in_netns(&self.ns.server)
             .arg(format!("--listen-address=:{ENVELOPE_PORT}"))
             .arg("--firewall=iptables")
             .arg(format!("--device={DEVICE}"))
@@ -159,14 +162,15 @@ impl Lab {
                 "--key={}",
                 self.testdata.join("insecure-test-server.key").display()
             ))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .env("RUST_LOG", "info");
         if let Some(fault) = fault {
-            cmd.arg(format!("--fault-netlink={fault}"));
+            launch = launch.arg(format!("--fault-netlink={fault}"));
         }
-        let log = self.dir.path().join("envelope.log");
-        Envelope::spawn(cmd, log)
+        let mut process = launch.spawn()?;
+        if let Err(e) = process.wait_for_log("listen-address listening", START_BOUND) {
+            bail!("the envelope did not start: {e}\n{}", process.logs());
+        }
+        Ok(Envelope(process))
     }
 
     /// `GET /v1/grants`.
@@ -250,71 +254,26 @@ pub fn unix_now() -> i64 {
     common::SystemClock.now_unix()
 }
 
-/// An envelope process. Dropping it sends SIGKILL (the run already checked it).
-pub struct Envelope {
-    child: Child,
-    log: PathBuf,
-    started_at: usize,
-}
+/// How long an envelope may take to say it listens.
+const START_BOUND: Duration = Duration::from_secs(30);
+
+/// An envelope process (`testbed`'s launcher). Dropping it sends SIGKILL (the
+/// run already checked it).
+pub struct Envelope(Process);
 
 impl Envelope {
-    fn spawn(mut cmd: Command, log: PathBuf) -> anyhow::Result<Envelope> {
-        // The log is shared by every instance of the run: append.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let started_at = file.metadata()?.len() as usize;
-        let child = cmd.stderr(file).spawn().context("starting the envelope")?;
-        let mut envelope = Envelope {
-            child,
-            log,
-            started_at,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !envelope.logs().contains("listen-address listening") {
-            if let Some(status) = envelope.child.try_wait()? {
-                bail!("the envelope exited with {status}:\n{}", envelope.logs());
-            }
-            if Instant::now() > deadline {
-                bail!("the envelope did not start:\n{}", envelope.logs());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(envelope)
-    }
-
     /// This instance's log.
     pub fn logs(&self) -> String {
-        let all = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(all.get(self.started_at..).unwrap_or_default()).into_owned()
+        self.0.logs()
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+        let _ = self.0.signal(signal);
     }
 
     /// Waits (bounded) for the process to exit; its status. Async, so that the
     /// clients' tasks answer the envelope's Close frames meanwhile.
     pub async fn wait(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("the envelope did not exit within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Envelope {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        Ok(self.0.wait_exit_async(within).await?)
     }
 }

@@ -1,4 +1,5 @@
-//! Network-namespace test bed for the envelope's firewall tests and benchmark. Nothing here ever
+//! Network-namespace test bed for the envelope's firewall tests, benchmark and soak,
+//! and the process launcher they share ([`launcher`]). Nothing here ever
 //! touches the host's own network namespace: every firewall command runs inside
 //! a server namespace this module creates, and both namespaces are deleted on
 //! drop, even when a test panics.
@@ -9,6 +10,7 @@
 //!        (+ 198.18.K.2/24 on demand)            (route 198.18.0.0/15 dev env0)
 //! ```
 
+pub mod launcher;
 pub mod tls;
 
 use std::fs::File;
@@ -179,16 +181,6 @@ impl NetPair {
         let mut all = vec!["ip", "netns", "exec", self.server.as_str()];
         all.extend_from_slice(args);
         run(&all)
-    }
-
-    /// `ip netns exec SERVER` — the wrapper for `support::Options`.
-    pub fn wrapper(&self) -> Vec<String> {
-        vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            self.server.clone(),
-        ]
     }
 
     /// Gives the client `count` more addresses, 198.18.K.2/24 for K in 1..=count,

@@ -2,14 +2,15 @@
 //! envelopectl, tokens from the insecure test keys, and a small fake Locate server.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{Claims, Clock as _, Signer};
+use testbed::launcher::{Launch, Process};
 
 pub const MACHINE: &str = "mlab1-test0";
 pub const SUBJECT: &str = "wehe";
@@ -52,98 +53,64 @@ pub fn forged_token() -> String {
     sign_with("insecure-test-es256.jwk", 120)
 }
 
-/// A real envelope on 127.0.0.1 with the no-op firewall; killed on drop.
+/// A real envelope on 127.0.0.1 with the no-op firewall (through `testbed`'s
+/// launcher, logging to `envelope.log` in `dir`); killed on drop.
 #[derive(Debug)]
 pub struct Envelope {
-    child: Child,
+    process: Process,
     pub addr: SocketAddr,
     pub tls: bool,
     pub dir: tempfile::TempDir,
-    logs: Arc<Mutex<String>>,
 }
 
 impl Envelope {
     pub fn start(tls: bool) -> Envelope {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(workspace_bin("envelope"));
-        cmd.args([
-            "--listen-address=127.0.0.1:0",
-            "--firewall=none",
-            "--metrics-address=off",
-            "--log-format=text",
-            "--timeout=60s",
-            &format!("--machine={MACHINE}"),
-            &format!("--subject={SUBJECT}"),
-        ])
-        .arg(format!(
-            "--verify-key={}",
-            testdata("insecure-test-eddsa.jwk.pub").display()
-        ))
-        .arg(format!(
-            "--admin-socket={}",
-            dir.path().join("admin.sock").display()
-        ));
-        if tls {
-            cmd.arg(format!(
-                "--cert={}",
-                testdata("insecure-test-server.pem").display()
+        let mut launch = Launch::new(workspace_bin("envelope"), dir.path().join("envelope.log"))
+            .args([
+                "--listen-address=127.0.0.1:0",
+                "--firewall=none",
+                "--metrics-address=off",
+                "--log-format=text",
+                "--timeout=60s",
+                &format!("--machine={MACHINE}"),
+                &format!("--subject={SUBJECT}"),
+            ])
+            .arg(format!(
+                "--verify-key={}",
+                testdata("insecure-test-eddsa.jwk.pub").display()
             ))
             .arg(format!(
-                "--key={}",
-                testdata("insecure-test-server.key").display()
-            ));
-        }
-        let mut child = cmd
+                "--admin-socket={}",
+                dir.path().join("admin.sock").display()
+            ))
             .env("RUST_LOG", "info")
-            .env_remove("ENVELOPE_ADMIN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn envelope");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut all = sink.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        let mut envelope = Envelope {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
+            .env_remove("ENVELOPE_ADMIN_SOCKET");
+        if tls {
+            launch = launch
+                .arg(format!(
+                    "--cert={}",
+                    testdata("insecure-test-server.pem").display()
+                ))
+                .arg(format!(
+                    "--key={}",
+                    testdata("insecure-test-server.key").display()
+                ));
+        }
+        let mut process = launch.spawn().expect("spawn envelope");
+        let addr = process
+            .wait_for_address("listen-address listening", Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("the envelope did not listen: {e}\n{}", process.logs()));
+        Envelope {
+            process,
+            addr,
             tls,
             dir,
-            logs,
-        };
-        let marker = "listen-address listening address=";
-        wait_until(Duration::from_secs(20), "the envelope to listen", || {
-            let logs = envelope.logs();
-            let found = logs.find(marker).and_then(|at| {
-                logs[at + marker.len()..]
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            });
-            if let Some(addr) = found {
-                envelope.addr = addr;
-                return true;
-            }
-            assert!(
-                envelope.child.try_wait().unwrap().is_none(),
-                "envelope exited:\n{}",
-                envelope.logs()
-            );
-            false
-        });
-        envelope
+        }
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
+        self.process.logs()
     }
 
     /// The envelope URL with `token`, named `localhost` (the test certificate's name).
@@ -173,13 +140,6 @@ impl Envelope {
         assert!(out.status.success(), "{out:?}");
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         list.as_array().unwrap().len()
-    }
-}
-
-impl Drop for Envelope {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

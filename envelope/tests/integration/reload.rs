@@ -3,15 +3,15 @@
 //! a set failing a load check is refused whole with the old keys kept; held
 //! sessions are untouched; tokens of a removed kid are refused from then on.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::{
+    self, claims, envelopectl_bin, testdata, ws_connect, Daemon, Options, SUBJECT,
+};
 use common::Signer;
 use futures_util::StreamExt;
-use support::{claims, envelopectl_bin, testdata, ws_connect, Daemon, Options, SUBJECT};
 
 fn token_from(key: &str) -> String {
     let key = common::jwk::load_private_key(&testdata(key)).unwrap();

@@ -4,7 +4,7 @@
 //! tokens.
 
 #[allow(dead_code)]
-#[path = "../examples/protected_hello.rs"]
+#[path = "../../examples/protected_hello.rs"]
 mod example;
 
 use std::net::SocketAddr;

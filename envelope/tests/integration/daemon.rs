@@ -2,15 +2,13 @@
 //! clients, and the recording firewall journal (`--firewall=record`) to see what
 //! the firewall was asked to do. One daemon per test; tests run in parallel.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use common::{Algorithm, Audience, Claims, PrivateKey, Signer};
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -2,15 +2,13 @@
 //! firewall: list, revoke (by IP, id, all), status, socket permissions, stale and
 //! contested sockets, and agreement between `curl --unix-socket` and `--json`.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::{self, envelopectl_bin, token, ws_connect, Daemon, Options, Ws};
 use futures_util::StreamExt;
-use support::{envelopectl_bin, token, ws_connect, Daemon, Options, Ws};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 

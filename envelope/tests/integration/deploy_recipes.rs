@@ -12,8 +12,6 @@
 //! private admin socket as a safety net, and under a timeout; the one daemon
 //! started (for the dashboard) runs with `--firewall none` on loopback.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -945,7 +943,7 @@ fn promql_metric_names_skip_functions_labels_and_ranges() {
 
 #[tokio::test]
 async fn grafana_dashboard_queries_only_metrics_the_envelope_exports() {
-    use support::{ws_connect, Daemon, Options};
+    use crate::support::{self, ws_connect, Daemon, Options};
 
     let text = read("docs/deploy/grafana-dashboard.json");
     let dashboard: serde_json::Value =

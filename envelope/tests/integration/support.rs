@@ -1,16 +1,15 @@
 //! Shared helpers for the envelope's integration tests: start the real binary,
 //! mint tokens with the insecure test keys, connect real WebSocket clients over
 //! real TLS, and read what the recording firewall was asked to do.
-#![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::{Claims, Clock as _, Signer};
+use nix::sys::signal::Signal;
+use testbed::launcher::{Launch, Process};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -57,8 +56,8 @@ pub struct Options {
     pub fail_grants: bool,
     pub listen: String,
     pub metrics: bool,
-    /// Runs the envelope under this command (e.g. `ip netns exec NS`).
-    pub wrapper: Vec<String>,
+    /// Runs the envelope inside this network namespace (e.g. `NetPair::server`).
+    pub netns: Option<String>,
     pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
 }
@@ -72,7 +71,7 @@ impl Default for Options {
             fail_grants: false,
             listen: "127.0.0.1:0".into(),
             metrics: false,
-            wrapper: Vec::new(),
+            netns: None,
             extra: Vec::new(),
             env: Vec::new(),
         }
@@ -90,15 +89,18 @@ impl Options {
     }
 }
 
-/// A running envelope; killed on drop.
+/// How long an envelope may take to say it listens.
+const START_BOUND: Duration = Duration::from_secs(20);
+
+/// A running envelope (a [`Process`] from `testbed`'s launcher, with its log in
+/// `dir/envelope.log`); killed on drop.
 #[derive(Debug)]
 pub struct Daemon {
-    child: Option<Child>,
+    process: Process,
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub tls: bool,
     pub dir: tempfile::TempDir,
-    logs: Arc<Mutex<String>>,
 }
 
 pub fn envelope_bin() -> PathBuf {
@@ -119,140 +121,119 @@ pub fn envelopectl_bin() -> PathBuf {
     path
 }
 
+/// The envelope binary with the environment every test wants: info logs, and no
+/// admin socket inherited from the caller's environment.
+fn launch_envelope(log: PathBuf) -> Launch {
+    Launch::new(envelope_bin(), log)
+        .env("RUST_LOG", "info")
+        .env_remove("ENVELOPE_ADMIN_SOCKET")
+}
+
 impl Daemon {
     pub fn start(options: Options) -> Daemon {
         Self::try_start(options)
             .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
 
-    /// Starts the envelope and waits (bounded) until it listens.
+    /// Starts the envelope and waits (bounded) until it listens; on failure, why
+    /// (`exited with …` when it quit) and its logs.
     pub fn try_start(options: Options) -> Result<Daemon, (String, String)> {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = match options.wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(envelope_bin());
-                c
-            }
-            None => Command::new(envelope_bin()),
-        };
-        cmd.arg(format!("--listen-address={}", options.listen));
+        let mut args = vec![format!("--listen-address={}", options.listen)];
         if !options
             .extra
             .iter()
             .any(|a| a.starts_with("--admin-socket"))
         {
-            cmd.arg(format!(
+            args.push(format!(
                 "--admin-socket={}",
                 dir.path().join("admin.sock").display()
             ));
         }
         if !options.extra.iter().any(|a| a.starts_with("--log-format")) {
-            cmd.arg("--log-format=text");
+            args.push("--log-format=text".into());
         }
-        cmd.env("RUST_LOG", "info")
-            .env_remove("ENVELOPE_ADMIN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        cmd.arg(if options.metrics {
-            "--metrics-address=127.0.0.1:0"
-        } else {
-            "--metrics-address=off"
-        });
+        args.push(
+            if options.metrics {
+                "--metrics-address=127.0.0.1:0"
+            } else {
+                "--metrics-address=off"
+            }
+            .into(),
+        );
         if options.tls {
-            cmd.arg(format!(
+            args.push(format!(
                 "--cert={}",
                 testdata("insecure-test-server.pem").display()
-            ))
-            .arg(format!(
+            ));
+            args.push(format!(
                 "--key={}",
                 testdata("insecure-test-server.key").display()
             ));
         }
         if options.tokens {
-            cmd.arg(format!(
+            args.push(format!(
                 "--verify-key={}",
                 testdata("insecure-test-eddsa.jwk.pub").display()
-            ))
-            .arg(format!("--machine={MACHINE}"))
-            .arg(format!("--subject={SUBJECT}"));
+            ));
+            args.push(format!("--machine={MACHINE}"));
+            args.push(format!("--subject={SUBJECT}"));
         } else {
-            cmd.arg("--token-required=false");
+            args.push("--token-required=false".into());
         }
         if options.record {
-            cmd.arg("--firewall=record").arg(format!(
+            args.push("--firewall=record".into());
+            args.push(format!(
                 "--firewall-journal={}",
                 dir.path().join("journal").display()
             ));
             if options.fail_grants {
-                cmd.arg("--firewall-journal-fail-grants");
+                args.push("--firewall-journal-fail-grants".into());
             }
         }
-        cmd.args(&options.extra);
-        for (k, v) in &options.env {
-            cmd.env(k, v);
+        args.extend(options.extra.iter().cloned());
+        let mut launch = launch_envelope(dir.path().join("envelope.log")).args(&args);
+        if let Some(ns) = &options.netns {
+            launch = launch.in_netns(ns);
         }
-        Daemon::launch(cmd, dir, options.tls, options.metrics)
+        for (k, v) in &options.env {
+            launch = launch.env(k, v);
+        }
+        Daemon::launch(launch, dir, options.tls, options.metrics)
     }
 
-    /// Spawns `cmd` (stderr captured) and waits (bounded) for its listening line,
-    /// and for the metrics one too when `metrics`.
+    /// Spawns the envelope and waits (bounded) for its listening line, and for
+    /// the metrics one too when `metrics`.
     fn launch(
-        mut cmd: Command,
+        launch: Launch,
         dir: tempfile::TempDir,
         tls: bool,
         metrics: bool,
     ) -> Result<Daemon, (String, String)> {
-        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn envelope");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut all = sink.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        let mut daemon = Daemon {
-            child: Some(child),
-            addr: "0.0.0.0:0".parse().unwrap(),
-            metrics_addr: None,
+        let mut process = launch
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn envelope: {e}"));
+        let mut listening = |message| match process.wait_for_address(message, START_BOUND) {
+            Ok(addr) => Ok(addr),
+            Err(e) => Err((e.to_string(), process.logs())),
+        };
+        let addr = listening("listen-address listening")?;
+        let metrics_addr = if metrics {
+            Some(listening("metrics-address listening")?)
+        } else {
+            None
+        };
+        Ok(Daemon {
+            process,
+            addr,
+            metrics_addr,
             tls,
             dir,
-            logs,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = daemon.logs();
-            let listen = find_address(&text, "listen-address listening address=");
-            let metrics_addr = find_address(&text, "metrics-address listening address=");
-            if let Some(addr) = listen {
-                if !metrics || metrics_addr.is_some() {
-                    daemon.addr = addr;
-                    daemon.metrics_addr = metrics_addr;
-                    return Ok(daemon);
-                }
-            }
-            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                return Err((format!("exited with {status}"), daemon.logs()));
-            }
-            if Instant::now() > deadline {
-                return Err(("no listening line within 20 s".into(), daemon.logs()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.process.logs()
     }
 
     pub fn admin_socket(&self) -> PathBuf {
@@ -290,12 +271,12 @@ impl Daemon {
         }
     }
 
+    /// Sends the signal named without its `SIG` (`"HUP"`, `"KILL"`, …).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let signal: Signal = format!("SIG{signal}").parse().unwrap();
+        self.process
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("{signal}: {e}"));
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
@@ -305,20 +286,9 @@ impl Daemon {
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                // Let the log reader drain.
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "envelope did not exit within {within:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        match self.process.wait_exit(within) {
+            Ok(status) => status,
+            Err(e) => panic!("envelope: {e}\n{}", self.logs()),
         }
     }
 
@@ -347,34 +317,6 @@ impl Daemon {
             .map(|(_, body)| body.to_owned())
             .unwrap_or_default()
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn find_address(text: &str, marker: &str) -> Option<SocketAddr> {
-    if let Some(start) = text.find(marker) {
-        return text[start + marker.len()..]
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok();
-    }
-    // --log-format=json: {"message":"listen-address listening","address":"…",…}
-    let message = marker.trim_end_matches(" address=");
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("\"message\":\"{message}\"")))?;
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    value["address"].as_str()?.parse().ok()
 }
 
 /// A TLS client trusting only the insecure test CA.
@@ -454,7 +396,7 @@ pub fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-// ---- Added for tests/daemon.rs -------------------------------------------------
+// ---- Added for daemon.rs -------------------------------------------------
 
 /// TCP (and TLS, when `tls`) to `addr`, from the local address `local` when given
 /// (e.g. 127.0.0.2, to be a second client in the same /24).
@@ -521,17 +463,11 @@ impl Daemon {
         tls: bool,
     ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(envelope_bin());
-        cmd.args(args(dir.path()))
-            .env("RUST_LOG", "info")
-            .env_remove("ENVELOPE_ADMIN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut launch = launch_envelope(dir.path().join("envelope.log")).args(args(dir.path()));
         for (k, v) in env {
-            cmd.env(k, v);
+            launch = launch.env(k, v);
         }
-        Daemon::launch(cmd, dir, tls, false)
+        Daemon::launch(launch, dir, tls, false)
             .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
 }
@@ -539,30 +475,15 @@ impl Daemon {
 /// Runs the envelope with `args` expecting it to refuse to start: returns its exit
 /// status and stderr (panics if it is still running after 15 s).
 pub fn run_expecting_exit(args: &[String]) -> (ExitStatus, String) {
-    let mut child = Command::new(envelope_bin())
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = launch_envelope(dir.path().join("envelope.log"))
         .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("ENVELOPE_ADMIN_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn envelope");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("envelope {args:?} still running after 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status, stderr)
+        .unwrap_or_else(|e| panic!("spawn envelope: {e}"));
+    match process.wait_exit(Duration::from_secs(15)) {
+        Ok(status) => (status, process.logs()),
+        Err(e) => panic!("envelope {args:?}: {e}\n{}", process.logs()),
+    }
 }
 
 /// The shell lines (comments stripped) of the ```sh blocks in a doc under the

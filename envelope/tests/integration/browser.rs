@@ -1,10 +1,8 @@
 //! A real browser as the client: headless Debian Chromium (installed by
-//! scripts/test.sh when missing) loads tests/browser.html over plain HTTP from
+//! scripts/test.sh when missing) loads tests/integration/browser.html over plain HTTP from
 //! 127.0.0.1, whose `new WebSocket(url, "net.measurementlab.envelope")` talks to a
 //! live envelope over TLS (test certificate, `--firewall none`). The test drives the
 //! browser over the Chrome DevTools protocol on its `--remote-debugging-port`.
-
-mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -13,11 +11,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{self, claims, envelopectl_bin, sign, token, Daemon, Options, SUBPROTOCOL};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::{claims, envelopectl_bin, sign, token, Daemon, Options, SUBPROTOCOL};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -118,10 +116,12 @@ fn page_url(page: SocketAddr, envelope_url: &str) -> String {
     format!("http://{page}/browser.html?url={encoded}")
 }
 
-/// Serves tests/browser.html on 127.0.0.1 (404 for anything else, e.g. favicon).
+/// Serves tests/integration/browser.html on 127.0.0.1 (404 for anything else, e.g. favicon).
 fn serve_page() -> SocketAddr {
-    let page = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser.html"))
-        .unwrap();
+    let page = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/integration/browser.html"),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {

@@ -1,13 +1,11 @@
 //! Runs every client recipe in docs/client-protocol.md against a live envelope
 //! (TLS with the test CA, recording firewall), so the documentation cannot rot.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{testdata, token, Daemon, Options};
+use crate::support::{testdata, token, Daemon, Options};
 
 /// The body of the first fenced block in `lang` after `heading`.
 fn recipe(heading: &str, lang: &str) -> String {

@@ -4,13 +4,12 @@
 //! iptables-save inside the server namespace. Nothing runs in the host's own
 //! network namespace. Needs root and iproute2; fails (never skips) without them.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::support::{self, Daemon, Options, Stream, Ws, ACCESS_PATH, SUBPROTOCOL};
 use futures_util::future::join_all;
-use support::{Daemon, Options, Stream, Ws, ACCESS_PATH, SUBPROTOCOL};
+use testbed::launcher::Launch;
 use testbed::{FaultyBins, NetPair, DEVICE, ENVELOPE_PORT, SERVER_V4, SERVER_V6, SERVICE_PORT};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
@@ -36,7 +35,7 @@ fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
     ];
     all.extend(extra.iter().map(|s| s.to_string()));
     Options {
-        wrapper: ns.wrapper(),
+        netns: Some(ns.server.clone()),
         record: false,
         listen: format!(":{ENVELOPE_PORT}"),
         extra: all,
@@ -624,24 +623,18 @@ async fn every_command_in_the_operations_doc_works_in_a_namespace() {
         cmd
     };
     // The documented command, plus where this test wants its port and socket.
-    let log = dir.path().join("envelope.log");
-    let mut daemon = in_server(&format!(
-        "exec {substituted} --listen-address=:{ENVELOPE_PORT}"
-    ))
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("listen-address listening")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let mut daemon = Launch::new("sh", dir.path().join("envelope.log"))
+        .in_netns(&ns.server)
+        .arg("-c")
+        .arg(format!(
+            "exec {substituted} --listen-address=:{ENVELOPE_PORT}"
+        ))
+        .env("PATH", &path_env)
+        .env("ENVELOPE_ADMIN_SOCKET", &socket)
+        .spawn()
+        .unwrap();
+    if let Err(e) = daemon.wait_for_log("listen-address listening", Duration::from_secs(20)) {
+        panic!("{e}\n{}", daemon.logs());
     }
     let service = addr(SERVER_V4, SERVICE_PORT);
     let (_ws, response) = ws_from(&ns, None, SERVER_V4, &support::token())
@@ -683,7 +676,6 @@ async fn every_command_in_the_operations_doc_works_in_a_namespace() {
 
     // After a crash the documented clean-up leaves no envelope rule behind.
     daemon.kill().unwrap();
-    daemon.wait().unwrap();
     assert!(
         !envelope_lines(&ns).is_empty(),
         "SIGKILL leaves the guard in place"
