@@ -40,8 +40,9 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The daemon in-process on port 0 (these tests need no process of its own).
 fn start(max_clients: u32) -> Daemon {
-    Daemon::start(Options::default().arg(&format!("--max-clients={max_clients}")))
+    Daemon::in_process(Options::default().arg(&format!("--max-clients={max_clients}")))
 }
 
 async fn hold(daemon: &Daemon) -> Ws {
@@ -168,8 +169,19 @@ async fn status_reports_configuration_and_occupancy() {
     assert_eq!(status["active_grants"], 1);
     assert_eq!(status["pending_revokes"], 0);
     assert!(status["uptime_seconds"].is_u64());
+    // Port 0 as bound: the address the test connected to.
+    assert_eq!(
+        status["listening"],
+        serde_json::json!([daemon.addr.to_string()])
+    );
+    assert_eq!(status["metrics_listening"], serde_json::json!([]));
     let human = stdout(&ctl(&socket, &["status"]));
     assert!(human.contains("clients:          1 of 3"), "{human}");
+    assert!(
+        human.contains(&format!("listening:        {}\n", daemon.addr)),
+        "{human}"
+    );
+    assert!(human.contains("metrics:          off\n"), "{human}");
 }
 
 #[test]
@@ -207,7 +219,8 @@ fn socket_is_0600_and_other_users_are_refused() {
 
 #[test]
 fn stale_socket_after_sigkill_is_replaced_and_a_live_one_is_not() {
-    let mut first = start(1);
+    // A process: the test kills it.
+    let mut first = Daemon::start(Options::default().arg("--max-clients=1"));
     let socket = first.admin_socket();
     let options = Options::default().arg(&format!("--admin-socket={}", socket.display()));
 

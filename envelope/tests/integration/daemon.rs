@@ -1,6 +1,8 @@
-//! The real `envelope` binary, end to end: TLS from testdata, real WebSocket
-//! clients, and the recording firewall journal (`--firewall=record`) to see what
-//! the firewall was asked to do. One daemon per test; tests run in parallel.
+//! The envelope end to end: TLS from testdata, real WebSocket clients, and the
+//! recording firewall journal (`--firewall=record`) to see what the firewall was
+//! asked to do. One daemon per test; tests run in parallel. Most run the daemon
+//! in-process on port 0 (`Daemon::in_process`); those about signals, the
+//! environment, the command line or the logs start the real binary.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -245,7 +247,7 @@ mod table {
 
     #[tokio::test]
     async fn method_other_than_get_is_405() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let token = token();
         for method in ["POST", "HEAD", "PUT", "DELETE"] {
             let (status, answer) =
@@ -257,7 +259,7 @@ mod table {
 
     #[tokio::test]
     async fn missing_or_invalid_token_is_401() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let (status, body) = status_and_body(ws_connect(&daemon, None, true).await);
         assert_eq!(status, 401, "missing token: {body}");
         assert_untouched(&daemon, "missing token");
@@ -280,7 +282,7 @@ mod table {
 
     #[tokio::test]
     async fn wrong_subject_is_400_and_monitoring_is_accepted() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let wrong = sign(&claims("neubot", 120));
         let (status, body) = status_and_body(ws_connect(&daemon, Some(&wrong), true).await);
         assert_eq!(status, 400, "wrong subject: {body}");
@@ -298,7 +300,7 @@ mod table {
 
     #[tokio::test]
     async fn access_token_twice_is_400() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let (a, b) = (token(), token());
         for query in [
             format!("access_token={a}&access_token={b}"),
@@ -314,7 +316,7 @@ mod table {
 
     #[tokio::test]
     async fn invalid_upgrade_is_400() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let path = access(&token());
         let cases = [
             ("plain GET", head("GET", &path, &[])),
@@ -365,7 +367,7 @@ mod table {
 
     #[tokio::test]
     async fn max_clients_full_is_503() {
-        let daemon = Daemon::start(Options::default().arg("--max-clients=1"));
+        let daemon = Daemon::in_process(Options::default().arg("--max-clients=1"));
         let (held, _) = expect_ok(
             ws_connect(&daemon, Some(&token()), true).await,
             "first client",
@@ -384,7 +386,7 @@ mod table {
 
     #[tokio::test]
     async fn firewall_failure_is_500_and_frees_the_slot() {
-        let daemon = Daemon::start(Options {
+        let daemon = Daemon::in_process(Options {
             fail_grants: true,
             ..Options::default()
         });
@@ -417,7 +419,7 @@ mod table {
         let dir = tempfile::tempdir().unwrap();
         let proc = dir.path().join("dev");
         write_proc(&proc, 0);
-        let daemon = Daemon::start(Options::default().args(&[
+        let daemon = Daemon::in_process(Options::default().args(&[
             "--max-clients=4",
             "--tx-device=test0",
             "--tx-max-rate=1000000",
@@ -487,7 +489,7 @@ mod table {
 
     #[tokio::test]
     async fn all_good_is_101_with_the_grant_in_place_before_the_answer() {
-        let daemon = Daemon::start(Options::default().arg("--max-clients=2"));
+        let daemon = Daemon::in_process(Options::default().arg("--max-clients=2"));
         let (offered, response) =
             expect_ok(ws_connect(&daemon, Some(&token()), true).await, "offering");
         assert_eq!(response.status().as_u16(), 101);
@@ -541,7 +543,7 @@ mod order {
 
     #[tokio::test]
     async fn checks_run_in_the_spec_order() {
-        let daemon = Daemon::start(Options::default().arg("--max-clients=1"));
+        let daemon = Daemon::in_process(Options::default().arg("--max-clients=1"));
         let bad = badly_signed_token();
 
         let (status, answer) = raw(&daemon, &upgrade_request("POST", &access(&bad), "")).await;
@@ -624,7 +626,7 @@ mod sessions {
 
     #[tokio::test]
     async fn token_expiry_later_than_timeout_sets_the_deadline() {
-        let daemon = Daemon::start(Options::default().args(&["--timeout=1s"]));
+        let daemon = Daemon::in_process(Options::default().args(&["--timeout=1s"]));
         let (longest, shortest, late) = hold_until_close(&daemon, 3).await;
         // exp is whole seconds: 2..3 s away at the connect.
         assert!(
@@ -640,7 +642,7 @@ mod sessions {
 
     #[tokio::test]
     async fn timeout_later_than_token_expiry_sets_the_deadline() {
-        let daemon = Daemon::start(Options::default().args(&["--timeout=3s"]));
+        let daemon = Daemon::in_process(Options::default().args(&["--timeout=3s"]));
         // exp 2 s ahead rather than 1: a whole-second exp 1 s ahead may already be
         // past when the daemon checks it (zero leeway), which would be a 401.
         let (longest, shortest, _) = hold_until_close(&daemon, 2).await;
@@ -656,7 +658,8 @@ mod sessions {
 
     #[tokio::test]
     async fn max_hold_caps_a_long_token() {
-        let daemon = Daemon::start(Options::default().args(&["--timeout=1s", "--max-hold=2s"]));
+        let daemon =
+            Daemon::in_process(Options::default().args(&["--timeout=1s", "--max-hold=2s"]));
         let (longest, shortest, _) = hold_until_close(&daemon, 3600).await;
         assert!(
             longest >= 1.85,
@@ -670,7 +673,7 @@ mod sessions {
 
     #[tokio::test]
     async fn client_message_close_or_disconnect_ends_the_session() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
 
         // A message.
         let (mut ws, _) = expect_ok(
@@ -738,7 +741,7 @@ mod sessions {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn twenty_concurrent_clients_three_slots() {
-        let daemon = Daemon::start(Options::default().arg("--max-clients=3"));
+        let daemon = Daemon::in_process(Options::default().arg("--max-clients=3"));
         let token = token();
         let attempts = (0..20).map(|_| ws_connect(&daemon, Some(&token), true));
         let results = futures_util::future::join_all(attempts).await;
@@ -822,7 +825,7 @@ mod network {
 
     #[tokio::test]
     async fn ipv6_client_gets_its_slash_64() {
-        let daemon = Daemon::start(Options {
+        let daemon = Daemon::in_process(Options {
             listen: "[::1]:0".into(),
             ..Options::default()
         });
@@ -836,7 +839,7 @@ mod network {
 
     #[tokio::test]
     async fn ipv4_mapped_peer_on_a_dual_stack_listener_is_ipv4() {
-        let mut daemon = Daemon::start(Options {
+        let mut daemon = Daemon::in_process(Options {
             listen: "[::]:0".into(),
             ..Options::default()
         });
@@ -848,7 +851,7 @@ mod network {
 
     #[tokio::test]
     async fn forwarding_headers_are_ignored() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let headers = [
             ("X-Forwarded-For", "203.0.113.9"),
             ("Forwarded", "for=203.0.113.9;proto=https"),
@@ -888,7 +891,7 @@ mod network {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slowloris_connections_are_dropped() {
-        let daemon = Daemon::start(Options::default().arg("--handshake-timeout=1s"));
+        let daemon = Daemon::in_process(Options::default().arg("--handshake-timeout=1s"));
         let started = Instant::now();
         // TCP only, no ClientHello.
         let mut silent = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
@@ -926,7 +929,7 @@ mod network {
 
     #[tokio::test]
     async fn oversized_head_is_refused_without_a_grant() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let filler = format!("X-Filler: {}", "a".repeat(20 << 10));
         let request = upgrade_request("GET", &access(&token()), &format!("{filler}\r\n"));
         let (status, answer) = raw(&daemon, &request).await;
@@ -936,7 +939,7 @@ mod network {
 
     #[tokio::test]
     async fn idle_keep_alive_after_a_401_is_dropped() {
-        let daemon = Daemon::start(Options::default().arg("--handshake-timeout=1s"));
+        let daemon = Daemon::in_process(Options::default().arg("--handshake-timeout=1s"));
         let mut stream = connect(daemon.addr, true).await.unwrap();
         let request = format!("GET {ACCESS_PATH} HTTP/1.1\r\nHost: localhost\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -1321,7 +1324,7 @@ mod single_use {
 
     #[tokio::test]
     async fn a_token_is_accepted_once_and_a_token_without_jti_not_at_all() {
-        let daemon = Daemon::start(Options {
+        let daemon = Daemon::in_process(Options {
             metrics: true,
             ..Options::default().arg("--single-use-tokens")
         });
@@ -1344,7 +1347,7 @@ mod single_use {
 
     #[tokio::test]
     async fn a_request_that_fails_later_does_not_use_the_token_up() {
-        let daemon = Daemon::start(Options::default().arg("--single-use-tokens"));
+        let daemon = Daemon::in_process(Options::default().arg("--single-use-tokens"));
         let token = with_jti("retry-after-400");
         // A valid token on a request that is no WebSocket upgrade: 400, token kept.
         let request =
@@ -1357,7 +1360,7 @@ mod single_use {
 
     #[tokio::test]
     async fn a_full_cache_fails_closed_with_503() {
-        let daemon = Daemon::start(Options::default().args(&[
+        let daemon = Daemon::in_process(Options::default().args(&[
             "--single-use-tokens",
             "--replay-cache-cap=1",
             "--max-clients=4",
@@ -1374,7 +1377,7 @@ mod single_use {
 
     #[tokio::test]
     async fn without_the_flag_a_token_may_be_used_again() {
-        let daemon = Daemon::start(Options::default());
+        let daemon = Daemon::in_process(Options::default());
         let token = with_jti("reusable");
         for (n, use_) in ["first", "second"].into_iter().enumerate() {
             let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, use_);

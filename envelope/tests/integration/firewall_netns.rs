@@ -424,6 +424,36 @@ async fn firewall_faults_fail_safe() {
     ns.wait_reach(v4, false, Duration::from_secs(2));
     assert_eq!(ns.save_all(), base);
 
+    // 4b. An operator's revoke that fails says why, down to the firewall's words.
+    let ws = session(&ns, SERVER_V4, &daemon).await;
+    bins.set(Some("fail"));
+    let out = envelopectl_output(&ns, &daemon, &["revoke", "--all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"envelopectl: revoke failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(
+            &"  caused by: could not remove the rule for 192.0.2.0/24; retrying in the background"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[2..]
+            .iter()
+            .any(|l| l.starts_with("  caused by: ") && l.contains("injected failure")),
+        "the firewall's own error is in the chain:\n{stderr}"
+    );
+    drop(ws);
+    bins.set(None);
+    ns.wait_grant_rules(0, Duration::from_secs(10));
+    assert_eq!(ns.save_all(), base);
+
     // 5. A grant rule deleted by hand counts as revoked.
     let ws = session(&ns, SERVER_V4, &daemon).await;
     let rule = ns.grant_rules().pop().unwrap();
@@ -784,13 +814,20 @@ async fn the_legacy_backend_guards_and_cleans_up_too() {
     );
 }
 
+/// `envelopectl` in the server namespace against `daemon`, whatever it answers.
+fn envelopectl_output(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.server])
+        .arg(support::envelopectl_bin())
+        .arg(format!("--socket={}", daemon.admin_socket().display()))
+        .args(args)
+        .output()
+        .expect("run envelopectl")
+}
+
 /// `envelopectl` in the server namespace against `daemon`, returning stdout.
 fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> String {
-    let socket = format!("--socket={}", daemon.admin_socket().display());
-    let mut all = vec![support::envelopectl_bin().display().to_string(), socket];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let out = ns.server_cmd(&refs);
+    let out = envelopectl_output(ns, daemon, args);
     assert!(
         out.status.success(),
         "envelopectl {args:?}: {}",

@@ -1,4 +1,6 @@
-//! Shared helpers for the envelope's integration tests: start the real binary,
+//! Shared helpers for the envelope's integration tests: start the real binary
+//! (or, for tests that need no process of its own, the daemon in-process:
+//! [`in_process`]),
 //! mint tokens with the insecure test keys, connect real WebSocket clients over
 //! real TLS, and read what the recording firewall was asked to do.
 
@@ -6,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+mod in_process;
 
 use common::{Claims, Clock as _, Signer};
 use nix::sys::signal::Signal;
@@ -89,14 +93,20 @@ impl Options {
     }
 }
 
+#[derive(Debug)]
+enum Runner {
+    Process(Process),
+    InProcess(in_process::InProcess),
+}
+
 /// How long an envelope may take to say it listens.
 const START_BOUND: Duration = Duration::from_secs(20);
 
 /// A running envelope (a [`Process`] from `testbed`'s launcher, with its log in
-/// `dir/envelope.log`); killed on drop.
+/// `dir/envelope.log`, or the daemon in this test process); killed or stopped on drop.
 #[derive(Debug)]
 pub struct Daemon {
-    process: Process,
+    runner: Runner,
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub tls: bool,
@@ -121,6 +131,64 @@ pub fn envelopectl_bin() -> PathBuf {
     path
 }
 
+/// The command line [`Options`] stand for, with the daemon's files in `dir`.
+fn daemon_args(options: &Options, dir: &Path) -> Vec<String> {
+    let mut args = vec![format!("--listen-address={}", options.listen)];
+    if !options
+        .extra
+        .iter()
+        .any(|a| a.starts_with("--admin-socket"))
+    {
+        args.push(format!(
+            "--admin-socket={}",
+            dir.join("admin.sock").display()
+        ));
+    }
+    if !options.extra.iter().any(|a| a.starts_with("--log-format")) {
+        args.push("--log-format=text".into());
+    }
+    args.push(
+        if options.metrics {
+            "--metrics-address=127.0.0.1:0"
+        } else {
+            "--metrics-address=off"
+        }
+        .into(),
+    );
+    if options.tls {
+        args.push(format!(
+            "--cert={}",
+            testdata("insecure-test-server.pem").display()
+        ));
+        args.push(format!(
+            "--key={}",
+            testdata("insecure-test-server.key").display()
+        ));
+    }
+    if options.tokens {
+        args.push(format!(
+            "--verify-key={}",
+            testdata("insecure-test-eddsa.jwk.pub").display()
+        ));
+        args.push(format!("--machine={MACHINE}"));
+        args.push(format!("--subject={SUBJECT}"));
+    } else {
+        args.push("--token-required=false".into());
+    }
+    if options.record {
+        args.push("--firewall=record".into());
+        args.push(format!(
+            "--firewall-journal={}",
+            dir.join("journal").display()
+        ));
+        if options.fail_grants {
+            args.push("--firewall-journal-fail-grants".into());
+        }
+    }
+    args.extend(options.extra.iter().cloned());
+    args
+}
+
 /// The envelope binary with the environment every test wants: info logs, and no
 /// admin socket inherited from the caller's environment.
 fn launch_envelope(log: PathBuf) -> Launch {
@@ -139,59 +207,7 @@ impl Daemon {
     /// (`exited with …` when it quit) and its logs.
     pub fn try_start(options: Options) -> Result<Daemon, (String, String)> {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec![format!("--listen-address={}", options.listen)];
-        if !options
-            .extra
-            .iter()
-            .any(|a| a.starts_with("--admin-socket"))
-        {
-            args.push(format!(
-                "--admin-socket={}",
-                dir.path().join("admin.sock").display()
-            ));
-        }
-        if !options.extra.iter().any(|a| a.starts_with("--log-format")) {
-            args.push("--log-format=text".into());
-        }
-        args.push(
-            if options.metrics {
-                "--metrics-address=127.0.0.1:0"
-            } else {
-                "--metrics-address=off"
-            }
-            .into(),
-        );
-        if options.tls {
-            args.push(format!(
-                "--cert={}",
-                testdata("insecure-test-server.pem").display()
-            ));
-            args.push(format!(
-                "--key={}",
-                testdata("insecure-test-server.key").display()
-            ));
-        }
-        if options.tokens {
-            args.push(format!(
-                "--verify-key={}",
-                testdata("insecure-test-eddsa.jwk.pub").display()
-            ));
-            args.push(format!("--machine={MACHINE}"));
-            args.push(format!("--subject={SUBJECT}"));
-        } else {
-            args.push("--token-required=false".into());
-        }
-        if options.record {
-            args.push("--firewall=record".into());
-            args.push(format!(
-                "--firewall-journal={}",
-                dir.path().join("journal").display()
-            ));
-            if options.fail_grants {
-                args.push("--firewall-journal-fail-grants".into());
-            }
-        }
-        args.extend(options.extra.iter().cloned());
+        let args = daemon_args(&options, dir.path());
         let mut launch = launch_envelope(dir.path().join("envelope.log")).args(&args);
         if let Some(ns) = &options.netns {
             launch = launch.in_netns(ns);
@@ -224,7 +240,7 @@ impl Daemon {
             None
         };
         Ok(Daemon {
-            process,
+            runner: Runner::Process(process),
             addr,
             metrics_addr,
             tls,
@@ -232,8 +248,48 @@ impl Daemon {
         })
     }
 
+    /// The daemon in this test process (`daemon::bind` on port 0, then
+    /// `daemon::run`), for tests that need no process of its own: no signals,
+    /// no environment, no netns, no log to read.
+    pub fn in_process(options: Options) -> Daemon {
+        assert!(
+            options.netns.is_none() && options.env.is_empty(),
+            "a namespace or an environment needs a process: use Daemon::start"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (runner, listening) = in_process::InProcess::start(&daemon_args(&options, dir.path()));
+        Daemon {
+            runner: Runner::InProcess(runner),
+            addr: listening.access,
+            metrics_addr: listening.metrics,
+            tls: options.tls,
+            dir,
+        }
+    }
+
+    /// Stops an in-process daemon as SIGTERM stops the binary (the shutdown
+    /// future resolves) and waits (bounded) for `run` to return.
+    pub fn stop(&mut self, within: Duration) -> Result<(), String> {
+        match &mut self.runner {
+            Runner::InProcess(runner) => runner.stop(within),
+            Runner::Process(_) => panic!("a process is stopped with terminate"),
+        }
+    }
+
     pub fn logs(&self) -> String {
-        self.process.logs()
+        match &self.runner {
+            Runner::Process(process) => process.logs(),
+            Runner::InProcess(_) => "(in-process daemon: its logs are not captured)".into(),
+        }
+    }
+
+    fn process(&self) -> &Process {
+        match &self.runner {
+            Runner::Process(process) => process,
+            Runner::InProcess(_) => {
+                panic!("an in-process daemon has no process: use Daemon::start")
+            }
+        }
     }
 
     pub fn admin_socket(&self) -> PathBuf {
@@ -274,7 +330,7 @@ impl Daemon {
     /// Sends the signal named without its `SIG` (`"HUP"`, `"KILL"`, …).
     pub fn signal(&self, signal: &str) {
         let signal: Signal = format!("SIG{signal}").parse().unwrap();
-        self.process
+        self.process()
             .signal(signal)
             .unwrap_or_else(|e| panic!("{signal}: {e}"));
     }
@@ -286,7 +342,11 @@ impl Daemon {
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        match self.process.wait_exit(within) {
+        let process = match &mut self.runner {
+            Runner::Process(process) => process,
+            Runner::InProcess(_) => panic!("an in-process daemon has no exit status: use stop"),
+        };
+        match process.wait_exit(within) {
             Ok(status) => status,
             Err(e) => panic!("envelope: {e}\n{}", self.logs()),
         }
