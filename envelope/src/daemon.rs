@@ -328,3 +328,50 @@ pub async fn cleanup(flags: crate::config::Flags) -> anyhow::Result<()> {
     tracing::info!("removed every envelope chain, rule and set");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet() -> JoinHandle<()> {
+        tokio::spawn(async {})
+    }
+
+    #[tokio::test]
+    async fn finalize_reports_a_panicked_owner() {
+        let owner = tokio::spawn(async { panic!("table corrupt") });
+        let err = finalize(
+            Ok(()),
+            owner,
+            [("admin API", quiet()), ("key watcher", quiet())],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "the grant owner panicked: table corrupt");
+    }
+
+    #[tokio::test]
+    async fn finalize_puts_a_failed_revoke_first_and_passes_a_clean_end() {
+        let failed = Err(FirewallError::Failed {
+            operation: "revoke at shutdown".into(),
+            message: "1 subnet rules could not be removed".into(),
+        });
+        let err = finalize(
+            failed,
+            quiet(),
+            [("admin API", quiet()), ("key watcher", quiet())],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "revoking grants at shutdown: revoke at shutdown failed: 1 subnet rules could not be removed"
+        );
+        let clean = finalize(
+            Ok(()),
+            quiet(),
+            [("admin API", quiet()), ("key watcher", quiet())],
+        );
+        assert!(clean.await.is_ok());
+    }
+}

@@ -969,7 +969,31 @@ mod lifecycle {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigterm_closes_sessions_with_1001_and_revokes_everything() {
-        let mut daemon = Daemon::start(Options::default().arg("--max-clients=2"));
+        let daemon = Daemon::start(Options::default().arg("--max-clients=2"));
+        shutdown_closes_sessions_with_1001_and_revokes_everything(daemon, |daemon| {
+            let status = daemon.terminate(Duration::from_secs(10));
+            assert!(status.success(), "exit status {status}\n{}", daemon.logs());
+        })
+        .await;
+    }
+
+    /// `daemon::run` given its shutdown future (what `main` does on SIGTERM)
+    /// returns Ok after the same ordered shutdown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_shutdown_future_closes_sessions_with_1001_and_revokes_everything() {
+        let daemon = Daemon::in_process(Options::default().arg("--max-clients=2"));
+        shutdown_closes_sessions_with_1001_and_revokes_everything(daemon, |daemon| {
+            daemon
+                .stop(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("run failed: {e}"));
+        })
+        .await;
+    }
+
+    async fn shutdown_closes_sessions_with_1001_and_revokes_everything(
+        mut daemon: Daemon,
+        stop: impl FnOnce(&mut Daemon),
+    ) {
         let (a, _) = expect_ok(ws_connect(&daemon, Some(&token()), true).await, "first");
         let local = Some("127.0.0.2".parse().unwrap());
         let (b, _) = expect_ok(
@@ -988,8 +1012,7 @@ mod lifecycle {
             })
         };
         let (wa, wb) = (watch(a), watch(b));
-        let status = daemon.terminate(Duration::from_secs(10));
-        assert!(status.success(), "exit status {status}\n{}", daemon.logs());
+        stop(&mut daemon);
         for (name, watcher) in [("first", wa), ("second", wb)] {
             let got = watcher
                 .await
