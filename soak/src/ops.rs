@@ -4,18 +4,20 @@
 //! session is held) is skipped.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::client::{self, Upgrade};
-use crate::lab::{unix_now, Envelope, Lab, MAX_CLIENTS, MAX_HOLD_SECS, TIMEOUT_SECS};
-use crate::model::{family, subnet_of, Model, Phase, Session, Tri};
+mod disrupt;
+mod reload;
+mod sessions;
+
+use crate::client;
+use crate::lab::{unix_now, Envelope, Lab, MAX_CLIENTS};
+use crate::model::{subnet_of, Model};
 use crate::views::{self, Views};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,107 +225,6 @@ impl Driver<'_> {
             .unwrap_or_default()
     }
 
-    async fn sigterm(&mut self) -> Result<(), Mismatch> {
-        let mut envelope = self.envelope.take().expect("running");
-        envelope.signal(Signal::SIGTERM);
-        // The clients answer the Close frames, as real ones would.
-        for session in &mut self.model.sessions {
-            if let Some(ws) = session.ws.take() {
-                tokio::spawn(client::drain(ws));
-            }
-        }
-        let status = envelope.wait(Duration::from_secs(20)).await?;
-        if !status.success() {
-            return Err(Mismatch::new(format!(
-                "SIGTERM: the envelope exited with {status}:\n{}",
-                envelope.logs()
-            )));
-        }
-        self.model.sessions.clear();
-        self.model.phase = Phase::Down;
-        self.model.rule_cut = [None, None];
-        self.model.tampered.clear();
-        Ok(())
-    }
-
-    async fn sigkill(&mut self) -> Result<(), Mismatch> {
-        let mut envelope = self.envelope.take().expect("running");
-        envelope.signal(Signal::SIGKILL);
-        envelope.wait(Duration::from_secs(10)).await?;
-        self.model.killed(Instant::now());
-        Ok(())
-    }
-
-    /// Sessions the model holds, in a stable order, for `pick`.
-    fn pick(&self, pick: usize, only_yes: bool) -> Option<usize> {
-        let now = Instant::now();
-        let candidates: Vec<usize> = (0..self.model.sessions.len())
-            .filter(|&i| {
-                !only_yes || self.model.session_state(&self.model.sessions[i], now) == Tri::Yes
-            })
-            .collect();
-        (!candidates.is_empty()).then(|| candidates[pick % candidates.len()])
-    }
-
-    /// One upgrade; on 101 the new grant goes into the model.
-    async fn grant(&mut self, source: IpAddr, exp: u64) -> Result<Option<u16>, Mismatch> {
-        let token = self.lab.token(exp);
-        let asked = unix_now();
-        let sent = Instant::now();
-        let upgrade = client::open(source, &self.tls, &token).await?;
-        self.admit(source, exp, asked, sent, upgrade).await
-    }
-
-    async fn admit(
-        &mut self,
-        source: IpAddr,
-        exp: u64,
-        asked: i64,
-        sent: Instant,
-        upgrade: Upgrade,
-    ) -> Result<Option<u16>, Mismatch> {
-        let ws = match upgrade {
-            Upgrade::Refused(status) => return Ok(Some(status)),
-            Upgrade::Session(ws) => ws,
-        };
-        let grants = self.lab.grants()?;
-        let known: Vec<u64> = self.model.sessions.iter().map(|s| s.id).collect();
-        let Some(grant) = grants
-            .iter()
-            .find(|g| !known.contains(&g.id) && g.ip == source)
-        else {
-            return Err(Mismatch::new(format!(
-                "101 for {source} but no new grant listed: {grants:?}"
-            )));
-        };
-        // The deadline: max(token exp, now + timeout), capped by max-hold.
-        let wall = time::OffsetDateTime::now_utc();
-        let left = (grant.deadline - wall).as_seconds_f64();
-        let deadline = Instant::now() + Duration::from_secs_f64(left.max(0.0));
-        let exp_at = (asked + exp as i64) as f64;
-        let now_unix = wall.unix_timestamp_nanos() as f64 / 1e9;
-        let want = exp_at
-            .max(now_unix + TIMEOUT_SECS as f64)
-            .min(now_unix + MAX_HOLD_SECS as f64)
-            - now_unix;
-        if (left - want).abs() > 1.6 {
-            return Err(Mismatch::new(format!(
-                "grant {} deadline in {left:.2}s, expected {want:.2}s (token exp in {exp}s, \
-                 --timeout {TIMEOUT_SECS}s, --max-hold {MAX_HOLD_SECS}s; asked {:?} ago)",
-                grant.id,
-                sent.elapsed()
-            )));
-        }
-        self.model.sessions.push(Session {
-            id: grant.id,
-            source,
-            subnet: subnet_of(source),
-            deadline,
-            ws: Some(*ws),
-        });
-        Ok(Some(101))
-    }
-
     /// Runs one operation against the envelope and the model. `Ok(false)` = skipped.
     pub async fn apply(&mut self, op: Op) -> Result<bool, Mismatch> {
         let now = Instant::now();
@@ -414,126 +315,43 @@ impl Driver<'_> {
             }
             Op::RevokeAll => self.revoke_where("/v1/grants", |_| true)?,
             Op::SigtermRestart => {
-                self.sigterm().await?;
-                self.check().await?;
-                self.start(None).await?;
+                if !self.restart_after_sigterm().await? {
+                    return Ok(false);
+                }
             }
             Op::SigkillRestart => {
-                self.sigkill().await?;
-                self.check().await?;
-                self.start(None).await?;
+                if !self.restart_after_sigkill().await? {
+                    return Ok(false);
+                }
             }
             Op::SigkillDown { ms } => {
-                self.sigkill().await?;
-                let until = Instant::now() + Duration::from_millis(ms);
-                while Instant::now() < until {
-                    self.check().await?;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                if !self.down_after_sigkill(ms).await? {
+                    return Ok(false);
                 }
-                self.start(None).await?;
             }
             Op::TamperMember { pick } => {
-                let Some(i) = self.pick(pick, true) else {
-                    return Ok(false);
-                };
-                let subnet = self.model.sessions[i].subnet.clone();
-                if self.model.tampered.contains_key(&subnet) {
+                if !self.tamper_member(pick)? {
                     return Ok(false);
                 }
-                let set = if family(&subnet) == 0 {
-                    "envelope-v4"
-                } else {
-                    "envelope-v6"
-                };
-                self.lab.server_sh(&format!("ipset del {set} {subnet}"))?;
-                let latest = self.model.latest(&subnet).expect("a session holds it");
-                self.model.tampered.insert(subnet, latest);
             }
             Op::TamperRule { v6 } => {
-                let fam = usize::from(v6);
-                if self.model.rule_cut[fam].is_some() {
+                if !self.tamper_rule(v6)? {
                     return Ok(false);
                 }
-                let set = if v6 { "envelope-v6" } else { "envelope-v4" };
-                let prefix = if v6 { "6 " } else { "4 " };
-                let Some(line) = self
-                    .model
-                    .static_lines
-                    .iter()
-                    .find(|l| {
-                        l.starts_with(prefix) && l.contains(&format!("--match-set {set} src"))
-                    })
-                    .cloned()
-                else {
-                    return Err(Mismatch::new(format!("no set rule for {set} to delete")));
-                };
-                let rule = line[2..].strip_prefix("-A ").unwrap_or(&line[2..]);
-                let bin = if v6 { "ip6tables" } else { "iptables" };
-                self.lab.server_sh(&format!("{bin} -w -D {rule}"))?;
-                self.model.rule_cut[fam] = Some(line);
             }
             Op::ForeignRule { v6 } => {
-                self.foreign_count += 1;
-                let k = self.foreign_count;
-                let script = if v6 {
-                    format!(
-                        "ip6tables -w -N FOREIGN-{k} && ip6tables -w -A FOREIGN-{k} -j RETURN && \
-                         ip6tables -w -A INPUT -s 2001:db8:ffff::{k:x}/128 -p tcp --dport 7 \
-                         -m comment --comment foreign-{k} -j ACCEPT"
-                    )
-                } else {
-                    format!(
-                        "iptables -w -N FOREIGN-{k} && iptables -w -A FOREIGN-{k} -j RETURN && \
-                         iptables -w -A INPUT -s 203.0.113.{}/32 -p tcp --dport 7 \
-                         -m comment --comment foreign-{k} -j ACCEPT",
-                        k % 250 + 1
-                    )
-                };
-                self.foreign(&script)?;
+                if !self.foreign_rule(v6)? {
+                    return Ok(false);
+                }
             }
             Op::ForeignSet => {
-                self.foreign_count += 1;
-                let k = self.foreign_count;
-                self.foreign(&format!(
-                    "ipset create foreign-{k} hash:ip && ipset add foreign-{k} 203.0.113.{}",
-                    k % 250 + 1
-                ))?;
+                if !self.foreign_set()? {
+                    return Ok(false);
+                }
             }
             Op::KeyReload { sighup } => {
-                let old = self.lab.rotate_key()?;
-                if sighup {
-                    self.envelope
-                        .as_ref()
-                        .expect("running")
-                        .signal(Signal::SIGHUP);
-                } else {
-                    self.lab.reload()?;
-                }
-                // SIGHUP (and the file watch) act asynchronously: poll, bounded.
-                let until = Instant::now() + Duration::from_secs(5);
-                loop {
-                    let asked = unix_now();
-                    let sent = Instant::now();
-                    let upgrade =
-                        client::open(sources[0], &self.tls, &Lab::token_from(&old, 8)).await?;
-                    match self.admit(sources[0], 8, asked, sent, upgrade).await? {
-                        Some(401) => break,
-                        // Not reloaded yet: a valid token, granted or refused for slots.
-                        Some(101 | 503) if !sighup => {
-                            return Err(Mismatch::new(
-                                "an old key's token still accepted after POST /v1/reload",
-                            ))
-                        }
-                        Some(101 | 503) if Instant::now() < until => {
-                            tokio::time::sleep(Duration::from_millis(100)).await
-                        }
-                        got => {
-                            return Err(Mismatch::new(format!(
-                                "old key after reload: answer {got:?}, want 401\n{}",
-                                self.logs()
-                            )))
-                        }
-                    }
+                if !self.key_reload(sighup).await? {
+                    return Ok(false);
                 }
             }
             Op::Fault {
@@ -541,80 +359,12 @@ impl Driver<'_> {
                 on_revoke,
                 src,
             } => {
-                let spec = format!(
-                    "{}:{}",
-                    if stall { "stall" } else { "fail" },
-                    if on_revoke { 2 } else { 1 }
-                );
-                self.sigterm().await?;
-                self.start(Some(&spec)).await?;
-                let got = self.grant(sources[src], 8).await?;
-                let want = if on_revoke { 101 } else { 500 };
-                if got != Some(want) {
-                    return Err(Mismatch::new(format!(
-                        "grant with --fault-netlink={spec}: answer {got:?}, want {want}\n{}",
-                        self.logs()
-                    )));
-                }
-                if on_revoke {
-                    // The revoke fails, the slot stays reserved, the retry closes it.
-                    let mut session = self.model.sessions.pop().expect("granted");
-                    if let Some(ws) = session.ws.take() {
-                        client::close(ws).await;
-                    }
+                if !self.fault(stall, on_revoke, src).await? {
+                    return Ok(false);
                 }
             }
         }
         *self.counts.entry(kind(&op)).or_default() += 1;
         Ok(true)
-    }
-
-    /// A revoke through the admin API of every model session `which` selects.
-    fn revoke_where(
-        &mut self,
-        path: &str,
-        which: impl Fn(&Session) -> bool,
-    ) -> Result<(), Mismatch> {
-        let now = Instant::now();
-        let revoked = self.lab.revoke(path)?;
-        let mut must = Vec::new();
-        let mut may = Vec::new();
-        for s in self.model.sessions.iter().filter(|s| which(s)) {
-            match self.model.session_state(s, now) {
-                Tri::Yes => must.push(s.id),
-                _ => may.push(s.id),
-            }
-        }
-        let ok = must.iter().all(|id| revoked.contains(id))
-            && revoked
-                .iter()
-                .all(|id| must.contains(id) || may.contains(id));
-        if !ok {
-            return Err(Mismatch::new(format!(
-                "revoke {path}: answer {revoked:?}, model wants {must:?} (maybe {may:?})"
-            )));
-        }
-        self.model.sessions.retain(|s| !which(s));
-        Ok(())
-    }
-
-    /// A foreign change by hand: the foreign lines grow by it, and must stay.
-    fn foreign(&mut self, script: &str) -> Result<(), Mismatch> {
-        self.lab.server_sh(script)?;
-        let mut views = Views::default();
-        views::read_kernel(self.lab, &mut views);
-        let missing: Vec<&String> = self
-            .model
-            .foreign
-            .iter()
-            .filter(|l| !views.foreign.contains(l))
-            .collect();
-        if !missing.is_empty() || views.foreign.len() <= self.model.foreign.len() {
-            return Err(Mismatch::new(format!(
-                "foreign change {script:?}: lines lost {missing:?} or nothing added"
-            )));
-        }
-        self.model.foreign = views.foreign;
-        Ok(())
     }
 }
