@@ -57,6 +57,23 @@ impl Change {
     pub fn granted(&self) -> impl Iterator<Item = Subnet> + '_ {
         self.grant.iter().map(|o| o.subnet)
     }
+
+    /// The same change as one change per subnet (to isolate a failure).
+    pub fn per_subnet(&self) -> Vec<Change> {
+        let grants = self.grant.iter().map(|&o| Change {
+            grant: vec![o],
+            ..Change::default()
+        });
+        let refreshes = self.refresh.iter().map(|&o| Change {
+            refresh: vec![o],
+            ..Change::default()
+        });
+        let revokes = self.revoke.iter().map(|&s| Change {
+            revoke: vec![s],
+            ..Change::default()
+        });
+        grants.chain(refreshes).chain(revokes).collect()
+    }
 }
 
 /// A firewall backend. Calls come only from the grant owner, one at a time.

@@ -78,40 +78,14 @@ impl Committer {
             Ok(()) => return outcome,
             Err(e) => Arc::new(e),
         };
-        if change.grant.len() + change.refresh.len() + change.revoke.len() == 1 {
-            for opening in change.grant.iter().chain(&change.refresh) {
-                outcome.failed_grants.insert(opening.subnet, error.clone());
-            }
-            for &subnet in &change.revoke {
-                outcome.failed_revokes.insert(subnet, error.clone());
-            }
+        let singles = change.per_subnet();
+        if singles.len() == 1 {
+            outcome.record(&singles[0], error);
             return outcome;
         }
-        for &opening in &change.grant {
-            let one = Change {
-                grant: vec![opening],
-                ..Change::default()
-            };
-            if let Err(e) = self.apply(&one).await {
-                outcome.failed_grants.insert(opening.subnet, Arc::new(e));
-            }
-        }
-        for &opening in &change.refresh {
-            let one = Change {
-                refresh: vec![opening],
-                ..Change::default()
-            };
-            if let Err(e) = self.apply(&one).await {
-                outcome.failed_grants.insert(opening.subnet, Arc::new(e));
-            }
-        }
-        for &subnet in &change.revoke {
-            let one = Change {
-                revoke: vec![subnet],
-                ..Change::default()
-            };
-            if let Err(e) = self.apply(&one).await {
-                outcome.failed_revokes.insert(subnet, Arc::new(e));
+        for single in &singles {
+            if let Err(e) = self.apply(single).await {
+                outcome.record(single, Arc::new(e));
             }
         }
         outcome

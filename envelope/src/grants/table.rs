@@ -4,6 +4,7 @@
 //! asks it for the next change and tells it what the kernel accepted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::oneshot;
@@ -40,8 +41,21 @@ impl SubnetState {
 /// Which subnets of a change the firewall refused, each with its cause.
 #[derive(Debug, Default)]
 pub(super) struct Outcome {
-    pub failed_grants: BTreeMap<Subnet, std::sync::Arc<FirewallError>>,
-    pub failed_revokes: BTreeMap<Subnet, std::sync::Arc<FirewallError>>,
+    pub failed_grants: BTreeMap<Subnet, Arc<FirewallError>>,
+    pub failed_revokes: BTreeMap<Subnet, Arc<FirewallError>>,
+}
+
+impl Outcome {
+    /// Records that a change of one subnet failed: an opening or refresh
+    /// counts as a failed grant, a close as a failed revoke.
+    pub fn record(&mut self, single: &Change, error: Arc<FirewallError>) {
+        for opening in single.grant.iter().chain(&single.refresh) {
+            self.failed_grants.insert(opening.subnet, error.clone());
+        }
+        for &subnet in &single.revoke {
+            self.failed_revokes.insert(subnet, error.clone());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -252,7 +266,6 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
