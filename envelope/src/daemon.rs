@@ -94,7 +94,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
 
 /// Serves until `shutdown` resolves, then shuts down in order: stop accepting,
 /// revoke every grant (sessions get Close 1001), wait for the sessions and
-/// connections (bounded), tear the guard down, and [`finalize`] the tasks.
+/// connections (bounded), tear the guard down, and `finalize` the tasks.
 pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let Bound {
         config,

@@ -2,14 +2,19 @@
 //! firewall for the client's subnet while the WebSocket is held.
 //!
 //! Layout:
-//! - [`config`]: flags, env vars and Go-style aliases → a validated [`config::Config`].
-//! - [`daemon`]: start-up order, serving, and the ordered shutdown.
+//! - [`config`]: flags, env vars and Go-style aliases → a validated [`config::Config`]
+//!   (the firewall as one [`firewall::FirewallChoice`]), one file per concern.
+//! - [`daemon`]: `bind(&Config) -> Bound` (admin socket lock, firewall guard, ports)
+//!   apart from `run(bound, shutdown)` (serving, the ordered shutdown, `finalize`).
 //! - [`server`]: accept loops with TLS, timeouts and a connection cap, serving
 //!   warp filters (`warp::service`) with the peer address as a request extension.
 //! - [`access`]: the access endpoint as warp filters — `common::filters` for the
-//!   token and the transmit-rate gate — in SPEC order, and our own 101.
+//!   token and the transmit-rate gate — in SPEC order, our own 101, and every
+//!   refusal as one [`access::Refusal`].
 //! - [`session`]: one held WebSocket.
-//! - [`grants`]: the grant table and its single owner (group-committed firewall changes).
+//! - [`grants`]: the grant owner: a synchronous table, the commit step
+//!   (group-committed firewall changes, failures isolated per subnet) and the
+//!   loop that routes commands.
 //! - [`admin`]: the admin API on a unix socket (list and revoke grants, status, reload).
 //! - [`keys`]: the verify keys, reloaded whole without a restart.
 //! - [`firewall`]: the policy-level firewall trait and its backends.

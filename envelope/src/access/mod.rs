@@ -1,6 +1,6 @@
 //! `GET /v0/envelope/access` as warp filters, in the fixed order of SPEC §5 —
 //! path, method, token (`common::filters`), subject, WebSocket upgrade headers
-//! ([`upgrade`]), transmit rate — and only then the handler: a client slot and
+//! (`upgrade.rs`), transmit rate — and only then the handler: a client slot and
 //! the grant, which is in the kernel before the 101 goes out. Every refusal is
 //! a [`Refusal`], answered in one place.
 

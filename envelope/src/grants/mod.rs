@@ -6,10 +6,10 @@
 //! reference-counted by subnet, so two clients in one /24 share one rule.
 //! Commands that arrive while a firewall change is in flight are coalesced into
 //! the next change (group commit). Inside:
-//! - [`table`]: the synchronous grant table (sessions, subnet holders,
+//! - `table`: the synchronous grant table (sessions, subnet holders,
 //!   deadlines, the pending change);
-//! - [`commit`]: one change applied, a failure isolated per subnet, backoff;
-//! - [`owner`]: the loop that routes commands and replies.
+//! - `commit`: one change applied, a failure isolated per subnet, backoff;
+//! - `owner`: the loop that routes commands and replies.
 
 mod commit;
 mod owner;

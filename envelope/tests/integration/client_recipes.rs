@@ -46,7 +46,7 @@ fn granted_then_revoked(daemon: &Daemon) {
 
 #[test]
 fn curl_recipe_gets_101_with_the_subprotocol() {
-    let daemon = Daemon::start(Options::default());
+    let daemon = Daemon::in_process(Options::default());
     let out = run(&daemon, "bash", &["-c", &recipe("## curl", "sh")]);
     let err = text(&out.stderr);
     assert!(err.contains("< HTTP/1.1 101 Switching Protocols"), "{err}");
@@ -61,7 +61,7 @@ fn curl_recipe_gets_101_with_the_subprotocol() {
 
 #[test]
 fn python_websockets_recipe_is_granted() {
-    let daemon = Daemon::start(Options::default());
+    let daemon = Daemon::in_process(Options::default());
     let out = run(&daemon, "python3", &["-c", &recipe("## Python", "python")]);
     assert!(
         out.status.success(),
@@ -79,7 +79,7 @@ fn python_websockets_recipe_is_granted() {
 #[test]
 fn browser_recipe_is_granted() {
     // Node's WebSocket is the browser's (WHATWG) API; `url` comes from the page in a browser.
-    let daemon = Daemon::start(Options::default());
+    let daemon = Daemon::in_process(Options::default());
     let script = format!(
         "const url = process.env.URL;\n{}",
         recipe("## Browser", "javascript")
@@ -113,7 +113,7 @@ fn websocat_recipe_holds_until_its_input_closes() {
         panic!("websocat is needed for the websocat recipe; .ci/run installs it (cargo install websocat)");
     };
     assert!(found.status.success());
-    let daemon = Daemon::start(Options::default());
+    let daemon = Daemon::in_process(Options::default());
     // websocat trusts the system store; SSL_CERT_FILE points OpenSSL at the test CA.
     let mut child = Command::new("bash")
         .args([

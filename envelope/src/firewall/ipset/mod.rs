@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Grants and revokes are set members added and deleted over one netlink socket
-//! the daemon keeps open ([`socket`]): no process per change, a few microseconds
+//! the daemon keeps open (`socket.rs`): no process per change, a few microseconds
 //! each, many in one send. Every member carries a kernel timeout of its deadline
 //! plus a margin, so the kernel closes every grant by itself even if the envelope
 //! is killed and never restarted. A change is all or nothing: the kernel applies

@@ -77,7 +77,7 @@ impl std::fmt::Debug for IpsetSocket {
 }
 
 impl IpsetSocket {
-    /// Test hook (`--fault-netlink`); see [`super::fault`].
+    /// Test hook (`--fault-netlink`); see `ipset/fault.rs`.
     pub fn inject_fault(spec: &str) -> Result<(), String> {
         fault::inject(spec)
     }

@@ -1,10 +1,10 @@
 //! The iptables/ip6tables backend.
 //!
-//! Everything lives in two chains of the filter table per family (see [`rules`]
+//! Everything lives in two chains of the filter table per family (see `rules.rs`
 //! for the layout) plus one jump from INPUT restricted to `--device`. Every
 //! change is one `iptables-restore --noflush` transaction per family, fed on
 //! stdin: a failing batch applies nothing. Every command runs under
-//! `tokio::process` with a bounded `--wait` and a hard timeout (see [`command`]).
+//! `tokio::process` with a bounded `--wait` and a hard timeout (see `command.rs`).
 //!
 //! The backend remembers which subnets it installed per family. A batch that
 //! timed out may or may not have reached the kernel, so that family is marked
