@@ -46,16 +46,14 @@ async fn answer(daemon: &Daemon, token: &str) -> u16 {
     support::handshake_status(ws_connect(daemon, Some(token), true).await)
 }
 
-/// Starts an envelope trusting the test EdDSA key and the keys in `rotating`.
-fn start(rotating: &Path) -> Daemon {
-    Daemon::start(
-        Options {
-            metrics: true,
-            ..Options::default()
-        }
-        .arg(&format!("--verify-key={}", rotating.display()))
-        .arg("--max-clients=10"),
-    )
+/// An envelope trusting the test EdDSA key and the keys in `rotating`.
+fn options(rotating: &Path) -> Options {
+    Options {
+        metrics: true,
+        ..Options::default()
+    }
+    .arg(&format!("--verify-key={}", rotating.display()))
+    .arg("--max-clients=10")
 }
 
 async fn wait_for_metric(daemon: &Daemon, line: &str) {
@@ -86,7 +84,8 @@ async fn a_symlink_swap_reloads_the_keys_and_held_sessions_stay() {
     }
     std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/key.pub", dir.path().join("key.pub")).unwrap();
-    let daemon = start(&dir.path().join("key.pub"));
+    // In-process: the file watch needs no signal.
+    let daemon = Daemon::in_process(options(&dir.path().join("key.pub")));
 
     let es256 = token_from("insecure-test-es256.jwk");
     let rs256 = token_from("insecure-test-rs256.jwk");
@@ -129,7 +128,7 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
     let dir = tempfile::tempdir().unwrap();
     let rotating = dir.path().join("rotating.jwks");
     std::fs::copy(testdata("insecure-test-es256.jwk.pub"), &rotating).unwrap();
-    let daemon = start(&rotating);
+    let daemon = Daemon::start(options(&rotating));
     let es256 = token_from("insecure-test-es256.jwk");
     let rs256 = token_from("insecure-test-rs256.jwk");
 
