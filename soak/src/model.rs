@@ -251,3 +251,98 @@ impl Model {
         self.phase = Phase::Up;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64, source: &str, deadline: Instant) -> Session {
+        let source: IpAddr = source.parse().unwrap();
+        Session {
+            id,
+            source,
+            subnet: subnet_of(source),
+            deadline,
+            ws: None,
+        }
+    }
+
+    fn up_with(sessions: Vec<Session>) -> Model {
+        let mut model = Model::new(Vec::new());
+        model.started();
+        model.sessions = sessions;
+        model
+    }
+
+    const SUBNET: &str = "192.0.2.0/24";
+
+    #[test]
+    fn a_hand_deleted_member_is_missing_once_settled_and_either_in_the_window() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        let mut model = up_with(vec![session(1, "192.0.2.7", deadline)]);
+        model.tampered.insert(SUBNET.into(), deadline);
+        assert_eq!(model.member(SUBNET, now), Tri::No);
+        assert_eq!(model.kernel_remaining(SUBNET, now), Some(0.0));
+        assert_eq!(
+            model.service_reach("192.0.2.7".parse().unwrap(), now),
+            Tri::No
+        );
+
+        let in_window = deadline - EARLY / 2;
+        assert_eq!(model.member(SUBNET, in_window), Tri::Either);
+        assert_eq!(model.kernel_remaining(SUBNET, in_window), None);
+
+        // A later session moves the subnet's deadline: the envelope re-adds it.
+        let later = now + Duration::from_secs(20);
+        model.sessions.push(session(2, "192.0.2.8", later));
+        assert_eq!(model.member(SUBNET, now), Tri::Yes);
+        let remaining = model.kernel_remaining(SUBNET, now).unwrap();
+        assert!(
+            (remaining - (20 + MARGIN_SECS) as f64).abs() < 0.01,
+            "{remaining}"
+        );
+    }
+
+    #[test]
+    fn a_sigkill_leaves_members_until_deadline_plus_margin() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        let mut model = up_with(vec![
+            session(1, "192.0.2.7", deadline),
+            session(2, "198.18.0.7", deadline),
+        ]);
+        model.tampered.insert("198.18.0.0/24".into(), deadline);
+        model.killed(now);
+
+        assert_eq!(model.phase, Phase::Killed);
+        assert!(model.sessions.is_empty());
+        assert_eq!(model.member(SUBNET, now), Tri::Yes);
+        assert_eq!(model.member("198.18.0.0/24", now), Tri::No);
+        // The hand-deleted member does not take the proxy ports with it.
+        assert_eq!(model.ports(0, now), Tri::Yes);
+
+        let expiry = deadline + Duration::from_secs(MARGIN_SECS);
+        assert_eq!(model.member(SUBNET, expiry), Tri::Either);
+        assert_eq!(model.member(SUBNET, expiry + KERNEL_LATE / 2), Tri::Either);
+        let gone = expiry + KERNEL_LATE + Duration::from_millis(1);
+        assert_eq!(model.member(SUBNET, gone), Tri::No);
+
+        model.prune(expiry + KERNEL_LATE);
+        assert!(model.orphans.contains_key(SUBNET));
+        model.prune(gone);
+        assert!(model.orphans.is_empty());
+    }
+
+    #[test]
+    fn a_sigkill_in_a_sessions_window_leaves_its_member_either_way() {
+        let now = Instant::now();
+        let mut model = up_with(vec![
+            session(1, "192.0.2.7", now + EARLY / 2),
+            session(2, "192.0.2.8", now + Duration::from_secs(10)),
+        ]);
+        assert_eq!(model.member(SUBNET, now), Tri::Yes);
+        model.killed(now);
+        assert_eq!(model.member(SUBNET, now), Tri::Either);
+    }
+}
