@@ -166,9 +166,8 @@ impl Model {
         for i in gone.into_iter().rev() {
             self.sessions.remove(i);
         }
-        let margin = Duration::from_secs(MARGIN_SECS);
         self.orphans
-            .retain(|_, o| now <= o.until + margin + KERNEL_LATE);
+            .retain(|_, o| now <= kernel_expiry(o.until) + KERNEL_LATE);
         let live: Vec<String> = self.sessions.iter().map(|s| s.subnet.clone()).collect();
         self.tampered.retain(|subnet, _| live.contains(subnet));
     }
@@ -211,11 +210,19 @@ impl Model {
             .fold(Tri::No, |acc, s| acc.or(self.session_state(s, now)))
     }
 
-    /// Whether a hand-deleted member is still missing.
-    fn still_tampered(&self, subnet: &str) -> bool {
-        self.tampered
-            .get(subnet)
-            .is_some_and(|at| self.latest(subnet) == Some(*at))
+    /// While a hand-deleted member is still missing (its subnet's latest
+    /// deadline has not moved since), whether it is in the kernel: no once
+    /// settled, either way while one of its sessions is in its window (the
+    /// envelope may be re-adding or dropping it). `None` when not hand-deleted.
+    fn hand_deleted(&self, subnet: &str, now: Instant) -> Option<Tri> {
+        let at = self.tampered.get(subnet)?;
+        (self.latest(subnet) == Some(*at)).then(|| {
+            if self.unsettled(subnet, now) {
+                Tri::Either
+            } else {
+                Tri::No
+            }
+        })
     }
 
     /// Records a SIGKILL: what the dead instance held stays in the kernel.
@@ -223,17 +230,13 @@ impl Model {
         let subnets: Vec<String> = self.sessions.iter().map(|s| s.subnet.clone()).collect();
         self.orphans.clear();
         for subnet in subnets {
-            let held = if self.still_tampered(&subnet) {
+            let held = self.hand_deleted(&subnet, now).unwrap_or_else(|| {
                 if self.unsettled(&subnet, now) {
                     Tri::Either
                 } else {
-                    Tri::No
+                    self.held(&subnet, now)
                 }
-            } else if self.unsettled(&subnet, now) {
-                Tri::Either
-            } else {
-                self.held(&subnet, now)
-            };
+            });
             let until = self.latest(&subnet).unwrap();
             self.orphans.insert(subnet, Orphan { until, held });
         }
@@ -250,6 +253,11 @@ impl Model {
         self.rule_cut = [None, None];
         self.phase = Phase::Up;
     }
+}
+
+/// When the kernel drops a member whose latest session deadline is `until`.
+fn kernel_expiry(until: Instant) -> Instant {
+    until + Duration::from_secs(MARGIN_SECS)
 }
 
 #[cfg(test)]

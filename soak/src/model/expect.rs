@@ -3,30 +3,19 @@
 //! timeouts and the envelope's static lines.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{family, subnet_of, Model, Phase, Tri, EARLY, KERNEL_LATE};
-use crate::lab::MARGIN_SECS;
+use super::{family, kernel_expiry, subnet_of, Model, Phase, Tri, EARLY, KERNEL_LATE};
 
 impl Model {
     /// Whether the kernel set holds the subnet's member right now.
     pub fn member(&self, subnet: &str, now: Instant) -> Tri {
         match self.phase {
             Phase::Down => Tri::No,
-            Phase::Up => {
-                let held = self.held(subnet, now);
-                if self.still_tampered(subnet) {
-                    if self.unsettled(subnet, now) {
-                        Tri::Either
-                    } else {
-                        Tri::No
-                    }
-                } else {
-                    held
-                }
-            }
+            Phase::Up => self
+                .hand_deleted(subnet, now)
+                .unwrap_or_else(|| self.held(subnet, now)),
             Phase::Killed => self
                 .orphans
                 .get(subnet)
@@ -84,14 +73,17 @@ impl Model {
             Phase::Killed => self.orphans.get(subnet)?.until,
             _ => return None,
         };
-        let at = until + Duration::from_secs(MARGIN_SECS);
-        Some(at.saturating_duration_since(now).as_secs_f64())
+        Some(
+            kernel_expiry(until)
+                .saturating_duration_since(now)
+                .as_secs_f64(),
+        )
     }
 
     /// Expected `kernel_remaining_seconds` of a listed grant, when settled.
     pub fn kernel_remaining(&self, subnet: &str, now: Instant) -> Option<f64> {
-        if self.still_tampered(subnet) {
-            return (!self.unsettled(subnet, now)).then_some(0.0);
+        if let Some(missing) = self.hand_deleted(subnet, now) {
+            return (missing == Tri::No).then_some(0.0);
         }
         self.member_timeout(subnet, now)
     }
@@ -113,7 +105,7 @@ impl Model {
 
 /// A member with a kernel timeout: held until `until` + margin, then gone.
 fn kernel_state(until: Instant, held: Tri, now: Instant) -> Tri {
-    let expiry = until + Duration::from_secs(MARGIN_SECS);
+    let expiry = kernel_expiry(until);
     if held == Tri::No || now > expiry + KERNEL_LATE {
         Tri::No
     } else if now + EARLY < expiry {
