@@ -1,6 +1,6 @@
 //! The daemon's life in two steps, so tests can bind port 0 in-process and pass
-//! their own shutdown: [`bind`] (admin socket lock, firewall guard, then the
-//! ports) and [`run`] (serve until the shutdown future resolves, then stop
+//! their own shutdown: [`bind`] (SIGHUP handler, admin socket lock, firewall
+//! guard, then the ports) and [`run`] (serve until the shutdown future resolves, then stop
 //! accepting, close every session with 1001, revoke every grant, remove the
 //! guard, and report any task that panicked). `main` passes
 //! [`termination_signal`].
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::filters::TxGate;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +30,13 @@ use crate::server::{self, Limits};
 /// How long sessions get to send their Close frames at shutdown.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
 
-/// A daemon that holds everything it needs but serves nothing yet: the admin
-/// socket (and its lock), the firewall guard in place, and the bound ports.
+/// A daemon that holds everything it needs but serves nothing yet: the SIGHUP
+/// handler, the admin socket (and its lock), the firewall guard in place, and
+/// the bound ports.
 #[derive(Debug)]
 pub struct Bound {
     config: Config,
+    hangup: Option<Signal>,
     admin_socket: AdminSocket,
     firewall: Arc<dyn Firewall>,
     access: Vec<TcpListener>,
@@ -57,11 +59,20 @@ impl Bound {
     }
 }
 
-/// Takes the admin socket's lock, sets the firewall guard up, then binds the
-/// ports, in that order: a second envelope stops before it touches the firewall
-/// the first one owns, and no port opens before the guard is in place. A
-/// failure half way removes the guard again.
+/// Installs the SIGHUP handler, takes the admin socket's lock, sets the
+/// firewall guard up, then binds the ports, in that order: SIGHUP's default
+/// action would end the daemon, so a service manager's reload during start-up
+/// must find the handler there from the first log line on; a second envelope
+/// stops before it touches the firewall the first one owns; and no port opens
+/// before the guard is in place. A failure half way removes the guard again.
 pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reload keys over the admin API");
+            None
+        }
+    };
     raise_fd_limit();
     let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
     let firewall = crate::firewall::build(&config.firewall).await?;
@@ -85,6 +96,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
     };
     Ok(Bound {
         config: config.clone(),
+        hangup,
         admin_socket,
         firewall,
         access,
@@ -98,6 +110,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
 pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let Bound {
         config,
+        hangup,
         admin_socket,
         firewall,
         access,
@@ -117,8 +130,8 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
         }
     };
     let keys = match &config.tokens.verifier {
-        Some(keys) => tokio::spawn(keys.clone().watch(metrics.clone(), stop.clone())),
-        None => tokio::spawn(crate::keys::ignore_hangup(stop.clone())),
+        Some(keys) => tokio::spawn(keys.clone().watch(hangup, metrics.clone(), stop.clone())),
+        None => tokio::spawn(crate::keys::ignore_hangup(hangup, stop.clone())),
     };
     let admin_state = Arc::new(AdminState {
         keys: config.tokens.verifier.clone(),

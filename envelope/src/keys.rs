@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use common::{KeyError, Verifier};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -98,15 +98,14 @@ impl Keys {
         result
     }
 
-    /// Reloads on SIGHUP and whenever a `--verify-key` file changes, until `stop`.
-    pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => Some(hangup),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler: reload keys over the admin API");
-                None
-            }
-        };
+    /// Reloads on `hangup` (SIGHUP; installed by the caller, early) and
+    /// whenever a `--verify-key` file changes, until `stop`.
+    pub async fn watch(
+        self: Arc<Self>,
+        mut hangup: Option<Signal>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) {
         let mut seen = fingerprints(&self.files);
         let mut tick = tokio::time::interval(POLL);
         loop {
@@ -129,8 +128,8 @@ impl Keys {
 
 /// Without `--verify-key` there is nothing to reload, but SIGHUP (a service
 /// manager's "reload") must not kill the daemon either.
-pub async fn ignore_hangup(stop: CancellationToken) {
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+pub async fn ignore_hangup(hangup: Option<Signal>, stop: CancellationToken) {
+    let Some(mut hangup) = hangup else {
         return;
     };
     loop {

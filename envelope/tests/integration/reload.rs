@@ -12,6 +12,7 @@ use crate::support::{
 };
 use common::Signer;
 use futures_util::StreamExt;
+use nix::sys::signal::Signal;
 
 fn token_from(key: &str) -> String {
     let key = common::jwk::load_private_key(&testdata(key)).unwrap();
@@ -190,6 +191,39 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
         shown.contains(&format!("insecure-rs256  {}", rotating.display())),
         "{shown}"
     );
+}
+
+/// SIGHUP's default action ends a process, so the handler must be in place
+/// before the daemon says anything: a service manager's reload that comes
+/// during start-up is handled, with or without `--verify-key`, and the
+/// daemon goes on to listen and shut down cleanly. Ten starts, because a
+/// handler installed too late loses this race only some of the time (one
+/// start in five when the handler was spawned after the ports were bound).
+#[test]
+fn sighup_right_after_the_first_log_line_is_handled() {
+    for tokens in [false, true].repeat(5) {
+        let options = Options {
+            tokens,
+            ..Options::default()
+        };
+        let (mut process, _dir) = Daemon::spawn_unready(&options);
+        let bound = Duration::from_secs(20);
+        let first = process.wait_for_line("a first log line", bound, |_| true);
+        first.unwrap_or_else(|e| panic!("{e}\n{}", process.logs()));
+        process.signal(Signal::SIGHUP).unwrap();
+        let handled = if tokens {
+            "verify keys reloaded trigger=\"sighup\""
+        } else {
+            "SIGHUP: no --verify-key to reload"
+        };
+        for line in [handled, "listen-address listening"] {
+            if let Err(e) = process.wait_for_log(line, bound) {
+                panic!("--verify-key given: {tokens}: {e}\n{}", process.logs());
+            }
+        }
+        let status = process.terminate(bound).unwrap();
+        assert!(status.success(), "{status:?}\n{}", process.logs());
+    }
 }
 
 #[test]

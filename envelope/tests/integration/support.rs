@@ -197,6 +197,12 @@ fn launch_envelope(log: PathBuf) -> Launch {
         .env_remove("ENVELOPE_ADMIN_SOCKET")
 }
 
+fn spawn(launch: Launch) -> Process {
+    launch
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn envelope: {e}"))
+}
+
 impl Daemon {
     pub fn start(options: Options) -> Daemon {
         Self::try_start(options)
@@ -206,8 +212,15 @@ impl Daemon {
     /// Starts the envelope and waits (bounded) until it listens; on failure, why
     /// (`exited with …` when it quit) and its logs.
     pub fn try_start(options: Options) -> Result<Daemon, (String, String)> {
+        let (process, dir) = Daemon::spawn_unready(&options);
+        Daemon::await_listening(process, dir, options.tls, options.metrics)
+    }
+
+    /// The envelope spawned and not waited for, with its files in the returned
+    /// directory: for tests of what happens during start-up.
+    pub fn spawn_unready(options: &Options) -> (Process, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let args = daemon_args(&options, dir.path());
+        let args = daemon_args(options, dir.path());
         let mut launch = launch_envelope(dir.path().join("envelope.log")).args(&args);
         if let Some(ns) = &options.netns {
             launch = launch.in_netns(ns);
@@ -215,20 +228,17 @@ impl Daemon {
         for (k, v) in &options.env {
             launch = launch.env(k, v);
         }
-        Daemon::launch(launch, dir, options.tls, options.metrics)
+        (spawn(launch), dir)
     }
 
-    /// Spawns the envelope and waits (bounded) for its listening line, and for
-    /// the metrics one too when `metrics`.
-    fn launch(
-        launch: Launch,
+    /// Waits (bounded) for the listening line, and for the metrics one too
+    /// when `metrics`.
+    fn await_listening(
+        mut process: Process,
         dir: tempfile::TempDir,
         tls: bool,
         metrics: bool,
     ) -> Result<Daemon, (String, String)> {
-        let mut process = launch
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn envelope: {e}"));
         let mut listening = |message| match process.wait_for_address(message, START_BOUND) {
             Ok(addr) => Ok(addr),
             Err(e) => Err((e.to_string(), process.logs())),
@@ -313,13 +323,20 @@ impl Daemon {
             .collect()
     }
 
-    /// Polls `check` every 10 ms for up to `within`.
+    /// Polls `check` every 10 ms for up to `within`; gives up at once, saying
+    /// so, if the daemon's process has exited.
     pub fn wait_for(&self, within: Duration, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
         let deadline = Instant::now() + within;
         while !check(self) {
+            let exited = matches!(&self.runner, Runner::Process(p) if p.has_exited());
             assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\njournal: {:?}\nlogs:\n{}",
+                !exited && Instant::now() < deadline,
+                "{} waiting for {what}\njournal: {:?}\nlogs:\n{}",
+                if exited {
+                    "the envelope exited"
+                } else {
+                    "timed out"
+                },
                 self.journal(),
                 self.logs()
             );
@@ -527,7 +544,7 @@ impl Daemon {
         for (k, v) in env {
             launch = launch.env(k, v);
         }
-        Daemon::launch(launch, dir, tls, false)
+        Daemon::await_listening(spawn(launch), dir, tls, false)
             .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
 }
