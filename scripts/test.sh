@@ -1,8 +1,8 @@
 #!/bin/bash
-# The whole test suite (the README's "run every test" command; .ci/run calls it): formatting, lints,
-# every crate's tests (the firewall tests run real iptables inside network
-# namespaces they create, so this runs as root), the demo script, and a tiny
-# benchmark run.
+# The whole test suite (the README's "run every test" command; .ci/run calls it):
+# formatting, lints, every crate's tests (the firewall tests run real iptables
+# inside network namespaces they create, so this runs as root), the demo script,
+# a tiny benchmark run, the Debian package and a short firewall soak.
 # Installs what the tests need only when it is missing, so a bare machine works.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,8 @@
 //! The daemon's life in two steps, so tests can bind port 0 in-process and pass
 //! their own shutdown: [`bind`] (SIGHUP handler, admin socket lock, firewall
-//! guard, then the ports) and [`run`] (serve until the shutdown future resolves, then stop
-//! accepting, close every session with 1001, revoke every grant, remove the
-//! guard, and report any task that panicked). `main` passes
+//! guard, then the ports) and [`run`] (serve until the shutdown future
+//! resolves, then stop accepting, close every session with 1001, revoke every
+//! grant, remove the guard, and report any task that panicked). `main` passes
 //! [`termination_signal`].
 
 use std::future::Future;

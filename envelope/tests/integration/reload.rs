@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::support::{
-    self, claims, envelopectl_bin, testdata, ws_connect, Daemon, Options, SUBJECT,
+    self, claims, envelopectl_bin, testdata, ws_connect, Daemon, Options, START_BOUND, SUBJECT,
 };
 use common::Signer;
 use futures_util::StreamExt;
@@ -207,8 +207,7 @@ fn sighup_right_after_the_first_log_line_is_handled() {
             ..Options::default()
         };
         let (mut process, _dir) = Daemon::spawn_unready(&options);
-        let bound = Duration::from_secs(20);
-        let first = process.wait_for_line("a first log line", bound, |_| true);
+        let first = process.wait_for_line("a first log line", START_BOUND, |_| true);
         first.unwrap_or_else(|e| panic!("{e}\n{}", process.logs()));
         process.signal(Signal::SIGHUP).unwrap();
         let handled = if tokens {
@@ -217,11 +216,11 @@ fn sighup_right_after_the_first_log_line_is_handled() {
             "SIGHUP: no --verify-key to reload"
         };
         for line in [handled, "listen-address listening"] {
-            if let Err(e) = process.wait_for_log(line, bound) {
+            if let Err(e) = process.wait_for_log(line, START_BOUND) {
                 panic!("--verify-key given: {tokens}: {e}\n{}", process.logs());
             }
         }
-        let status = process.terminate(bound).unwrap();
+        let status = process.terminate(START_BOUND).unwrap();
         assert!(status.success(), "{status:?}\n{}", process.logs());
     }
 }

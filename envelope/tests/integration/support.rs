@@ -4,6 +4,7 @@
 //! mint tokens with the insecure test keys, connect real WebSocket clients over
 //! real TLS, and read what the recording firewall was asked to do.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -100,7 +101,7 @@ enum Runner {
 }
 
 /// How long an envelope may take to say it listens.
-const START_BOUND: Duration = Duration::from_secs(20);
+pub const START_BOUND: Duration = Duration::from_secs(20);
 
 /// A running envelope (a [`Process`] from `testbed`'s launcher, with its log in
 /// `dir/envelope.log`, or the daemon in this test process); killed or stopped on drop.
@@ -197,7 +198,21 @@ fn launch_envelope(log: PathBuf) -> Launch {
         .env_remove("ENVELOPE_ADMIN_SOCKET")
 }
 
-fn spawn(launch: Launch) -> Process {
+/// Spawns the envelope with `args(dir)` and `env`, logging to
+/// `dir/envelope.log`, in `netns` when given.
+fn spawn_in(
+    dir: &Path,
+    args: Vec<String>,
+    env: impl IntoIterator<Item = (impl AsRef<OsStr>, impl AsRef<OsStr>)>,
+    netns: Option<&str>,
+) -> Process {
+    let mut launch = launch_envelope(dir.join("envelope.log")).args(args);
+    if let Some(ns) = netns {
+        launch = launch.in_netns(ns);
+    }
+    for (k, v) in env {
+        launch = launch.env(k, v);
+    }
     launch
         .spawn()
         .unwrap_or_else(|e| panic!("spawn envelope: {e}"))
@@ -221,14 +236,9 @@ impl Daemon {
     pub fn spawn_unready(options: &Options) -> (Process, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let args = daemon_args(options, dir.path());
-        let mut launch = launch_envelope(dir.path().join("envelope.log")).args(&args);
-        if let Some(ns) = &options.netns {
-            launch = launch.in_netns(ns);
-        }
-        for (k, v) in &options.env {
-            launch = launch.env(k, v);
-        }
-        (spawn(launch), dir)
+        let env = options.env.iter().map(|(k, v)| (k, v));
+        let process = spawn_in(dir.path(), args, env, options.netns.as_deref());
+        (process, dir)
     }
 
     /// Waits (bounded) for the listening line, and for the metrics one too
@@ -540,11 +550,9 @@ impl Daemon {
         tls: bool,
     ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut launch = launch_envelope(dir.path().join("envelope.log")).args(args(dir.path()));
-        for (k, v) in env {
-            launch = launch.env(k, v);
-        }
-        Daemon::await_listening(spawn(launch), dir, tls, false)
+        let env = env.iter().copied();
+        let process = spawn_in(dir.path(), args(dir.path()), env, None);
+        Daemon::await_listening(process, dir, tls, false)
             .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
 }
