@@ -3,6 +3,8 @@
 //! a set failing a load check is refused whole with the old keys kept; held
 //! sessions are untouched; tokens of a removed kid are refused from then on.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -196,20 +198,36 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
 /// SIGHUP's default action ends a process, so the handler must be in place
 /// before the daemon says anything: a service manager's reload that comes
 /// during start-up is handled, with or without `--verify-key`, and the
-/// daemon goes on to listen and shut down cleanly. Ten starts, because a
-/// handler installed too late loses this race only some of the time (one
-/// start in five when the handler was spawned after the ports were bound).
+/// daemon goes on to listen and shut down cleanly. The record journal is a
+/// FIFO with no reader yet, so the daemon is held inside `bind` (opening the
+/// journal at firewall set-up) until the signal has been sent: a handler
+/// installed any later than the first log line loses every time.
 #[test]
-fn sighup_right_after_the_first_log_line_is_handled() {
-    for tokens in [false, true].repeat(5) {
+fn sighup_during_start_up_is_handled() {
+    for tokens in [false, true] {
+        let fifo_dir = tempfile::tempdir().unwrap();
+        let journal = fifo_dir.path().join("journal");
+        nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let options = Options {
             tokens,
+            record: false,
+            extra: vec![
+                "--firewall=record".into(),
+                format!("--firewall-journal={}", journal.display()),
+            ],
             ..Options::default()
         };
         let (mut process, _dir) = Daemon::spawn_unready(&options);
-        let first = process.wait_for_line("a first log line", START_BOUND, |_| true);
+        let first = process.wait_for_log("firewall backend", START_BOUND);
         first.unwrap_or_else(|e| panic!("{e}\n{}", process.logs()));
         process.signal(Signal::SIGHUP).unwrap();
+        // Non-blocking, so this opens even if the daemon is gone; it lets
+        // the daemon's open for writing go on.
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&journal)
+            .unwrap();
         let handled = if tokens {
             "verify keys reloaded trigger=\"sighup\""
         } else {
@@ -222,6 +240,9 @@ fn sighup_right_after_the_first_log_line_is_handled() {
         }
         let status = process.terminate(START_BOUND).unwrap();
         assert!(status.success(), "{status:?}\n{}", process.logs());
+        let mut recorded = String::new();
+        reader.read_to_string(&mut recorded).unwrap();
+        assert_eq!(recorded, "setup\nteardown\n");
     }
 }
 
