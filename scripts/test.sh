@@ -28,6 +28,8 @@ command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Layers point down: no import cycle among envelope/src's top-level modules.
+cargo run -q -p xtask -- layers >/dev/null
 cargo test --workspace
 ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).

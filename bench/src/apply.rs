@@ -31,6 +31,7 @@ pub fn grant_and_revoke(server_ns: &str, rounds: usize) -> anyhow::Result<ApplyF
                     command_timeout: Duration::from_secs(5),
                 },
                 Duration::from_secs(5),
+                None,
             )
             .await
             .map_err(|e| anyhow::anyhow!("ipset backend: {e}"))?;

@@ -106,13 +106,9 @@ impl ApiError {
 
     /// The chain of an error and its sources.
     pub fn from_chain(error: &(dyn std::error::Error + 'static)) -> ApiError {
-        let mut errors = vec![error.to_string()];
-        let mut source = error.source();
-        while let Some(cause) = source {
-            errors.push(cause.to_string());
-            source = cause.source();
+        ApiError {
+            errors: crate::chain::causes(error).map(|e| e.to_string()).collect(),
         }
-        ApiError { errors }
     }
 }
 

@@ -12,11 +12,13 @@
 //! - [`provider`]: the jsonwebtoken `CryptoProvider` installed by the signer and
 //!   verifier: aws-lc, with EdDSA verified by ed25519-dalek's `verify_strict`.
 //! - [`goflags`]: Go-style single-dash flags and Go durations, for drop-in CLIs.
+//! - [`chain`]: an error and its causes on one line, for logs and API errors.
 //! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
 //! - `filters` (feature `warp`): the access checks as warp filters other services
 //!   can mount — token, custom claims, transmit-rate gate (see `docs/library.md`).
 
 pub mod admin;
+pub mod chain;
 pub mod claims;
 #[cfg(feature = "warp")]
 pub mod filters;

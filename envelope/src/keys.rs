@@ -1,21 +1,13 @@
 //! The verify keys, reloadable without a restart (SPEC §3): the current set sits
 //! behind one pointer that a reload swaps whole, after the new set has passed every
-//! load check; a refused set leaves the old one in force. Reloads come from SIGHUP,
-//! from a change to a `--verify-key` file (polled, following symlinks, so a
-//! Kubernetes Secret's `..data` symlink swap counts) and from `POST /v1/reload`.
+//! load check; a refused set leaves the old one in force. What triggers a
+//! reload, and how it is logged and counted, is `reload.rs`'s.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use common::{KeyError, Verifier};
-use tokio::signal::unix::Signal;
-use tokio_util::sync::CancellationToken;
-
-use crate::metrics::Metrics;
-
-/// How often the `--verify-key` files are looked at.
-const POLL: Duration = Duration::from_secs(1);
 
 /// One loaded key set.
 #[derive(Debug)]
@@ -76,84 +68,10 @@ impl Keys {
         Ok(set)
     }
 
-    /// [`Keys::reload`], logged and counted in `envelope_key_reloads_total`.
-    pub fn reload_counted(
-        &self,
-        metrics: &Metrics,
-        trigger: &'static str,
-    ) -> Result<Arc<KeySet>, KeyError> {
-        let result = self.reload();
-        match &result {
-            Ok(set) => {
-                let kids: Vec<&str> = set.kids.iter().map(|(kid, _)| kid.as_str()).collect();
-                tracing::info!(trigger, kids = ?kids, "verify keys reloaded");
-            }
-            Err(e) => tracing::warn!(
-                trigger,
-                error = %e,
-                "verify keys reload refused; the old keys stay in force"
-            ),
-        }
-        metrics.count_key_reload(trigger, result.is_ok());
-        result
+    /// The files the keys come from, as given.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
-
-    /// Reloads on `hangup` (SIGHUP; installed by the caller, early) and
-    /// whenever a `--verify-key` file changes, until `stop`.
-    pub async fn watch(
-        self: Arc<Self>,
-        mut hangup: Option<Signal>,
-        metrics: Arc<Metrics>,
-        stop: CancellationToken,
-    ) {
-        let mut seen = fingerprints(&self.files);
-        let mut tick = tokio::time::interval(POLL);
-        loop {
-            let trigger = tokio::select! {
-                () = stop.cancelled() => return,
-                Some(()) = async { hangup.as_mut()?.recv().await } => "sighup",
-                _ = tick.tick() => {
-                    let now = fingerprints(&self.files);
-                    if now == seen {
-                        continue;
-                    }
-                    seen = now;
-                    "file"
-                }
-            };
-            let _ = self.reload_counted(&metrics, trigger);
-        }
-    }
-}
-
-/// Without `--verify-key` there is nothing to reload, but SIGHUP (a service
-/// manager's "reload") must not kill the daemon either.
-pub async fn ignore_hangup(hangup: Option<Signal>, stop: CancellationToken) {
-    let Some(mut hangup) = hangup else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = hangup.recv() => tracing::info!("SIGHUP: no --verify-key to reload"),
-        }
-    }
-}
-
-/// What a file looks like from outside, following symlinks: a rewrite, a rename
-/// over it or a swap of a symlink on its path all change it. `None` if unreadable.
-type Fingerprint = Option<(u64, u64, i64, i64, u64)>;
-
-fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    files
-        .iter()
-        .map(|file| {
-            std::fs::metadata(file)
-                .ok()
-                .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
-        })
-        .collect()
 }
 
 /// Every key of every file, with the checks of SPEC §3, and a duplicate kid
@@ -221,24 +139,5 @@ mod tests {
         let file = testdata("insecure-test-eddsa.jwk.pub");
         let err = Keys::load(vec![file.clone(), file], "locate".into(), "m".into()).unwrap_err();
         assert!(matches!(err, KeyError::DuplicateKid { .. }), "{err}");
-    }
-
-    #[test]
-    fn fingerprints_follow_symlink_swaps() {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, source) in [
-            ("a", "insecure-test-eddsa.jwk.pub"),
-            ("b", "insecure-test-es256.jwk.pub"),
-        ] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-            std::fs::copy(testdata(source), dir.path().join(name).join("key.pub")).unwrap();
-        }
-        std::os::unix::fs::symlink("a", dir.path().join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/key.pub", dir.path().join("key.pub")).unwrap();
-        let files = vec![dir.path().join("key.pub")];
-        let before = fingerprints(&files);
-        std::os::unix::fs::symlink("b", dir.path().join("..data_tmp")).unwrap();
-        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
-        assert_ne!(fingerprints(&files), before);
     }
 }

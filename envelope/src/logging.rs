@@ -1,11 +1,19 @@
-//! tracing-subscriber set-up (text or JSON lines on stderr, `RUST_LOG` to filter),
-//! and errors written with their causes on one line.
+//! tracing-subscriber set-up (text or JSON lines on stderr, `RUST_LOG` to
+//! filter), and the one way an error is written into a log line: with its whole
+//! cause chain ([`chain`]), so the errno or the kernel's words reach the operator.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+pub use common::chain::{chain, Chain};
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -18,16 +26,4 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-}
-
-/// An error and its causes on one line (`outer: inner: innermost`), for logs.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -1,8 +1,7 @@
-//! Prometheus metrics (prometheus-client), with the Go original's names where
-//! they exist, and the `/metrics` endpoint (a warp filter) that serves them.
+//! The Prometheus registry (prometheus-client), with the Go original's names
+//! where they exist, and one counting method per happening. It knows nothing of
+//! HTTP: the metrics listener (`exporter.rs`) serves it.
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,31 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use warp::http::header::{HeaderValue, CONTENT_TYPE};
-use warp::http::StatusCode;
-use warp::Filter;
-
-use crate::access::{exact_path, plain};
-use crate::server::Reply;
-
-/// `/metrics` (any method, as before); every other path is 404.
-pub fn routes(
-    metrics: Arc<Metrics>,
-) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone {
-    exact_path("/metrics")
-        .map(move || {
-            let mut response = Reply::new(metrics.encode().into());
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        })
-        .or(warp::any().map(|| plain(StatusCode::NOT_FOUND, "not found")))
-        .unify()
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {

@@ -1,12 +1,17 @@
-//! The accept loops: bounded connections, TLS handshake and request head under a
-//! deadline (slowloris), the TCP peer address put into each request's extensions
-//! as [`PeerAddr`] (never a header), graceful stop. They serve warp filters
-//! (through `warp::service`) for the access endpoint and for /metrics.
+//! The one accept loop, for the access endpoint (TCP or TLS), the metrics
+//! listener (TCP) and the admin API (unix socket): a connection cap taken on
+//! accept, the TLS handshake and the request head each under a deadline
+//! (slowloris), the connection's peer put into every request's extensions
+//! (never a header), a graceful stop, and an accept error that is not
+//! transient ends the loop with that error so the daemon's supervisor sees it.
 //!
-//! This loop is ours on purpose: warp 0.4 has no TLS, and its `serve` installs no
-//! hyper timer, so a slow client could hold a connection open without limit.
+//! This loop is ours on purpose: warp 0.4 has no TLS, and its `serve` installs
+//! no hyper timer, so a slow client could hold a connection open without limit.
 
 use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,21 +21,26 @@ use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
 use warp::Filter;
+
+use crate::http::{PeerAddr, PeerCred, Reply};
+use crate::logging::chain;
 
 /// Largest request head accepted (hyper answers 431 above it).
 const MAX_HEAD_BYTES: usize = 16 << 10;
-/// Pause after a failed accept (e.g. out of file descriptors) instead of spinning.
+/// Pause after a transient accept failure (e.g. out of file descriptors) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long open connections get to finish once the loop is told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Binds `addr`; an unspecified IPv6 address also takes IPv4 (dual stack).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -43,36 +53,114 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// The TCP peer of the connection a request came on, as a request extension
-/// (`warp::addr::remote()` knows nothing of connections it did not accept).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// The peer address; a request that did not come through [`serve`] is rejected.
-pub fn peer() -> impl Filter<Extract = (SocketAddr,), Error = warp::Rejection> + Copy {
-    warp::ext::get::<PeerAddr>().map(|peer: PeerAddr| peer.0)
+/// A listening socket the loop can serve: what a connection is, and who is on
+/// the other end of it.
+pub trait Listener: Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Peer: Peer;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Peer)>> + Send;
 }
 
-/// The warp response type every served filter extracts.
-pub type Reply = warp::reply::Response;
+/// The other end of a connection: written into logs, and put into each of its
+/// requests for the filters to read.
+pub trait Peer: Clone + fmt::Display + Send + Sync + 'static {
+    fn annotate(&self, extensions: &mut hyper::http::Extensions);
+}
 
-/// Per-listener settings.
+impl Listener for TcpListener {
+    type Io = TcpStream;
+    type Peer = PeerAddr;
+
+    async fn accept(&self) -> io::Result<(TcpStream, PeerAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, PeerAddr(peer)))
+    }
+}
+
+impl Peer for PeerAddr {
+    fn annotate(&self, extensions: &mut hyper::http::Extensions) {
+        extensions.insert(*self);
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A unix-socket peer: its kernel credentials, when the kernel gave them (no
+/// credentials, no access: the admin filters refuse a request without them).
+#[derive(Debug, Clone, Copy)]
+pub struct UnixPeer(pub Option<PeerCred>);
+
+impl Listener for UnixListener {
+    type Io = UnixStream;
+    type Peer = UnixPeer;
+
+    async fn accept(&self) -> io::Result<(UnixStream, UnixPeer)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        let cred = stream.peer_cred().ok().map(|cred| PeerCred {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        });
+        Ok((stream, UnixPeer(cred)))
+    }
+}
+
+impl Peer for UnixPeer {
+    fn annotate(&self, extensions: &mut hyper::http::Extensions) {
+        if let Some(cred) = self.0 {
+            extensions.insert(cred);
+        }
+    }
+}
+
+impl fmt::Display for UnixPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(cred) => write!(f, "uid {}", cred.uid),
+            None => f.write_str("unknown uid"),
+        }
+    }
+}
+
+/// How much a listener lets each connection take.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct Bounds {
+    /// Connections served at once; one more is closed at accept.
     pub connections: Arc<Semaphore>,
+    /// Longest TLS handshake.
     pub handshake_timeout: Duration,
+    /// Longest wait for a complete request head (each request of a keep-alive connection).
+    pub head_timeout: Duration,
 }
 
-/// Serves the warp filter `routes` on `listener` until `stop` fires;
-/// connections are tracked by `conns`.
-pub async fn serve<F>(
-    listener: TcpListener,
+impl Bounds {
+    pub fn new(connections: usize, timeout: Duration) -> Bounds {
+        Bounds {
+            connections: Arc::new(Semaphore::new(connections)),
+            handshake_timeout: timeout,
+            head_timeout: timeout,
+        }
+    }
+}
+
+/// Serves the warp filter `routes` on `listener` until `stop` fires (then
+/// `Ok`), or until accepting fails in a way that will not pass (then that
+/// error). Connections are tracked by `conns`.
+pub async fn serve<L, F>(
+    listener: L,
     tls: Option<TlsAcceptor>,
-    limits: Limits,
+    bounds: Bounds,
     routes: F,
     stop: CancellationToken,
     conns: TaskTracker,
-) where
+) -> io::Result<()>
+where
+    L: Listener,
     F: Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(warp::service(routes));
@@ -80,69 +168,98 @@ pub async fn serve<F>(
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(error = %chain(&e), "accept failed; retrying");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
+                Err(e) => return Err(e),
             },
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
         };
-        let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+        let Ok(permit) = bounds.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; connection dropped");
             continue;
         };
-        let (tls, service, stop, timeout) = (
-            tls.clone(),
-            service.clone(),
-            stop.clone(),
-            limits.handshake_timeout,
-        );
+        let (tls, service, stop, bounds) =
+            (tls.clone(), service.clone(), stop.clone(), bounds.clone());
         conns.spawn(async move {
             let _permit = permit;
-            let _ = stream.set_nodelay(true);
-            connection(stream, peer, tls, timeout, service, stop).await;
+            connection(stream, peer, tls, &bounds, service, stop).await;
         });
     }
 }
 
-async fn connection<S>(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Whether an accept error says something about one connection or the
+/// moment (descriptors, memory, a client that gave up) rather than about the
+/// listening socket itself, which cannot get better by retrying.
+fn is_transient(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    !matches!(
+        error.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EBADF | Errno::EINVAL | Errno::ENOTSOCK | Errno::EOPNOTSUPP | Errno::EFAULT)
+    )
+}
+
+async fn connection<I, P, S>(
+    stream: I,
+    peer: P,
     tls: Option<TlsAcceptor>,
-    timeout: Duration,
+    bounds: &Bounds,
     service: S,
     stop: CancellationToken,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Peer,
     S: Service<Request<Incoming>, Response = Reply, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
     match tls {
-        None => http(TokioIo::new(stream), peer, timeout, service, stop).await,
-        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => {
-                http(TokioIo::new(tls_stream), peer, timeout, service, stop).await
+        None => {
+            http(
+                TokioIo::new(stream),
+                peer,
+                bounds.head_timeout,
+                service,
+                stop,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(bounds.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    http(
+                        TokioIo::new(tls_stream),
+                        peer,
+                        bounds.head_timeout,
+                        service,
+                        stop,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %chain(&e), "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        }
     }
 }
 
-async fn http<I, S>(io: I, peer: SocketAddr, timeout: Duration, service: S, stop: CancellationToken)
+async fn http<I, P, S>(io: I, peer: P, head_timeout: Duration, service: S, stop: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    P: Peer,
     S: Service<Request<Incoming>, Response = Reply, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
+    let annotate = peer.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
+        annotate.annotate(req.extensions_mut());
         service.call(req)
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let conn = builder.serve_connection(io, service).with_upgrades();
@@ -150,12 +267,36 @@ where
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(%peer, error = %chain(&e), "connection ended with an error");
             }
         }
         () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            let _ = tokio::time::timeout(STOP_GRACE, conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::errno::Errno;
+
+    use super::*;
+
+    #[test]
+    fn listening_socket_errors_are_fatal_and_the_rest_transient() {
+        let error = |errno: Errno| io::Error::from_raw_os_error(errno as i32);
+        for errno in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ECONNABORTED,
+            Errno::ENOBUFS,
+        ] {
+            assert!(is_transient(&error(errno)), "{errno}");
+        }
+        for errno in [Errno::EBADF, Errno::EINVAL, Errno::ENOTSOCK] {
+            assert!(!is_transient(&error(errno)), "{errno}");
+        }
+        assert!(is_transient(&io::Error::other("no errno")));
     }
 }

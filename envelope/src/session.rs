@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::WebSocketStream;
 
 use crate::grants::{EndReason, Lease};
+use crate::logging::chain;
 
 /// How long a polite close may take once the grant is already gone.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -23,7 +24,7 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
     let upgraded = match upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
-            tracing::warn!(%peer, grant = lease.id(), error = %e, "upgrade failed; grant released");
+            tracing::warn!(%peer, grant = lease.id(), error = %chain(&e), "upgrade failed; grant released");
             return;
         }
     };

@@ -1,14 +1,29 @@
 //! TLS server configuration from PEM files: aws-lc-rs provider, HTTP/1.1 ALPN only
 //! (WebSocket upgrades are HTTP/1.1, and no HTTP/2 attack surface is offered).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+/// `--cert` and `--key`: where the certificate chain and its key are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    /// Reads both files into a server configuration; an error names the flag
+    /// and file at fault, or says the two do not match.
+    pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
+        server_config(&self.cert, &self.key)
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
         .with_context(|| {

@@ -8,9 +8,13 @@
 //! - `systemd/envelope.service`: the unit with the packaged paths ([`unit`]).
 //!
 //! The binaries are listed once, in [`binaries`].
+//!
+//! `layers [SRC]` (default `envelope/src`) prints a crate's top-level module
+//! graph and fails on any import cycle ([`layers`]).
 
 mod binaries;
 mod completions;
+mod layers;
 mod man;
 mod unit;
 
@@ -37,12 +41,20 @@ enum Task {
         /// Output directory [default: dist/ at the workspace root].
         outdir: Option<PathBuf>,
     },
+    /// Print a crate's top-level module graph; fail on an import cycle.
+    Layers {
+        /// The crate's src/ [default: envelope/src].
+        src: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::DistDocs { outdir } => {
             dist_docs(&outdir.unwrap_or_else(|| workspace_root().join("dist")))
+        }
+        Task::Layers { src } => {
+            return layers_task(&src.unwrap_or_else(|| workspace_root().join("envelope/src")))
         }
     };
     match result {
@@ -56,6 +68,29 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn layers_task(src: &Path) -> ExitCode {
+    let graph = match layers::graph(src) {
+        Ok(graph) => graph,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (module, uses) in &graph {
+        let uses: Vec<&str> = uses.iter().map(String::as_str).collect();
+        println!("{module} -> {}", uses.join(", "));
+    }
+    let cycles = layers::cycles(&graph);
+    for cycle in &cycles {
+        eprintln!("xtask: import cycle: {}", cycle.join(" "));
+    }
+    if cycles.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -18,16 +18,14 @@ use common::filters::{
 };
 use common::Clock as _;
 use tokio_util::task::TaskTracker;
-use warp::http::header::{self, HeaderValue};
-use warp::http::{Method, StatusCode};
+use warp::http::Method;
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
-use crate::config::TokenPolicy;
 use crate::grants::{GrantRequest, Grants};
+use crate::http::{exact_path, peer, PeerAddr, Reply};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::server::{self, Reply};
 use crate::session;
 
 pub use refusal::Refusal;
@@ -36,10 +34,22 @@ use upgrade::{websocket_upgrade, Handshake, NotAnUpgrade};
 pub const PATH: &str = "/v0/envelope/access";
 pub const SUBPROTOCOL: &str = "net.measurementlab.envelope";
 
+/// The token checks as the daemon runs them.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub required: bool,
+    /// The verify keys in force (reloadable); none without `--verify-key`.
+    pub keys: Option<Arc<Keys>>,
+    /// `--subject` (`monitoring` is always accepted too).
+    pub subject: Option<String>,
+    /// `--single-use-tokens`: the used `jti`s.
+    pub replay: Option<Arc<ReplayCache>>,
+}
+
 /// What every access request needs.
 #[derive(Debug)]
 pub struct Access {
-    pub tokens: TokenPolicy,
+    pub tokens: Tokens,
     pub timeout: Duration,
     pub max_hold: Duration,
     pub grants: Grants,
@@ -47,16 +57,6 @@ pub struct Access {
     pub tx_gate: Option<Arc<TxGate>>,
     pub tls: bool,
     pub sessions: TaskTracker,
-}
-
-pub fn plain(status: StatusCode, text: &str) -> Reply {
-    let mut response = Reply::new(format!("{text}\n").into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// The reloadable verify keys as the token filter's source: each request
@@ -86,7 +86,7 @@ impl TxExempt for Checked {
 /// The access endpoint, every other path (404) and the per-request log line.
 pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone {
     let policy = AccessPolicy::with_optional_subject(
-        KeysSource(app.tokens.verifier.clone()),
+        KeysSource(app.tokens.keys.clone()),
         app.tokens.subject.clone(),
     );
     let token = if app.tokens.required {
@@ -112,7 +112,7 @@ pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infal
         });
     let (admit_app, refuse_app) = (app.clone(), app.clone());
     let access = filters::transmit_rate_unless_exempt(app.tx_gate.clone(), checked)
-        .and(server::peer())
+        .and(peer())
         .then(move |checked, peer| admit(admit_app.clone(), checked, peer))
         .recover(|rejection| std::future::ready(Ok::<_, Infallible>(Err(Refusal::from(rejection)))))
         .unify()
@@ -120,19 +120,6 @@ pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infal
             answer.unwrap_or_else(|refusal| refusal.respond(&refuse_app.metrics, refuse_app.tls))
         });
     logged(app.metrics.clone(), access)
-}
-
-/// Matches exactly `path` (no trailing slash, no prefix).
-pub fn exact_path(path: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Copy {
-    warp::path::full()
-        .and_then(move |full: FullPath| {
-            std::future::ready(if full.as_str() == path {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            })
-        })
-        .untuple_one()
 }
 
 /// With `--single-use-tokens`, reserves the token's `jti` right after the token
@@ -200,13 +187,13 @@ where
 {
     warp::any()
         .map(Instant::now)
-        .and(warp::ext::optional::<server::PeerAddr>())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::method())
         .and(warp::path::full())
         .and(inner)
         .map(
             move |started: Instant,
-                  peer: Option<server::PeerAddr>,
+                  peer: Option<PeerAddr>,
                   method: Method,
                   path: FullPath,
                   response: Reply| {
@@ -245,6 +232,8 @@ impl Access {
 
 #[cfg(test)]
 mod tests {
+    use warp::http::StatusCode;
+
     use super::*;
 
     #[tokio::test]
@@ -266,12 +255,7 @@ mod tests {
             metrics.clone(),
         );
         Access {
-            tokens: TokenPolicy {
-                required: false,
-                verifier: None,
-                subject: None,
-                replay: None,
-            },
+            tokens: Tokens::default(),
             timeout: Duration::from_secs(timeout),
             max_hold: Duration::from_secs(max_hold),
             grants,
@@ -295,7 +279,7 @@ mod tests {
             .unwrap();
         *req.headers_mut() = upgrade::tests::upgrade_headers();
         req.extensions_mut()
-            .insert(server::PeerAddr("192.0.2.7:40000".parse().unwrap()));
+            .insert(PeerAddr("192.0.2.7:40000".parse().unwrap()));
         if upgrade {
             // A handle whose upgrade never happens (as when the 101 cannot be written).
             let never = hyper::upgrade::on(&mut req);

@@ -7,10 +7,11 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
 use warp::Rejection;
 
-use super::{plain, NotAnUpgrade, PATH};
+use super::{NotAnUpgrade, PATH};
 use crate::grants::AcquireError;
+use crate::http::{plain, Reply};
+use crate::logging::chain;
 use crate::metrics::Metrics;
-use crate::server::Reply;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -70,7 +71,7 @@ impl Refusal {
             }
             Refusal::Denied(_) => metrics.count_tx(false, tls),
             Refusal::Grant(AcquireError::Firewall { .. }) => {
-                tracing::warn!(error = %crate::logging::chain(self), "grant refused")
+                tracing::warn!(error = %chain(self), "grant refused")
             }
             _ => {}
         }

@@ -9,7 +9,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::SUBPROTOCOL;
-use crate::server::Reply;
+use crate::http::Reply;
 
 /// A request that is not a valid RFC 6455 upgrade (400).
 #[derive(Debug)]

@@ -11,10 +11,9 @@ use warp::http::StatusCode;
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
-use super::{error, json, method_not_allowed, query, AdminResponse, AdminState};
-use crate::access::exact_path;
+use super::{error, method_not_allowed, query, AdminResponse, AdminState};
 use crate::grants::{GrantInfo, RevokeError, Selector};
-use crate::server::Reply;
+use crate::http::{exact_path, json, Reply};
 
 const ONE_PREFIX: &str = "/v1/grants/";
 

@@ -1,9 +1,8 @@
-//! The admin API (SPEC §6): HTTP/JSON over a unix socket, as warp filters served
-//! on our own accept loop (which reads each connection's kernel credentials and
-//! hands them to the filters as a request extension). This layer only turns
-//! requests into grant-owner commands and answers into JSON; one file per
-//! resource. Every refusal is an [`AdminError`] rejection, answered as JSON in
-//! one place.
+//! The admin API (SPEC §6): HTTP/JSON over a unix socket, as warp filters
+//! served by the daemon's accept loop (which puts each connection's kernel
+//! credentials into its requests). This layer only turns requests into
+//! grant-owner commands and answers into JSON; one file per resource. Every
+//! refusal is an [`AdminError`] rejection, answered as JSON in one place.
 
 mod grants;
 mod reload;
@@ -12,20 +11,11 @@ mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::admin::ApiError;
 use futures_util::StreamExt;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::{service_fn, Service};
-use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
-use tokio::net::UnixStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use warp::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use warp::http::header::{HeaderValue, ALLOW};
 use warp::http::{Method, StatusCode};
 use warp::path::FullPath;
 use warp::{Buf, Filter, Rejection};
@@ -33,7 +23,8 @@ use warp::{Buf, Filter, Rejection};
 pub use socket::{AdminSocket, PeerPolicy};
 
 use crate::grants::Grants;
-use crate::server::Reply;
+use crate::http::{json, PeerCred, Reply};
+use crate::reload::Reloader;
 
 /// Largest request body read (the API takes none; this bounds the refusal).
 const MAX_BODY: usize = 4096;
@@ -41,9 +32,8 @@ const MAX_BODY: usize = 4096;
 /// What the admin handlers can see.
 #[derive(Debug)]
 pub struct AdminState {
-    /// The verify keys, for `/v1/reload` and the status (none without `--verify-key`).
-    pub keys: Option<Arc<crate::keys::Keys>>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The reloadable files, for `/v1/reload` and the status.
+    pub reloader: Reloader,
     pub grants: Grants,
     pub machine: Option<String>,
     pub subject: Option<String>,
@@ -56,18 +46,6 @@ pub struct AdminState {
 }
 
 pub type AdminResponse = Reply;
-
-pub fn json<T: Serialize>(status: StatusCode, body: &T) -> AdminResponse {
-    let mut text =
-        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"errors\":[\"encoding failed\"]}".to_vec());
-    text.push(b'\n');
-    let mut response = Reply::new(text.into());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
 
 pub fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
     json(status, &ApiError::new(message))
@@ -100,71 +78,6 @@ impl AdminError {
                 .insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
-    }
-}
-
-/// The kernel credentials of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerCred {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Serves the socket until `stop`; removes the socket file afterwards.
-pub async fn serve(socket: AdminSocket, state: Arc<AdminState>, stop: CancellationToken) {
-    let conns = TaskTracker::new();
-    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(
-        state,
-        socket.access.clone(),
-    )));
-    loop {
-        let stream = tokio::select! {
-            accepted = socket.listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let (service, stop) = (service.clone(), stop.clone());
-        conns.spawn(async move { connection(stream, service, stop).await });
-    }
-    conns.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), conns.wait()).await;
-    let _ = std::fs::remove_file(&socket.path);
-}
-
-async fn connection<S>(stream: UnixStream, service: S, stop: CancellationToken)
-where
-    S: Service<Request<Incoming>, Response = Reply, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    // No credentials, no access: the filters refuse a request without them.
-    let cred = stream.peer_cred().ok().map(|cred| PeerCred {
-        uid: cred.uid(),
-        gid: cred.gid(),
-    });
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        if let Some(cred) = cred {
-            req.extensions_mut().insert(cred);
-        }
-        service.call(req)
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-        }
     }
 }
 

@@ -8,9 +8,9 @@ use time::OffsetDateTime;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
-use super::{error, json, method_not_allowed, query, AdminResponse, AdminState};
-use crate::access::exact_path;
-use crate::server::Reply;
+use super::{error, method_not_allowed, query, AdminResponse, AdminState};
+use crate::http::{exact_path, json, Reply};
+use crate::reload::Trigger;
 
 pub fn routes(
     state: Arc<AdminState>,
@@ -25,13 +25,13 @@ pub fn routes(
 }
 
 async fn post(state: Arc<AdminState>) -> AdminResponse {
-    let Some(keys) = &state.keys else {
+    let Some(reloaded) = state.reloader.reload(Trigger::Admin) else {
         return error(
             StatusCode::CONFLICT,
             "no --verify-key is configured: there are no keys to reload",
         );
     };
-    match keys.reload_counted(&state.metrics, "admin") {
+    match reloaded {
         Ok(set) => json(
             StatusCode::OK,
             &Reloaded {

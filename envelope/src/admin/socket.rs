@@ -15,9 +15,23 @@ use tokio::net::UnixListener;
 #[derive(Debug)]
 pub struct AdminSocket {
     pub listener: UnixListener,
-    pub path: PathBuf,
     pub access: PeerPolicy,
+    pub file: SocketFile,
+}
+
+/// The socket's file and the lock beside it: held until the daemon is done,
+/// then the socket file is removed (the lock file stays, unlocked).
+#[derive(Debug)]
+pub struct SocketFile {
+    pub path: PathBuf,
     _lock: File,
+}
+
+impl SocketFile {
+    /// The last step of a shutdown: the socket file goes, and the lock is let go.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Who may talk to the admin API.
@@ -131,12 +145,14 @@ impl AdminSocket {
         }
         Ok(AdminSocket {
             listener,
-            path: path.to_owned(),
             access: PeerPolicy {
                 own_uid: Uid::effective(),
                 group,
             },
-            _lock: lock,
+            file: SocketFile {
+                path: path.to_owned(),
+                _lock: lock,
+            },
         })
     }
 }

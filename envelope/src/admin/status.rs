@@ -5,9 +5,8 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
-use super::{json, method_not_allowed, query, AdminResponse, AdminState};
-use crate::access::exact_path;
-use crate::server::Reply;
+use super::{method_not_allowed, query, AdminResponse, AdminState};
+use crate::http::{exact_path, json, Reply};
 
 pub fn routes(
     state: Arc<AdminState>,
@@ -37,7 +36,7 @@ async fn get(state: Arc<AdminState>) -> AdminResponse {
         listening: state.listening.clone(),
         metrics_listening: state.metrics_listening.clone(),
     };
-    if let Some(keys) = &state.keys {
+    if let Some(keys) = state.reloader.keys() {
         let set = keys.current();
         status.keys = set
             .kids

@@ -51,23 +51,23 @@ pub(super) fn firewall_choice(
             FirewallChoice::None
         }
         FirewallKind::Record => {
-            let Some(journal) = flags.firewall_journal.clone() else {
+            let Some(journal) = flags.hooks.firewall_journal.clone() else {
                 bail!("--firewall record needs --firewall-journal");
             };
             proxy_ports(flags)?;
             FirewallChoice::Record {
                 journal,
-                fail_grants: flags.firewall_journal_fail_grants,
+                fail_grants: flags.hooks.firewall_journal_fail_grants,
             }
         }
         FirewallKind::Iptables => FirewallChoice::Iptables {
             rules: iptables_rules(flags, bin_dir, listen)?,
             kernel_margin: flags.kernel_margin,
-            ipset: if flags.ipset_unavailable {
+            ipset: if flags.hooks.ipset_unavailable {
                 IpsetMode::Unavailable
             } else {
                 IpsetMode::Probe {
-                    fault_netlink: flags.fault_netlink.clone(),
+                    fault_netlink: flags.hooks.fault_netlink,
                 }
             },
         },
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(
             ipset,
             IpsetMode::Probe {
-                fault_netlink: Some("stall:2".into())
+                fault_netlink: Some("stall:2".parse().unwrap())
             }
         );
     }

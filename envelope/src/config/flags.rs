@@ -6,8 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Args, Parser, ValueEnum};
 use common::goflags::parse_duration;
+
+use crate::firewall::NetlinkFault;
+use crate::logging::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FirewallKind {
@@ -21,12 +24,6 @@ pub enum FirewallKind {
     /// Test backend: append each operation to --firewall-journal.
     #[value(hide = true)]
     Record,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Opens the firewall for a client's subnet while it holds a WebSocket
@@ -84,10 +81,6 @@ pub struct Flags {
           num_args = 0..=1, require_equals = true, default_value_t = false,
           default_missing_value = "true", value_name = "BOOL")]
     pub single_use_tokens: bool,
-
-    /// Most live tokens the single-use cache remembers (tests lower it).
-    #[arg(long, default_value_t = common::filters::DEFAULT_REPLAY_CAP, hide = true)]
-    pub replay_cache_cap: usize,
 
     /// This machine's name; tokens must carry it in `aud`.
     #[arg(long, env = "ENVELOPE_MACHINE", alias = "envelope.machine")]
@@ -218,18 +211,6 @@ pub struct Flags {
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub handshake_timeout: Duration,
 
-    /// Journal file of the `record` firewall backend (tests).
-    #[arg(long, hide = true)]
-    pub firewall_journal: Option<PathBuf>,
-
-    /// Make every grant of the `record` backend fail (tests).
-    #[arg(long, hide = true)]
-    pub firewall_journal_fail_grants: bool,
-
-    /// Where transmit counters are read from (tests).
-    #[arg(long, default_value = "/proc/net/dev", hide = true)]
-    pub tx_proc_path: PathBuf,
-
     /// iptables-family binaries are looked up here (tests point it at wrappers).
     #[arg(
         long,
@@ -243,18 +224,43 @@ pub struct Flags {
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub kernel_margin: Duration,
 
-    /// Test hook: behave as if the kernel had no ipset (exercises the fallback).
-    #[arg(long, hide = true)]
-    pub ipset_unavailable: bool,
-
     /// Longest a single firewall command may run before it is killed.
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub firewall_timeout: Duration,
 
-    /// Test only (the soak): `fail:N` or `stall:N` makes the Nth netlink
-    /// exchange of set-member changes fail or stall past the timeout.
-    #[arg(long, hide = true, value_name = "fail:N|stall:N")]
-    pub fault_netlink: Option<String>,
+    /// Test-only settings (hidden).
+    #[command(flatten)]
+    pub hooks: TestHooks,
+}
+
+/// Settings only tests use, all hidden: they change what the daemon does to
+/// make a failure happen or to look inside, and are never for production.
+#[derive(Debug, Clone, Args)]
+pub struct TestHooks {
+    /// Journal file of the `record` firewall backend.
+    #[arg(long, hide = true)]
+    pub firewall_journal: Option<PathBuf>,
+
+    /// Make every grant of the `record` backend fail.
+    #[arg(long, hide = true)]
+    pub firewall_journal_fail_grants: bool,
+
+    /// Behave as if the kernel had no ipset (exercises the fallback).
+    #[arg(long, hide = true)]
+    pub ipset_unavailable: bool,
+
+    /// `fail:N` or `stall:N` makes the Nth netlink exchange of set-member
+    /// changes fail or stall past the timeout (the soak).
+    #[arg(long, hide = true, value_name = "fail:N|stall:N", value_parser = clap::builder::ValueParser::new(str::parse::<NetlinkFault>))]
+    pub fault_netlink: Option<NetlinkFault>,
+
+    /// Where transmit counters are read from.
+    #[arg(long, default_value = "/proc/net/dev", hide = true)]
+    pub tx_proc_path: PathBuf,
+
+    /// Most live tokens the single-use cache remembers.
+    #[arg(long, default_value_t = common::filters::DEFAULT_REPLAY_CAP, hide = true)]
+    pub replay_cache_cap: usize,
 }
 
 impl Flags {

@@ -9,7 +9,7 @@ use anyhow::bail;
 use super::Flags;
 
 /// The transmit-rate gate on admission.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxLimit {
     pub device: String,
     pub max_bits_per_sec: u64,
@@ -34,7 +34,7 @@ pub(super) fn tx_limit(flags: &Flags) -> anyhow::Result<Option<TxLimit>> {
         (Some(device), Some(max)) if max > 0 => Some(TxLimit {
             device: device.clone(),
             max_bits_per_sec: max,
-            proc_path: flags.tx_proc_path.clone(),
+            proc_path: flags.hooks.tx_proc_path.clone(),
         }),
         (Some(_), None) => bail!("--tx-device needs --tx-max-rate"),
         (None, Some(max)) if max > 0 => bail!("--tx-max-rate needs --tx-device"),

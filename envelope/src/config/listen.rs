@@ -1,12 +1,13 @@
 //! Where and how the envelope serves: the listen and metrics addresses, and the
-//! TLS certificate and key, which come as a pair or not at all (plain HTTP).
+//! TLS certificate and key files, which come as a pair or not at all (plain
+//! HTTP); they are read when the daemon binds.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
 use super::Flags;
+use crate::tls::CertFiles;
 
 /// `--listen-address`.
 pub(super) fn listen_addresses(flags: &Flags) -> anyhow::Result<Vec<SocketAddr>> {
@@ -28,9 +29,12 @@ pub(super) fn metrics_addresses(flags: &Flags) -> anyhow::Result<Option<Vec<Sock
 }
 
 /// `--cert` and `--key`: both (TLS) or neither (plain HTTP).
-pub(super) fn tls(flags: &Flags) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+pub(super) fn tls(flags: &Flags) -> anyhow::Result<Option<CertFiles>> {
     Ok(match (&flags.cert, &flags.key) {
-        (Some(cert), Some(key)) => Some(Arc::new(crate::tls::server_config(cert, key)?)),
+        (Some(cert), Some(key)) => Some(CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
         (None, None) => None,
         (Some(_), None) => bail!("--cert is given without --key"),
         (None, Some(_)) => bail!("--key is given without --cert"),
@@ -64,11 +68,8 @@ pub fn parse_listen(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{flags::parse, testdata};
+    use super::super::flags::parse;
     use super::*;
-
-    const CERT: &str = "insecure-test-server.pem";
-    const KEY: &str = "insecure-test-server.key";
 
     #[test]
     fn colon_port_listens_on_every_interface() {
@@ -111,27 +112,23 @@ mod tests {
 
     #[test]
     fn cert_without_key_is_refused() {
-        let err = tls(&parse(&["--cert", &testdata(CERT)])).unwrap_err();
+        let err = tls(&parse(&["--cert", "/no/cert.pem"])).unwrap_err();
         assert_eq!(err.to_string(), "--cert is given without --key");
     }
 
     #[test]
     fn key_without_cert_is_refused() {
-        let err = tls(&parse(&["--key", &testdata(KEY)])).unwrap_err();
+        let err = tls(&parse(&["--key", "/no/key.pem"])).unwrap_err();
         assert_eq!(err.to_string(), "--key is given without --cert");
     }
 
     #[test]
     fn cert_and_key_serve_tls_and_neither_serves_plain_http() {
-        let config = tls(&parse(&[
-            "--cert",
-            &testdata(CERT),
-            "--key",
-            &testdata(KEY),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let files = tls(&parse(&["--cert", "/no/cert.pem", "--key", "/no/key.pem"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(files.cert, std::path::PathBuf::from("/no/cert.pem"));
+        assert_eq!(files.key, std::path::PathBuf::from("/no/key.pem"));
         assert!(tls(&parse(&[])).unwrap().is_none());
     }
 }

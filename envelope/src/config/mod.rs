@@ -1,6 +1,7 @@
 //! Command-line flags (with env vars and the Go original's spellings) and their
-//! validation into a [`Config`]. Every start-up failure here is one line naming
-//! the flag or file at fault.
+//! validation into a [`Config`]: plain data (addresses, paths, durations,
+//! choices), checked without opening a file — the daemon reads keys and
+//! certificates when it binds. Every failure here is one line naming the flag.
 //!
 //! Low-level flags become high-level settings in two steps:
 //! - `flags.rs`: the clap definition, parsed and unchecked ([`Flags`]).
@@ -19,21 +20,22 @@ mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::flags::{FirewallKind, Flags, LogFormat};
+pub use self::flags::{FirewallKind, Flags, TestHooks};
 pub use self::limits::TxLimit;
 pub use self::listen::parse_listen;
 pub use self::tokens::TokenPolicy;
 pub use crate::firewall::FirewallChoice;
+pub use crate::tls::CertFiles;
 
 /// Everything the daemon needs, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub machine: Option<String>,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--cert` and `--key` (none: plain HTTP).
+    pub tls: Option<CertFiles>,
     pub tokens: TokenPolicy,
     pub max_clients: usize,
     pub timeout: Duration,
@@ -85,12 +87,6 @@ impl Flags {
     }
 }
 
-/// A file of the workspace's `testdata/` (insecure test keys and certificates).
-#[cfg(test)]
-fn testdata(name: &str) -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/").to_owned() + name
-}
-
 #[cfg(test)]
 mod tests {
     use super::flags::parse;
@@ -105,10 +101,9 @@ mod tests {
 
     #[test]
     fn a_complete_command_line_validates_into_its_config() {
-        let key = format!("--verify-key={}", testdata("insecure-test-eddsa.jwk.pub"));
         let config = parse(&[
             "--listen-address=127.0.0.1:8443",
-            &key,
+            "--verify-key=/keys/locate.jwk.pub",
             "--machine=mlab1",
             "--subject=ndt",
             "--firewall=record",
@@ -120,7 +115,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, vec!["127.0.0.1:8443".parse().unwrap()]);
         assert_eq!(config.machine.as_deref(), Some("mlab1"));
-        assert!(config.tokens.required && config.tokens.verifier.is_some());
+        assert!(config.tokens.required);
+        assert_eq!(
+            config.tokens.verify_keys,
+            vec![PathBuf::from("/keys/locate.jwk.pub")]
+        );
         assert!(matches!(config.firewall, FirewallChoice::Record { .. }));
         assert_eq!(config.max_clients, 3);
         assert_eq!(config.max_connections, 1);

@@ -1,23 +1,28 @@
-//! The token policy: whether tokens are required, the verify keys (loaded here,
-//! so a bad key file refuses start-up), the machine and subject they must name,
-//! and the single-use cache. Required tokens need a verify key, a machine and a
-//! subject; verify keys without required tokens still need a machine and subject.
+//! The token policy: whether tokens are required, the verify-key files, the
+//! issuer, machine and subject tokens must name, and the single-use cache's
+//! size. Required tokens need a verify key, a machine and a subject; verify
+//! keys without required tokens still need a machine and subject. Plain data:
+//! the key files are read when the daemon binds.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::Flags;
 
 /// Token policy once flags are validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenPolicy {
     pub required: bool,
-    /// The verify keys (reloadable), when any `--verify-key` is given.
-    pub verifier: Option<Arc<crate::keys::Keys>>,
+    /// `--verify-key` files (none: no token can be verified).
+    pub verify_keys: Vec<PathBuf>,
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected in `aud` (`--machine`; empty when not given).
+    pub audience: String,
     pub subject: Option<String>,
-    /// `--single-use-tokens`: the cache of used `jti`s.
-    pub replay: Option<Arc<common::filters::ReplayCache>>,
+    /// `--single-use-tokens`: how many used `jti`s the cache remembers.
+    pub single_use: Option<usize>,
 }
 
 /// `--machine`, where given and not empty.
@@ -28,11 +33,11 @@ pub(super) fn machine(flags: &Flags) -> Option<String> {
 /// `--token-required`, `--verify-key`, `--machine`, `--subject`, `--issuer`,
 /// `--single-use-tokens`.
 pub(super) fn token_policy(flags: &Flags) -> anyhow::Result<TokenPolicy> {
-    let verifier = verifier(flags)?;
+    let has_keys = !flags.verify_key.is_empty();
     let subject = flags.subject.clone().filter(|s| !s.is_empty());
     let (no_machine, no_subject) = (machine(flags).is_none(), subject.is_none());
     if flags.token_required {
-        if verifier.is_none() {
+        if !has_keys {
             bail!(
                 "--verify-key is required when tokens are required (or set --token-required=false)"
             );
@@ -43,7 +48,7 @@ pub(super) fn token_policy(flags: &Flags) -> anyhow::Result<TokenPolicy> {
         if no_subject {
             bail!("--subject is required when tokens are required");
         }
-    } else if verifier.is_some() {
+    } else if has_keys {
         if no_machine {
             bail!("--machine is required with --verify-key");
         }
@@ -53,29 +58,19 @@ pub(super) fn token_policy(flags: &Flags) -> anyhow::Result<TokenPolicy> {
     }
     Ok(TokenPolicy {
         required: flags.token_required,
-        verifier,
+        verify_keys: flags.verify_key.clone(),
+        issuer: flags.issuer.clone(),
+        audience: flags.machine.clone().unwrap_or_default(),
         subject,
-        replay: flags
+        single_use: flags
             .single_use_tokens
-            .then(|| Arc::new(common::filters::ReplayCache::new(flags.replay_cache_cap))),
+            .then_some(flags.hooks.replay_cache_cap),
     })
-}
-
-/// `--verify-key`: every file loaded, with `--issuer` and `--machine` as the
-/// expected `iss` and `aud`.
-fn verifier(flags: &Flags) -> anyhow::Result<Option<Arc<crate::keys::Keys>>> {
-    if flags.verify_key.is_empty() {
-        return Ok(None);
-    }
-    let machine = flags.machine.clone().unwrap_or_default();
-    let keys = crate::keys::Keys::load(flags.verify_key.clone(), flags.issuer.clone(), machine)
-        .context("--verify-key")?;
-    Ok(Some(Arc::new(keys)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{flags::parse, testdata};
+    use super::super::flags::parse;
     use super::*;
 
     fn error(args: &[&str]) -> String {
@@ -83,7 +78,7 @@ mod tests {
     }
 
     fn key() -> String {
-        format!("--verify-key={}", testdata("insecure-test-eddsa.jwk.pub"))
+        "--verify-key=/keys/locate.jwk.pub".to_owned()
     }
 
     #[test]
@@ -131,16 +126,30 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_verify_key_names_the_flag() {
-        let err = token_policy(&parse(&["--verify-key=/nonexistent/key.jwk"])).unwrap_err();
-        assert_eq!(err.to_string(), "--verify-key");
+    fn key_files_are_not_read_while_validating() {
+        let policy = token_policy(&parse(&[
+            "--verify-key=/nonexistent/key.jwk",
+            "--machine=m",
+            "--subject=s",
+        ]))
+        .unwrap();
+        assert_eq!(
+            policy.verify_keys,
+            vec![PathBuf::from("/nonexistent/key.jwk")]
+        );
+        assert_eq!(policy.audience, "m");
+        assert_eq!(policy.issuer, "locate");
     }
 
     #[test]
     fn tokens_not_required_need_nothing_else() {
         let policy = token_policy(&parse(&["--token-required=false"])).unwrap();
         assert!(!policy.required);
-        assert!(policy.verifier.is_none() && policy.subject.is_none() && policy.replay.is_none());
+        assert!(
+            policy.verify_keys.is_empty()
+                && policy.subject.is_none()
+                && policy.single_use.is_none()
+        );
     }
 
     #[test]
@@ -148,9 +157,9 @@ mod tests {
         let flags = parse(&[&key(), "--machine=m", "--subject=s", "--single-use-tokens"]);
         let policy = token_policy(&flags).unwrap();
         assert!(policy.required);
-        assert!(policy.verifier.is_some());
+        assert_eq!(policy.verify_keys.len(), 1);
         assert_eq!(policy.subject.as_deref(), Some("s"));
-        assert!(policy.replay.is_some());
+        assert_eq!(policy.single_use, Some(common::filters::DEFAULT_REPLAY_CAP));
         assert_eq!(machine(&flags).as_deref(), Some("m"));
     }
 }

@@ -1,22 +1,26 @@
 //! Which firewall backend the daemon runs, with the settings that backend alone
-//! needs, and how it is built. [`crate::config`] validates the flags into a
-//! [`FirewallChoice`]; [`build`] turns it into a backend, probing the kernel for
-//! ipset and falling back (with one warning) to iptables-restore rules where
-//! there is none. A choice cannot name a setting its backend does not use.
+//! needs, how it is built, and how everything any backend ever installed is
+//! removed. The configuration validates the flags into a [`FirewallChoice`];
+//! [`FirewallChoice::build`] turns it into a backend (probing the kernel for
+//! ipset and falling back, with one warning, to iptables-restore rules where
+//! there is none), and [`FirewallChoice::cleanup`] is `--cleanup`. The daemon
+//! never names a backend: a new one is a module and an arm here. A choice
+//! cannot name a setting its backend does not use.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ipset::{IpsetSocket, NewError};
+use super::ipset::{NetlinkFault, NewError};
 use super::{
-    Firewall, IpsetFirewall, IptablesConfig, IptablesFirewall, JournalFirewall, NoopFirewall,
+    ipset, iptables, Firewall, FirewallError, IpsetFirewall, IptablesConfig, IptablesFirewall,
+    JournalFirewall, NoopFirewall,
 };
 
 /// The validated `--firewall` choice.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirewallChoice {
     /// `none`: touch nothing.
     None,
@@ -45,7 +49,7 @@ pub enum IpsetMode {
     /// Ask the kernel; fall back to rules when it has no ipset.
     Probe {
         /// `--fault-netlink` (the soak): fault one exchange of member changes.
-        fault_netlink: Option<String>,
+        fault_netlink: Option<NetlinkFault>,
     },
     /// `--ipset-unavailable` (tests): behave as if the kernel had none.
     Unavailable,
@@ -63,55 +67,63 @@ impl FirewallChoice {
     }
 }
 
-/// Builds the chosen backend; an error names the `--firewall` choice at fault.
-pub async fn build(choice: &FirewallChoice) -> anyhow::Result<Arc<dyn Firewall>> {
-    Ok(match choice {
-        FirewallChoice::None => Arc::new(NoopFirewall),
-        FirewallChoice::Record {
-            journal,
-            fail_grants,
-        } => Arc::new(JournalFirewall::new(journal.clone(), *fail_grants)),
-        FirewallChoice::Iptables {
-            rules,
-            kernel_margin,
-            ipset,
-        } => {
-            let probe = match ipset {
-                IpsetMode::Unavailable => Err(NewError::NoIpset(
-                    std::io::Error::other("--ipset-unavailable").into(),
-                )),
-                IpsetMode::Probe { fault_netlink } => {
-                    if let Some(spec) = fault_netlink {
-                        IpsetSocket::inject_fault(spec).map_err(anyhow::Error::msg)?;
+impl FirewallChoice {
+    /// Builds the chosen backend; an error names the `--firewall` choice at fault.
+    pub async fn build(&self) -> anyhow::Result<Arc<dyn Firewall>> {
+        Ok(match self {
+            FirewallChoice::None => Arc::new(NoopFirewall),
+            FirewallChoice::Record {
+                journal,
+                fail_grants,
+            } => Arc::new(JournalFirewall::new(journal.clone(), *fail_grants)),
+            FirewallChoice::Iptables {
+                rules,
+                kernel_margin,
+                ipset,
+            } => {
+                let probe = match ipset {
+                    IpsetMode::Unavailable => Err(NewError::NoIpset(
+                        std::io::Error::other("--ipset-unavailable").into(),
+                    )),
+                    IpsetMode::Probe { fault_netlink } => {
+                        IpsetFirewall::new(rules.clone(), *kernel_margin, *fault_netlink).await
                     }
-                    IpsetFirewall::new(rules.clone(), *kernel_margin).await
-                }
-            };
-            match probe {
-                Ok(firewall) => Arc::new(firewall),
-                Err(NewError::Firewall(e)) => {
-                    return Err(anyhow::Error::new(e).context("--firewall iptables"))
-                }
-                Err(NewError::NoIpset(e)) => {
-                    tracing::warn!(
-                        error = %e,
-                        "the kernel offers no ipset: grants fall back to one iptables rule each \
-                         (iptables-restore per change, no kernel timeouts)"
-                    );
-                    Arc::new(
-                        IptablesFirewall::new(rules.clone())
-                            .await
-                            .context("--firewall iptables")?,
-                    )
+                };
+                match probe {
+                    Ok(firewall) => Arc::new(firewall),
+                    Err(NewError::Firewall(e)) => {
+                        return Err(anyhow::Error::new(e).context("--firewall iptables"))
+                    }
+                    Err(NewError::NoIpset(e)) => {
+                        tracing::warn!(
+                            error = %crate::logging::chain(&e),
+                            "the kernel offers no ipset: grants fall back to one iptables rule each \
+                             (iptables-restore per change, no kernel timeouts)"
+                        );
+                        Arc::new(
+                            IptablesFirewall::new(rules.clone())
+                                .await
+                                .context("--firewall iptables")?,
+                        )
+                    }
                 }
             }
-        }
-        FirewallChoice::IptablesRestore(rules) => Arc::new(
-            IptablesFirewall::new(rules.clone())
-                .await
-                .context("--firewall iptables-restore")?,
-        ),
-    })
+            FirewallChoice::IptablesRestore(rules) => Arc::new(
+                IptablesFirewall::new(rules.clone())
+                    .await
+                    .context("--firewall iptables-restore")?,
+            ),
+        })
+    }
+
+    /// `--cleanup`: removes everything any backend ever installs, whatever
+    /// backend is chosen, with the iptables binaries in `bin_dir` and each
+    /// command bounded by `timeout`. Rules go first: a set that a rule
+    /// references cannot be destroyed.
+    pub async fn cleanup(bin_dir: &Path, timeout: Duration) -> Result<(), FirewallError> {
+        iptables::cleanup(bin_dir, timeout).await?;
+        ipset::cleanup(timeout).await
+    }
 }
 
 #[cfg(test)]
@@ -150,14 +162,14 @@ mod tests {
 
     #[tokio::test]
     async fn none_and_record_build_without_touching_the_kernel() {
-        let none = build(&FirewallChoice::None).await.unwrap();
+        let none = FirewallChoice::None.build().await.unwrap();
         assert_eq!(none.backend(), "none");
         let dir = tempfile::tempdir().unwrap();
         let record = FirewallChoice::Record {
             journal: dir.path().join("journal"),
             fail_grants: false,
         };
-        let record = build(&record).await.unwrap();
+        let record = record.build().await.unwrap();
         assert_eq!(record.backend(), "record");
     }
 }

@@ -3,9 +3,11 @@
 //! one: static rules, grants as kernel set members with timeouts), `iptables`
 //! (one rule per grant through `iptables-restore`, where the kernel has no
 //! ipset), `none` (no-op), and `record` (a journal file, for tests of the daemon).
-//! [`FirewallChoice`] names one with its settings; [`build`] makes it.
+//! [`FirewallChoice`] names one with its settings, builds it, and cleans up
+//! after every backend.
 
 mod choice;
+mod family;
 pub mod ipset;
 pub mod iptables;
 mod journal;
@@ -18,8 +20,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use choice::{build, FirewallChoice, IpsetMode};
-pub use ipset::IpsetFirewall;
+pub use choice::{FirewallChoice, IpsetMode};
+pub use family::{Family, PerFamily};
+pub use ipset::{IpsetFirewall, NetlinkFault};
 pub use iptables::{IptablesConfig, IptablesFirewall};
 pub use journal::JournalFirewall;
 pub use noop::NoopFirewall;

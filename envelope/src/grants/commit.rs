@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::table::{Outcome, Table};
 use crate::firewall::{Change, Firewall, FirewallError};
+use crate::logging::chain;
 use crate::metrics::Metrics;
 
 /// First and longest wait before a failed revoke is tried again.
@@ -107,7 +108,7 @@ impl Committer {
                 grant = ?change.granted().map(|s| s.to_string()).collect::<Vec<_>>(),
                 refresh = ?change.refresh.iter().map(|o| o.subnet.to_string()).collect::<Vec<_>>(),
                 revoke = ?change.revoke.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                error = %e,
+                error = %chain(e),
                 "firewall change failed"
             );
         }

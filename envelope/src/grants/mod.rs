@@ -100,15 +100,38 @@ pub enum RevokeError {
     /// The sessions are ended and their slots stay taken until a retry removes the rules.
     #[error(
         "could not remove the rule for {}; retrying in the background",
-        list(subnets)
+        list(&failures.subnets())
     )]
     Stuck {
-        subnets: Vec<Subnet>,
-        /// Why the first of them failed.
+        /// Each stuck subnet with why its own revoke failed.
         #[source]
-        source: Arc<FirewallError>,
+        failures: SubnetFailures,
     },
 }
+
+/// Subnets whose firewall change failed, each with its own cause.
+#[derive(Debug, Clone)]
+pub struct SubnetFailures(pub Vec<(Subnet, Arc<FirewallError>)>);
+
+impl SubnetFailures {
+    pub fn subnets(&self) -> Vec<Subnet> {
+        self.0.iter().map(|(subnet, _)| *subnet).collect()
+    }
+}
+
+impl std::fmt::Display for SubnetFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (subnet, cause)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{subnet}: {}", crate::logging::chain(cause.as_ref()))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SubnetFailures {}
 
 fn list(subnets: &[Subnet]) -> String {
     subnets

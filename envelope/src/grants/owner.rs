@@ -11,8 +11,12 @@ use tokio::time::Instant;
 
 use super::commit::Committer;
 use super::table::{Outcome, Session, Table};
-use super::{AcquireError, Command, EndReason, GrantId, GrantInfo, Lease, Occupancy, RevokeError};
+use super::{
+    AcquireError, Command, EndReason, GrantId, GrantInfo, Lease, Occupancy, RevokeError,
+    SubnetFailures,
+};
 use crate::firewall::{FirewallError, Subnet};
+use crate::logging::chain;
 use crate::metrics::Metrics;
 
 /// Most commands folded into one firewall transaction.
@@ -202,7 +206,7 @@ impl Owner {
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the kernel's grant timeouts"),
+            Err(e) => tracing::warn!(error = %chain(&e), "reading the kernel's grant timeouts"),
         }
         let occupancy = self.table.occupancy();
         for reply in lists {
@@ -228,7 +232,7 @@ impl Owner {
 }
 
 /// A revoke succeeds once every chosen subnet's rule is gone; otherwise it
-/// names the stuck subnets and carries the firewall's reason.
+/// names the stuck subnets, each with the firewall's own reason.
 fn reply_revokes(revokes: Vec<(Vec<(GrantId, Subnet)>, RevokeReply)>, outcome: &Outcome) {
     for (chosen, reply) in revokes {
         let mut stuck: Vec<Subnet> = chosen
@@ -238,12 +242,17 @@ fn reply_revokes(revokes: Vec<(Vec<(GrantId, Subnet)>, RevokeReply)>, outcome: &
             .collect();
         stuck.sort_unstable();
         stuck.dedup();
-        let result = match stuck.first().map(|s| &outcome.failed_revokes[s]) {
-            None => Ok(chosen.iter().map(|(id, _)| *id).collect()),
-            Some(cause) => Err(RevokeError::Stuck {
-                subnets: stuck.clone(),
-                source: cause.clone(),
-            }),
+        let result = if stuck.is_empty() {
+            Ok(chosen.iter().map(|(id, _)| *id).collect())
+        } else {
+            Err(RevokeError::Stuck {
+                failures: SubnetFailures(
+                    stuck
+                        .into_iter()
+                        .map(|subnet| (subnet, outcome.failed_revokes[&subnet].clone()))
+                        .collect(),
+                ),
+            })
         };
         let _ = reply.send(result);
     }

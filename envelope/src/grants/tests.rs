@@ -34,10 +34,17 @@ impl Firewall for FakeFirewall {
                 .chain(change.refresh.iter().map(|o| o.subnet))
                 .any(|s| self.fail_grants.lock().unwrap().contains(&s));
             let bad_revoke = !change.revoke.is_empty() && *self.fail_revokes.lock().unwrap();
-            if bad_grant || bad_revoke {
+            if bad_grant {
                 return Err(FirewallError::Failed {
                     operation: "fake".into(),
                     message: "injected".into(),
+                });
+            }
+            if bad_revoke {
+                let subnets: Vec<String> = change.revoke.iter().map(ToString::to_string).collect();
+                return Err(FirewallError::Failed {
+                    operation: "fake".into(),
+                    message: format!("cannot delete {}", subnets.join(",")),
                 });
             }
             self.changes.lock().unwrap().push(change.clone());
@@ -306,7 +313,30 @@ async fn a_failed_revoke_reports_its_subnet_and_the_firewalls_reason() {
         "could not remove the rule for 192.0.2.0/24; retrying in the background"
     );
     let cause = std::error::Error::source(&err).expect("the firewall error is the source");
-    assert_eq!(cause.to_string(), "fake failed: injected");
+    assert_eq!(
+        cause.to_string(),
+        "192.0.2.0/24: fake failed: cannot delete 192.0.2.0/24"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_stuck_subnet_carries_its_own_cause() {
+    let firewall = Arc::new(FakeFirewall::default());
+    let grants = spawn(&firewall, 5);
+    let _a = grants.acquire(request("192.0.2.4", LONG)).await.unwrap();
+    let _b = grants.acquire(request("198.18.1.2", LONG)).await.unwrap();
+    *firewall.fail_revokes.lock().unwrap() = true;
+    let err = grants.revoke(Selector::All).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not remove the rule for 192.0.2.0/24, 198.18.1.0/24; retrying in the background"
+    );
+    assert_eq!(
+        crate::logging::chain(&err).to_string(),
+        "could not remove the rule for 192.0.2.0/24, 198.18.1.0/24; retrying in the background: \
+         192.0.2.0/24: fake failed: cannot delete 192.0.2.0/24; \
+         198.18.1.0/24: fake failed: cannot delete 198.18.1.0/24"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -305,12 +305,19 @@ fn go_spellings_in_the_migration_note_are_accepted() {
     for (go, canonical) in &rows {
         let value = sample_value(go);
         // Go style: one dash and `=VALUE`. The key file needs a companion, or
-        // the cert/key pairing check fires first (still after parsing).
+        // the cert/key pairing check fires first (still after parsing); files
+        // are read only once the flags validate, so those rows complete the
+        // command line.
         let spelled = format!("-{go}={value}");
         let mut args = vec![spelled.as_str()];
         match go.as_str() {
-            "envelope.cert" => args.push("--key=/nonexistent/key.pem"),
-            "envelope.key" => args.push("--cert=/nonexistent/cert.pem"),
+            "envelope.cert" => {
+                args.extend(["--key=/nonexistent/key.pem", "--token-required=false"])
+            }
+            "envelope.key" => {
+                args.extend(["--cert=/nonexistent/cert.pem", "--token-required=false"])
+            }
+            "envelope.verify-key" => args.extend(["--machine=m", "--subject=s"]),
             _ => {}
         }
         let output = run_envelope(&args);

@@ -28,11 +28,14 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+pub use self::fault::NetlinkFault;
 pub use self::socket::{IpsetError, IpsetSocket};
 use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
-use super::iptables::rules::{self, Family, PerFamily};
+use super::iptables::rules;
 use super::iptables::{IptablesConfig, IptablesFirewall};
 use super::{Change, Firewall, FirewallError, FwFuture, Subnet};
+use super::{Family, PerFamily};
+use crate::logging::chain;
 
 /// Default timeout of a member added by hand without one (the envelope always
 /// gives its own).
@@ -113,12 +116,17 @@ impl IpsetFirewall {
     /// Checks the iptables binaries, opens the netlink socket and asks the
     /// kernel for the set types. `NewError::NoIpset` means: use the `iptables`
     /// backend instead.
-    pub async fn new(config: IptablesConfig, margin: Duration) -> Result<IpsetFirewall, NewError> {
+    pub async fn new(
+        config: IptablesConfig,
+        margin: Duration,
+        fault: Option<NetlinkFault>,
+    ) -> Result<IpsetFirewall, NewError> {
         let timeout = config.command_timeout;
         let guard = IptablesFirewall::guard_only(config).await?;
         let mut socket = IpsetSocket::open(timeout)
             .await
-            .map_err(NewError::NoIpset)?;
+            .map_err(NewError::NoIpset)?
+            .with_fault(fault);
         let revisions = Revisions {
             net_v4: socket
                 .type_revision("hash:net", FAMILY_INET)
@@ -312,7 +320,7 @@ impl Firewall for IpsetFirewall {
             self.guard.setup().await?;
             if let Err(e) = self.install_sets().await {
                 if let Err(undo) = self.guard.teardown().await {
-                    tracing::error!(error = %undo, "removing the guard after a failed set-up");
+                    tracing::error!(error = %chain(&undo), "removing the guard after a failed set-up");
                 }
                 let mut socket = self.socket.lock().await;
                 for set in ALL_SETS {
@@ -390,10 +398,12 @@ impl Firewall for IpsetFirewall {
             match socket.run(rollback).await {
                 Ok(results) => {
                     for e in results.into_iter().filter_map(Result::err) {
-                        tracing::error!(error = %e, "rolling back a partly applied change");
+                        tracing::error!(error = %chain(&e), "rolling back a partly applied change");
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "rolling back a partly applied change"),
+                Err(e) => {
+                    tracing::error!(error = %chain(&e), "rolling back a partly applied change")
+                }
             }
             Err(FirewallError::Failed {
                 operation: describe(change),

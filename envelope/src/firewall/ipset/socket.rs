@@ -14,7 +14,7 @@ use netlink_packet_core::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 
-use super::fault::{self, FaultAction};
+use super::fault::{FaultAction, FaultCounter, NetlinkFault};
 use super::wire::{error_name, Cmd, Element, Reply, Request};
 
 /// Most requests in one send: their acknowledgements must fit the receive buffer.
@@ -65,6 +65,8 @@ pub struct IpsetSocket {
     protocol: u8,
     seq: u32,
     timeout: Duration,
+    /// The test hook `--fault-netlink`, when set.
+    fault: Option<FaultCounter>,
 }
 
 impl std::fmt::Debug for IpsetSocket {
@@ -77,11 +79,6 @@ impl std::fmt::Debug for IpsetSocket {
 }
 
 impl IpsetSocket {
-    /// Test hook (`--fault-netlink`); see `ipset/fault.rs`.
-    pub fn inject_fault(spec: &str) -> Result<(), String> {
-        fault::inject(spec)
-    }
-
     /// Opens the socket and agrees on a protocol version (6 or 7).
     pub async fn open(timeout: Duration) -> Result<IpsetSocket, IpsetError> {
         let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
@@ -91,6 +88,7 @@ impl IpsetSocket {
             protocol: 6,
             seq: 0,
             timeout,
+            fault: None,
         };
         let reply = me.query(Request::protocol(6)).await?;
         let kernel = reply.protocol.unwrap_or(6);
@@ -98,11 +96,21 @@ impl IpsetSocket {
         Ok(me)
     }
 
+    /// Test hook (`--fault-netlink`; see `ipset/fault.rs`): faults one
+    /// exchange of member changes on this socket.
+    pub fn with_fault(mut self, fault: Option<NetlinkFault>) -> IpsetSocket {
+        self.fault = fault.map(FaultCounter::new);
+        self
+    }
+
     pub async fn run(
         &mut self,
         requests: Vec<Request>,
     ) -> Result<Vec<Result<(), IpsetError>>, IpsetError> {
-        let fault = fault::for_exchange(&requests);
+        let fault = self
+            .fault
+            .as_mut()
+            .and_then(|counter| counter.for_exchange(&requests));
         if fault == Some(FaultAction::Fail) {
             return Err(IpsetError::Io(io::Error::other(
                 "injected fault (--fault-netlink)",

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 
-use super::rules::Family;
+use crate::firewall::Family;
 use crate::firewall::FirewallError;
 
 /// Exit status iptables uses for "resource problem" (e.g. the xtables lock is held).

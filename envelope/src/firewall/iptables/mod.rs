@@ -23,11 +23,13 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use self::command::{RunError, Runner};
-use self::rules::{Family, PerFamily, GRANTS_CHAIN};
+use self::rules::GRANTS_CHAIN;
 use super::{Change, Firewall, FirewallError, FwFuture, Subnet};
+use super::{Family, PerFamily};
+use crate::logging::chain;
 
 /// What the iptables backend needs from the daemon's configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IptablesConfig {
     /// The public interface the guard applies to (`--device`).
     pub device: String,
@@ -224,14 +226,14 @@ impl IptablesFirewall {
         let actual = match self.listed_grants(family).await {
             Ok(actual) => actual,
             Err(list_error) => {
-                tracing::warn!(error = %FirewallError::from(list_error), "listing after a failed revoke");
+                tracing::warn!(error = %chain(&FirewallError::from(list_error)), "listing after a failed revoke");
                 return Err(error.into());
             }
         };
         let retry = rules::diff(&actual, &wanted);
         tracing::warn!(
             family = family.name(),
-            error = %FirewallError::from(error),
+            error = %chain(&FirewallError::from(error)),
             "firewall batch rejected; retrying once against the listed rules"
         );
         if !retry.is_empty() {
@@ -292,7 +294,7 @@ impl Firewall for IptablesFirewall {
             if let Err(e) = self.setup_family(Family::V6).await {
                 // Never leave a half-installed guard behind a failed start.
                 if let Err(undo) = remove_family(&self.runner, Family::V4).await {
-                    tracing::error!(error = %undo, "removing the IPv4 guard after a failed set-up");
+                    tracing::error!(error = %chain(&undo), "removing the IPv4 guard after a failed set-up");
                 }
                 return Err(e);
             }
@@ -342,7 +344,7 @@ impl Firewall for IptablesFirewall {
                             .apply_family(family, now, &grant_back, &revoke_back)
                             .await
                         {
-                            tracing::error!(error = %undo, family = family.name(), "undoing a partly applied change");
+                            tracing::error!(error = %chain(&undo), family = family.name(), "undoing a partly applied change");
                         }
                     }
                     return Err(e);

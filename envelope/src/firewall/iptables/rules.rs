@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::firewall::Subnet;
+use crate::firewall::{Family, Subnet};
 
 pub const INPUT_CHAIN: &str = "ENVELOPE-INPUT";
 pub const GRANTS_CHAIN: &str = "ENVELOPE-GRANTS";
@@ -29,23 +29,8 @@ pub const TAG: &str = "envelope:";
 /// At most this many ports per `-m multiport` rule.
 const MULTIPORT_MAX: usize = 15;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
+/// The binaries and protocol names of each family, as iptables spells them.
 impl Family {
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    pub fn of(subnet: &Subnet) -> Family {
-        if subnet.is_ipv6() {
-            Family::V6
-        } else {
-            Family::V4
-        }
-    }
-
     /// The listing/query binary.
     pub fn iptables(self) -> &'static str {
         match self {
@@ -66,29 +51,6 @@ impl Family {
         match self {
             Family::V4 => "icmp",
             Family::V6 => "ipv6-icmp",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-}
-
-/// One value per family: a backend's view of what it installed for IPv4 and IPv6.
-#[derive(Debug, Default, Clone)]
-pub struct PerFamily<T> {
-    pub v4: T,
-    pub v6: T,
-}
-
-impl<T> PerFamily<T> {
-    pub fn family(&mut self, family: Family) -> &mut T {
-        match family {
-            Family::V4 => &mut self.v4,
-            Family::V6 => &mut self.v6,
         }
     }
 }
