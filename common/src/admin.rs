@@ -71,6 +71,23 @@ pub struct Status {
     /// Where `/metrics` listens (empty when it is off).
     #[serde(default)]
     pub metrics_listening: Vec<std::net::SocketAddr>,
+    /// The TLS certificate in force (absent when serving plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+}
+
+/// The leaf of the TLS certificate chain in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// RFC 4514 form, e.g. `CN=envelope.example`.
+    pub subject: String,
+    /// Hex.
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: OffsetDateTime,
 }
 
 /// One verify key in force: its `kid` and the file it came from.
@@ -81,13 +98,16 @@ pub struct LoadedKey {
     pub file: String,
 }
 
-/// Answer to a reload that was accepted: the kids now in force.
+/// Answer to a reload that was accepted: the kids now in force (with when
+/// they were loaded), and the certificate now in force when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reloaded {
     pub kids: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub loaded_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
 }
 
 /// Any error: the cause chain, outermost first, as `envelopectl` prints it.

@@ -656,7 +656,7 @@ impl PrivateKey {
 }
 
 fn read(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    crate::files::read_small_text(path).map_err(|source| KeyError::Read {
         path: path.to_path_buf(),
         source,
     })

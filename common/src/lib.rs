@@ -12,6 +12,8 @@
 //! - [`provider`]: the jsonwebtoken `CryptoProvider` installed by the signer and
 //!   verifier: aws-lc, with EdDSA verified by ed25519-dalek's `verify_strict`.
 //! - [`goflags`]: Go-style single-dash flags and Go durations, for drop-in CLIs.
+//! - [`files`]: reading an operator's key or certificate file safely (regular
+//!   files only, bounded, never blocking on a FIFO).
 //! - [`chain`]: an error and its causes on one line, for logs and API errors.
 //! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
 //! - `filters` (feature `warp`): the access checks as warp filters other services
@@ -20,6 +22,7 @@
 pub mod admin;
 pub mod chain;
 pub mod claims;
+pub mod files;
 #[cfg(feature = "warp")]
 pub mod filters;
 pub mod goflags;

@@ -4,7 +4,7 @@
 //! reload, and how it is logged and counted, is `reload.rs`'s.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use common::{KeyError, Verifier};
@@ -25,8 +25,6 @@ pub struct Keys {
     files: Vec<PathBuf>,
     issuer: String,
     audience: String,
-    /// One reload at a time, so two triggers cannot race their swaps.
-    reloading: Mutex<()>,
 }
 
 impl Keys {
@@ -38,7 +36,6 @@ impl Keys {
             files,
             issuer,
             audience,
-            reloading: Mutex::new(()),
         })
     }
 
@@ -54,18 +51,25 @@ impl Keys {
         self.current().verifier.clone()
     }
 
-    /// Loads every file again and swaps the whole set in, or changes nothing.
-    pub fn reload(&self) -> Result<Arc<KeySet>, KeyError> {
-        let _one_at_a_time = self
-            .reloading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let set = Arc::new(load_set(&self.files, &self.issuer, &self.audience)?);
+    /// Loads every file again into a new set, touching nothing in force
+    /// (blocking: file reads; the reloader runs it off the runtime).
+    pub fn load_again(&self) -> Result<KeySet, KeyError> {
+        load_set(&self.files, &self.issuer, &self.audience)
+    }
+
+    /// Puts a set loaded by [`Keys::load_again`] in force, whole.
+    pub fn install(&self, set: KeySet) -> Arc<KeySet> {
+        let set = Arc::new(set);
         *self
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = set.clone();
-        Ok(set)
+        set
+    }
+
+    /// Loads every file again and swaps the whole set in, or changes nothing.
+    pub fn reload(&self) -> Result<Arc<KeySet>, KeyError> {
+        Ok(self.install(self.load_again()?))
     }
 
     /// The files the keys come from, as given.

@@ -31,8 +31,18 @@ pub struct TxLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
+    /// `keys` or `certificate`.
+    pub what: &'static str,
     pub trigger: &'static str,
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `access`, `metrics` or `admin`.
+    pub listener: &'static str,
+    /// `connection-limit` or `subnet-limit`.
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +65,7 @@ pub struct Metrics {
     pub firewall_latency: HistogramFamily<FirewallLabels>,
     pub revoke_failures: Counter,
     pub key_reloads: Family<ReloadLabels, Counter>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
 }
 
 fn firewall_histogram() -> Histogram {
@@ -117,8 +128,14 @@ impl Metrics {
         let key_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "envelope_key_reloads",
-            "Verify-key reloads by trigger (sighup or file or admin) and result",
+            "Reloads of the verify keys or the TLS certificate, by trigger (sighup, file, admin) and result",
             key_reloads.clone(),
+        );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "envelope_connections_refused",
+            "Connections closed at accept by the connection limits, by listener and reason",
+            connections_refused.clone(),
         );
         Metrics {
             registry,
@@ -130,11 +147,13 @@ impl Metrics {
             firewall_latency,
             revoke_failures,
             key_reloads,
+            connections_refused,
         }
     }
 
-    pub fn count_key_reload(&self, trigger: &'static str, accepted: bool) {
+    pub fn count_reload(&self, what: &'static str, trigger: &'static str, accepted: bool) {
         let labels = ReloadLabels {
+            what,
             trigger,
             result: if accepted { "success" } else { "failure" },
         };

@@ -1,23 +1,28 @@
-//! What makes the envelope load its files again without a restart, and how
-//! that is reported: SIGHUP, a change to a watched file (polled, following
-//! symlinks, so a Kubernetes Secret's `..data` symlink swap counts) and
-//! `POST /v1/reload` all call [`Reloader::reload`], which logs the outcome and
-//! counts it in `envelope_key_reloads_total` under its trigger.
+//! What makes the envelope read its files again without a restart, and how
+//! that is reported. SIGHUP and `POST /v1/reload` reload the verify keys and
+//! the TLS certificate; a change to one of their files (polled, following
+//! symlinks, so a Kubernetes Secret's `..data` symlink swap counts) reloads
+//! what it belongs to. Each reload reads the files off the runtime under a
+//! time bound and puts the result in force only if it loaded whole in time: a
+//! file that hangs or fails keeps what is in force, and nothing else in the
+//! daemon ever waits on it. Every outcome is one log line and a count in
+//! `envelope_key_reloads_total{what,trigger,result}`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::KeyError;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{KeySet, Keys};
-use crate::logging::chain;
 use crate::metrics::Metrics;
+use crate::tls::{Certificates, LoadedCert};
 
 /// How often the watched files are looked at.
 const POLL: Duration = Duration::from_secs(1);
+/// Longest a reload may spend reading its files.
+const READ_BOUND: Duration = Duration::from_secs(5);
 
 /// What asked for a reload, as its metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,72 +42,163 @@ impl Trigger {
     }
 }
 
-/// The reloadable files (the verify keys, when there are any) and where the
-/// outcome is counted.
+/// What one reload did: for each kind of file configured, the new state in
+/// force or why the old one stays.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub keys: Option<anyhow::Result<Arc<KeySet>>>,
+    pub certificate: Option<anyhow::Result<Arc<LoadedCert>>>,
+}
+
+impl Reloaded {
+    /// Whether nothing was configured to reload.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_none() && self.certificate.is_none()
+    }
+}
+
+/// The reloadable files (the verify keys, the certificate, when configured)
+/// and where outcomes are counted.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     keys: Option<Arc<Keys>>,
+    certs: Option<Arc<Certificates>>,
     metrics: Arc<Metrics>,
+    /// One reload at a time, so two triggers cannot race their swaps.
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
-    pub fn new(keys: Option<Arc<Keys>>, metrics: Arc<Metrics>) -> Reloader {
-        Reloader { keys, metrics }
+    pub fn new(
+        keys: Option<Arc<Keys>>,
+        certs: Option<Arc<Certificates>>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        Reloader {
+            keys,
+            certs,
+            metrics,
+            one_at_a_time: Arc::default(),
+        }
     }
 
     pub fn keys(&self) -> Option<&Arc<Keys>> {
         self.keys.as_ref()
     }
 
-    /// Loads the verify keys again, all or nothing; logged and counted.
-    /// `None` when there are no keys to reload.
-    pub fn reload(&self, trigger: Trigger) -> Option<Result<Arc<KeySet>, KeyError>> {
-        let keys = self.keys.as_ref()?;
-        let result = keys.reload();
-        match &result {
-            Ok(set) => {
-                let kids: Vec<&str> = set.kids.iter().map(|(kid, _)| kid.as_str()).collect();
-                tracing::info!(trigger = trigger.label(), kids = ?kids, "verify keys reloaded");
+    pub fn certs(&self) -> Option<&Arc<Certificates>> {
+        self.certs.as_ref()
+    }
+
+    /// Reloads everything configured.
+    pub async fn reload(&self, trigger: Trigger) -> Reloaded {
+        self.reload_some(trigger, true, true).await
+    }
+
+    async fn reload_some(&self, trigger: Trigger, keys: bool, certificate: bool) -> Reloaded {
+        let _one = self.one_at_a_time.lock().await;
+        let mut reloaded = Reloaded::default();
+        if let Some(current) = self.keys.clone().filter(|_| keys) {
+            let loader = current.clone();
+            let result = off_runtime(move || Ok(loader.load_again()?))
+                .await
+                .map(|set| current.install(set));
+            match &result {
+                Ok(set) => {
+                    let kids: Vec<&str> = set.kids.iter().map(|(kid, _)| kid.as_str()).collect();
+                    tracing::info!(trigger = trigger.label(), kids = ?kids, "verify keys reloaded");
+                }
+                Err(e) => tracing::warn!(
+                    trigger = trigger.label(),
+                    error = %format!("{e:#}"),
+                    "verify keys reload refused; the old keys stay in force"
+                ),
             }
-            Err(e) => tracing::warn!(
-                trigger = trigger.label(),
-                error = %chain(e),
-                "verify keys reload refused; the old keys stay in force"
-            ),
+            self.metrics
+                .count_reload("keys", trigger.label(), result.is_ok());
+            reloaded.keys = Some(result);
         }
-        self.metrics
-            .count_key_reload(trigger.label(), result.is_ok());
-        Some(result)
+        if let Some(current) = self.certs.clone().filter(|_| certificate) {
+            let files = current.files().clone();
+            let result = off_runtime(move || files.load())
+                .await
+                .map(|loaded| current.install(loaded));
+            match &result {
+                Ok(loaded) => tracing::info!(
+                    trigger = trigger.label(),
+                    subject = %loaded.leaf.subject,
+                    serial = %loaded.leaf.serial,
+                    not_after = %loaded.leaf.not_after,
+                    "certificate reloaded"
+                ),
+                Err(e) => tracing::warn!(
+                    trigger = trigger.label(),
+                    error = %format!("{e:#}"),
+                    "certificate reload refused; the old certificate stays in force"
+                ),
+            }
+            self.metrics
+                .count_reload("certificate", trigger.label(), result.is_ok());
+            reloaded.certificate = Some(result);
+        }
+        reloaded
     }
 
     /// Reloads on `hangup` (SIGHUP; installed by the caller, early) and
-    /// whenever a watched file changes, until `stop`. Without keys, SIGHUP (a
-    /// service manager's "reload") is only logged: it must not kill the daemon.
+    /// whenever a watched file changes, until `stop`, which a reload in
+    /// progress never delays. With nothing to reload, SIGHUP (a service
+    /// manager's "reload") is only logged: it must not kill the daemon.
     pub async fn watch(self, mut hangup: Option<Signal>, stop: CancellationToken) {
-        let files: Vec<PathBuf> = self
+        let key_files: Vec<PathBuf> = self
             .keys
             .as_ref()
             .map(|keys| keys.files().to_vec())
             .unwrap_or_default();
-        let mut seen = fingerprints(&files);
+        let cert_files: Vec<PathBuf> = self
+            .certs
+            .as_ref()
+            .map(|certs| vec![certs.files().cert.clone(), certs.files().key.clone()])
+            .unwrap_or_default();
+        let watching = !key_files.is_empty() || !cert_files.is_empty();
+        let mut seen = (fingerprints(&key_files), fingerprints(&cert_files));
         let mut tick = tokio::time::interval(POLL);
         loop {
-            let trigger = tokio::select! {
+            let (trigger, keys, certificate) = tokio::select! {
                 () = stop.cancelled() => return,
-                Some(()) = async { hangup.as_mut()?.recv().await } => Trigger::Sighup,
-                _ = tick.tick(), if !files.is_empty() => {
-                    let now = fingerprints(&files);
-                    if now == seen {
+                Some(()) = async { hangup.as_mut()?.recv().await } => (Trigger::Sighup, true, true),
+                _ = tick.tick(), if watching => {
+                    let now = (fingerprints(&key_files), fingerprints(&cert_files));
+                    let changed = (now.0 != seen.0, now.1 != seen.1);
+                    seen = now;
+                    if changed == (false, false) {
                         continue;
                     }
-                    seen = now;
-                    Trigger::File
+                    (Trigger::File, changed.0, changed.1)
                 }
             };
-            if self.reload(trigger).is_none() {
-                tracing::info!("SIGHUP: no --verify-key to reload");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                reloaded = self.reload_some(trigger, keys, certificate) => {
+                    if reloaded.is_empty() && trigger == Trigger::Sighup {
+                        tracing::info!("SIGHUP: no --verify-key to reload");
+                    }
+                }
             }
         }
+    }
+}
+
+/// Runs a blocking load on the blocking pool under [`READ_BOUND`]; a load
+/// that is late is abandoned (its result, if it ever comes, is dropped).
+async fn off_runtime<T: Send + 'static>(
+    load: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(READ_BOUND, tokio::task::spawn_blocking(load)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(anyhow::anyhow!("the reload task failed: {e}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "reading the files took longer than {READ_BOUND:?}"
+        )),
     }
 }
 
@@ -125,6 +221,7 @@ fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::CertFiles;
 
     fn testdata(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -151,24 +248,77 @@ mod tests {
         assert_ne!(fingerprints(&files), before);
     }
 
-    #[test]
-    fn a_reload_is_counted_under_its_trigger() {
+    fn keys(file: PathBuf) -> Arc<Keys> {
+        Arc::new(Keys::load(vec![file], "locate".into(), "m".into()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn each_reload_is_counted_under_what_it_reloaded_and_its_trigger() {
         let metrics = Arc::new(Metrics::new());
-        let keys = Keys::load(
-            vec![testdata("insecure-test-eddsa.jwk.pub")],
-            "locate".into(),
-            "m".into(),
-        )
+        let certs = Certificates::load(CertFiles {
+            cert: testdata("insecure-test-server.pem"),
+            key: testdata("insecure-test-server.key"),
+        })
         .unwrap();
-        let reloader = Reloader::new(Some(Arc::new(keys)), metrics.clone());
-        assert!(reloader.reload(Trigger::Admin).unwrap().is_ok());
-        let text = metrics.encode();
-        assert!(
-            text.contains(r#"envelope_key_reloads_total{trigger="admin",result="success"} 1"#),
-            "{text}"
+        let reloader = Reloader::new(
+            Some(keys(testdata("insecure-test-eddsa.jwk.pub"))),
+            Some(Arc::new(certs)),
+            metrics.clone(),
         );
-        assert!(Reloader::new(None, metrics)
-            .reload(Trigger::Sighup)
-            .is_none());
+        let reloaded = reloader.reload(Trigger::Admin).await;
+        assert!(reloaded.keys.unwrap().is_ok() && reloaded.certificate.unwrap().is_ok());
+        let text = metrics.encode();
+        for what in ["keys", "certificate"] {
+            let line = format!(
+                r#"envelope_key_reloads_total{{what="{what}",trigger="admin",result="success"}} 1"#
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        let nothing = Reloader::new(None, None, metrics);
+        assert!(nothing.reload(Trigger::Sighup).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_fifo_in_place_of_a_key_file_fails_at_once_and_keeps_the_old_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("verify.jwk");
+        std::fs::copy(testdata("insecure-test-eddsa.jwk.pub"), &file).unwrap();
+        let keys = keys(file.clone());
+        let before = keys.verifier();
+        std::fs::remove_file(&file).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&file)
+            .status()
+            .unwrap()
+            .success());
+        let reloader = Reloader::new(Some(keys.clone()), None, Arc::new(Metrics::new()));
+        let started = std::time::Instant::now();
+        let err = reloader
+            .reload(Trigger::File)
+            .await
+            .keys
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a FIFO, not a regular file"),
+            "{err:#}"
+        );
+        assert!(
+            started.elapsed() < READ_BOUND,
+            "refused at once, not timed out"
+        );
+        assert!(Arc::ptr_eq(&before, &keys.verifier()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_that_hangs_is_abandoned_at_the_bound() {
+        let (_release, hold) = std::sync::mpsc::channel::<()>();
+        let err = off_runtime(move || {
+            let _ = hold.recv();
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "reading the files took longer than 5s");
     }
 }

@@ -1,7 +1,9 @@
 //! One held WebSocket. It ends when the owner says so (deadline, revoke,
-//! shutdown: the server sends a Close frame) or when the client sends anything,
-//! closes, or goes away. The lease is dropped first, so the grant is released
-//! before any time is spent on a polite close.
+//! shutdown: the server sends a Close frame) or when the client sends anything
+//! at all — the first byte of any frame, a non-final fragment or a ping
+//! included, as the Go original's `ReadOnce` — closes, or goes away. The lease
+//! is dropped first, so the grant is released before any time is spent on a
+//! polite close.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -18,6 +21,8 @@ use crate::logging::chain;
 
 /// How long a polite close may take once the grant is already gone.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The opcode of a Close frame (RFC 6455 §5.2), in a frame's first byte.
+const OPCODE_CLOSE: u8 = 0x8;
 
 pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
     let started = Instant::now();
@@ -35,17 +40,35 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
         .write_buffer_size(0)
         .max_message_size(Some(64 << 10))
         .max_frame_size(Some(16 << 10));
-    let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // The session waits on the raw connection, not on whole messages, so the
+    // first byte of any frame ends it (tungstenite would buffer a fragmented
+    // message and say nothing until its last fragment).
+    let mut io = TokioIo::new(upgraded);
+    let mut first = [0u8; 64];
+    let mut read = 0;
     let ending = tokio::select! {
         why = lease.ended() => Ending::Server(why),
-        frame = ws.next() => Ending::Client(match frame {
-            Some(Ok(message)) if message.is_close() => "client closed",
-            Some(Ok(_)) => "client sent a message",
-            Some(Err(_)) => "connection error",
-            None => "connection lost",
+        got = io.read(&mut first) => Ending::Client(match got {
+            Ok(0) => "connection lost",
+            Ok(n) => {
+                read = n;
+                if first[0] & 0x0f == OPCODE_CLOSE {
+                    "client closed"
+                } else {
+                    "client sent a message"
+                }
+            }
+            Err(_) => "connection error",
         }),
     };
+    // What was read goes back in front of the stream for the close handshake.
+    let mut ws = WebSocketStream::from_partially_read(
+        io,
+        first[..read].to_vec(),
+        Role::Server,
+        Some(config),
+    )
+    .await;
     let id = lease.id();
     drop(lease);
     let reason = match ending {

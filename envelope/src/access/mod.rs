@@ -25,6 +25,7 @@ use warp::{Filter, Rejection};
 use crate::grants::{GrantRequest, Grants};
 use crate::http::{exact_path, peer, PeerAddr, Reply};
 use crate::keys::Keys;
+use crate::logging::escaped;
 use crate::metrics::Metrics;
 use crate::session;
 
@@ -203,7 +204,7 @@ where
                 tracing::info!(
                     peer = %peer,
                     method = %method,
-                    path = %path.as_str(),
+                    path = %escaped(path.as_str()),
                     status,
                     duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "request"

@@ -20,10 +20,11 @@ use warp::http::{Method, StatusCode};
 use warp::path::FullPath;
 use warp::{Buf, Filter, Rejection};
 
-pub use socket::{AdminSocket, PeerPolicy};
+pub use socket::{AdminLock, AdminSocket, PeerPolicy};
 
 use crate::grants::Grants;
 use crate::http::{json, PeerCred, Reply};
+use crate::logging::escaped;
 use crate::reload::Reloader;
 
 /// Largest request body read (the API takes none; this bounds the refusal).
@@ -107,7 +108,7 @@ pub fn routes(
             |started: Instant, method: Method, path: FullPath, response: Reply| {
                 tracing::info!(
                     method = %method,
-                    path = %path.as_str(),
+                    path = %escaped(path.as_str()),
                     status = response.status().as_u16(),
                     duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "admin request"

@@ -1,5 +1,6 @@
-//! `POST /v1/reload`: reloads the verify keys, all or nothing; a refused set is a
-//! 422 naming the reason, and the old keys stay in force.
+//! `POST /v1/reload`: reloads the verify keys and the TLS certificate, each all
+//! or nothing; a refused one is a 422 naming the reason, and what was in force
+//! stays in force.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use time::OffsetDateTime;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
-use super::{error, method_not_allowed, query, AdminResponse, AdminState};
+use super::{error, method_not_allowed, query, status::certificate, AdminResponse, AdminState};
 use crate::http::{exact_path, json, Reply};
 use crate::reload::Trigger;
 
@@ -25,25 +26,49 @@ pub fn routes(
 }
 
 async fn post(state: Arc<AdminState>) -> AdminResponse {
-    let Some(reloaded) = state.reloader.reload(Trigger::Admin) else {
+    let reloaded = state.reloader.reload(Trigger::Admin).await;
+    if reloaded.is_empty() {
         return error(
             StatusCode::CONFLICT,
-            "no --verify-key is configured: there are no keys to reload",
+            "no --verify-key or --cert is configured: there is nothing to reload",
         );
+    }
+    let mut refused = ApiError { errors: Vec::new() };
+    let mut answer = Reloaded {
+        kids: Vec::new(),
+        loaded_at: OffsetDateTime::now_utc(),
+        certificate: None,
     };
-    match reloaded {
-        Ok(set) => json(
-            StatusCode::OK,
-            &Reloaded {
-                kids: set.kids.iter().map(|(kid, _)| kid.clone()).collect(),
-                loaded_at: OffsetDateTime::from(set.loaded_at),
-            },
-        ),
-        Err(e) => {
-            let mut body = ApiError::from_chain(&e);
-            body.errors
-                .insert(0, "reload refused; the old keys stay in force".to_owned());
-            json(StatusCode::UNPROCESSABLE_ENTITY, &body)
+    match reloaded.keys {
+        Some(Ok(set)) => {
+            answer.kids = set.kids.iter().map(|(kid, _)| kid.clone()).collect();
+            answer.loaded_at = OffsetDateTime::from(set.loaded_at);
         }
+        Some(Err(e)) => {
+            refused
+                .errors
+                .push("reload refused; the old keys stay in force".to_owned());
+            refused
+                .errors
+                .extend(ApiError::from_chain(e.as_ref()).errors);
+        }
+        None => {}
+    }
+    match reloaded.certificate {
+        Some(Ok(loaded)) => answer.certificate = Some(certificate(&loaded)),
+        Some(Err(e)) => {
+            refused
+                .errors
+                .push("certificate reload refused; the old certificate stays in force".to_owned());
+            refused
+                .errors
+                .extend(ApiError::from_chain(e.as_ref()).errors);
+        }
+        None => {}
+    }
+    if refused.errors.is_empty() {
+        json(StatusCode::OK, &answer)
+    } else {
+        json(StatusCode::UNPROCESSABLE_ENTITY, &refused)
     }
 }

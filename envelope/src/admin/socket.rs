@@ -1,9 +1,13 @@
 //! The admin socket file: its directory, a lock file beside it so a stale socket
-//! is replaced only when no live envelope holds it, permissions that are never
-//! wider than asked (0600, or 0660 for `--admin-group`), and the peer check.
+//! is replaced only when no live envelope holds it (and `--cleanup` never runs
+//! beside a live one), permissions that are never wider than asked (0600, or
+//! 0660 for `--admin-group`), and the peer check. As OpenSSH's StrictModes: an
+//! existing directory must be ours and writable by no one else, and the lock
+//! is opened without following a symlink and must be ours, so another local
+//! user can neither steer where root writes nor hold our lock.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -24,7 +28,7 @@ pub struct AdminSocket {
 #[derive(Debug)]
 pub struct SocketFile {
     pub path: PathBuf,
-    _lock: File,
+    _lock: AdminLock,
 }
 
 impl SocketFile {
@@ -67,6 +71,118 @@ fn lock_path(socket: &Path) -> PathBuf {
     socket.with_file_name(name)
 }
 
+/// The lock beside the admin socket. Whoever holds it owns the socket path and
+/// the firewall guard; it is let go when this is dropped (or the process ends).
+#[derive(Debug)]
+pub struct AdminLock {
+    _file: File,
+}
+
+impl AdminLock {
+    /// Takes the lock of the socket at `socket`, creating its directory (0700,
+    /// or 0750 for `group`) when it is missing.
+    pub fn take(socket: &Path, group: Option<&Group>) -> anyhow::Result<AdminLock> {
+        let dir = socket_dir(socket);
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if group.is_some() { 0o750 } else { 0o700 })
+                .create(dir)
+                .with_context(|| {
+                    format!("--admin-socket: cannot create directory {}", dir.display())
+                })?;
+            if let Some(group) = group {
+                nix::unistd::chown(dir, None, Some(group.gid)).with_context(|| {
+                    format!("--admin-socket: cannot give {} to its group", dir.display())
+                })?;
+            }
+        }
+        check_dir(dir)?;
+        Self::lock(socket, true)
+    }
+
+    /// For `--cleanup`: takes the lock, or `None` when its directory or file
+    /// does not exist (then no envelope can be running there). Creates nothing.
+    pub fn take_existing(socket: &Path) -> anyhow::Result<Option<AdminLock>> {
+        let dir = socket_dir(socket);
+        if !dir.exists() || !lock_path(socket).exists() {
+            return Ok(None);
+        }
+        check_dir(dir)?;
+        Self::lock(socket, false).map(Some)
+    }
+
+    fn lock(socket: &Path, create: bool) -> anyhow::Result<AdminLock> {
+        let lock_file = lock_path(socket);
+        let file = OpenOptions::new()
+            .create(create)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock_file)
+            .with_context(|| {
+                format!(
+                    "--admin-socket: cannot open lock file {} (a symlink is refused)",
+                    lock_file.display()
+                )
+            })?;
+        let meta = file.metadata().with_context(|| {
+            format!(
+                "--admin-socket: cannot read lock file {}",
+                lock_file.display()
+            )
+        })?;
+        let me = Uid::effective().as_raw();
+        if !meta.is_file() || meta.uid() != me {
+            bail!(
+                "--admin-socket: lock file {} is not a regular file of this user (uid {me}); \
+                 remove it",
+                lock_file.display()
+            );
+        }
+        if file.try_lock().is_err() {
+            bail!(
+                "--admin-socket {}: another envelope is running and holds it (lock {})",
+                socket.display(),
+                lock_file.display()
+            );
+        }
+        Ok(AdminLock { _file: file })
+    }
+}
+
+fn socket_dir(socket: &Path) -> &Path {
+    socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// An existing socket directory must be this user's and writable by no one
+/// else: whoever can write there can swap the socket or plant the lock.
+fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("--admin-socket: cannot read directory {}", dir.display()))?;
+    let me = Uid::effective().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "--admin-socket: directory {} belongs to uid {}, not to this user (uid {me})",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "--admin-socket: directory {} is writable by its group or others (mode {:o}); \
+             use a directory only its owner can write",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
 impl AdminSocket {
     pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<AdminSocket> {
         let group = match group {
@@ -77,44 +193,7 @@ impl AdminSocket {
                     .with_context(|| format!("--admin-group {name}: no such group"))?,
             ),
         };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(if group.is_some() { 0o750 } else { 0o700 })
-                .create(dir)
-                .with_context(|| {
-                    format!("--admin-socket: cannot create directory {}", dir.display())
-                })?;
-            if let Some(group) = &group {
-                nix::unistd::chown(dir, None, Some(group.gid)).with_context(|| {
-                    format!("--admin-socket: cannot give {} to its group", dir.display())
-                })?;
-            }
-        }
-        let lock_file = lock_path(path);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_file)
-            .with_context(|| {
-                format!(
-                    "--admin-socket: cannot open lock file {}",
-                    lock_file.display()
-                )
-            })?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "--admin-socket {}: another envelope is running and holds it (lock {})",
-                path.display(),
-                lock_file.display()
-            );
-        }
+        let lock = AdminLock::take(path, group.as_ref())?;
         // Holding the lock, any socket file here is a dead instance's leftover.
         match std::fs::remove_file(path) {
             Ok(()) => tracing::info!(path = %path.display(), "replaced a stale admin socket"),

@@ -7,6 +7,7 @@ use warp::{Filter, Rejection};
 
 use super::{method_not_allowed, query, AdminResponse, AdminState};
 use crate::http::{exact_path, json, Reply};
+use crate::tls::LoadedCert;
 
 pub fn routes(
     state: Arc<AdminState>,
@@ -35,6 +36,10 @@ async fn get(state: Arc<AdminState>) -> AdminResponse {
         keys_loaded_at: None,
         listening: state.listening.clone(),
         metrics_listening: state.metrics_listening.clone(),
+        certificate: state
+            .reloader
+            .certs()
+            .map(|certs| certificate(&certs.current())),
     };
     if let Some(keys) = state.reloader.keys() {
         let set = keys.current();
@@ -49,4 +54,14 @@ async fn get(state: Arc<AdminState>) -> AdminResponse {
         status.keys_loaded_at = Some(time::OffsetDateTime::from(set.loaded_at));
     }
     json(StatusCode::OK, &status)
+}
+
+/// The leaf certificate in force, as the admin API shows it.
+pub fn certificate(loaded: &LoadedCert) -> common::admin::Certificate {
+    common::admin::Certificate {
+        subject: loaded.leaf.subject.clone(),
+        serial: loaded.leaf.serial.clone(),
+        not_after: loaded.leaf.not_after,
+        loaded_at: time::OffsetDateTime::from(loaded.loaded_at),
+    }
 }

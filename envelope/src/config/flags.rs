@@ -207,9 +207,25 @@ pub struct Flags {
     )]
     pub max_connections: usize,
 
+    /// Most connections one source subnet (/24 IPv4, /64 IPv6) may hold open
+    /// at once, so that one subnet can never take the whole connection cap.
+    #[arg(
+        long,
+        env = "ENVELOPE_MAX_CONNECTIONS_PER_SUBNET",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_connections_per_subnet: u32,
+
     /// Time allowed for the TLS handshake and for the request head.
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub handshake_timeout: Duration,
+
+    /// Longest a connection that never becomes a WebSocket may stay open,
+    /// however many requests it sends.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, hide = true)]
+    pub connection_lifetime: Duration,
 
     /// iptables-family binaries are looked up here (tests point it at wrappers).
     #[arg(

@@ -46,7 +46,9 @@ pub struct Config {
     pub metrics: Option<Vec<SocketAddr>>,
     pub tx_limit: Option<TxLimit>,
     pub max_connections: usize,
+    pub max_connections_per_subnet: usize,
     pub handshake_timeout: Duration,
+    pub connection_lifetime: Duration,
 }
 
 impl Flags {
@@ -75,7 +77,9 @@ impl Flags {
             metrics,
             tx_limit,
             max_connections: self.max_connections.max(1),
+            max_connections_per_subnet: self.max_connections_per_subnet as usize,
             handshake_timeout: self.handshake_timeout,
+            connection_lifetime: self.connection_lifetime,
         })
     }
 

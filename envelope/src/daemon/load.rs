@@ -10,10 +10,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::keys::Keys;
+use crate::tls::Certificates;
 
 /// What the daemon read from disk to start.
 #[derive(Clone)]
 pub(super) struct Loaded {
+    /// The certificate in force (reloadable) and the acceptor that asks it at
+    /// every handshake.
+    pub certs: Option<Arc<Certificates>>,
     pub tls: Option<TlsAcceptor>,
     pub keys: Option<Arc<Keys>>,
     pub replay: Option<Arc<ReplayCache>>,
@@ -33,8 +37,12 @@ impl Loaded {
     /// The certificate first, then the verify keys (with `--issuer` and
     /// `--machine` as the expected `iss` and `aud`).
     pub fn from_config(config: &Config) -> anyhow::Result<Loaded> {
-        let tls = match &config.tls {
-            Some(files) => Some(TlsAcceptor::from(Arc::new(files.server_config()?))),
+        let certs = match &config.tls {
+            Some(files) => Some(Arc::new(Certificates::load(files.clone())?)),
+            None => None,
+        };
+        let tls = match &certs {
+            Some(certs) => Some(TlsAcceptor::from(Arc::new(certs.server_config()?))),
             None => None,
         };
         let tokens = &config.tokens;
@@ -50,6 +58,7 @@ impl Loaded {
             Some(Arc::new(keys))
         };
         Ok(Loaded {
+            certs,
             tls,
             keys,
             replay: tokens.single_use.map(|cap| Arc::new(ReplayCache::new(cap))),

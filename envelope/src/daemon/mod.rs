@@ -37,14 +37,15 @@ use crate::grants::Grants;
 use crate::logging::chain;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::server::{self, Bounds};
+use crate::server::{self, Bounds, Refusals};
 
 /// How long sessions get to send their Close frames at shutdown.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// How long open connections get to finish at shutdown.
 const CONNECTION_GRACE: Duration = Duration::from_secs(1);
-/// The metrics listener's connection cap.
-const METRICS_CONNECTIONS: usize = 64;
+/// The metrics listener's connection caps, global and per source subnet.
+const METRICS_CONNECTIONS: usize = 128;
+const METRICS_PER_SUBNET: usize = 16;
 /// The admin socket's connection cap and request-head deadline (it has no TLS).
 const ADMIN_CONNECTIONS: usize = 64;
 const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,7 +175,7 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
             return Err(e);
         }
     };
-    let reloader = Reloader::new(loaded.keys.clone(), metrics.clone());
+    let reloader = Reloader::new(loaded.keys.clone(), loaded.certs.clone(), metrics.clone());
     let watch = reloader.clone().watch(hangup, stop.clone());
     tasks.spawn("reload watcher", async move {
         watch.await;
@@ -201,7 +202,11 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
         listen(
             listener,
             None,
-            Bounds::new(ADMIN_CONNECTIONS, ADMIN_HEAD_TIMEOUT),
+            Bounds::new(
+                ADMIN_CONNECTIONS,
+                ADMIN_HEAD_TIMEOUT,
+                Arc::new(Refusals::new("admin", metrics.connections_refused.clone())),
+            ),
             admin::routes(admin_state, peers),
             stop.clone(),
             serving.conns.clone(),
@@ -295,7 +300,13 @@ fn serve(
             "NO TLS: serving plain HTTP; access tokens travel in clear text (set --cert and --key)"
         );
     }
-    let bounds = Bounds::new(config.max_connections, config.handshake_timeout);
+    let bounds = Bounds::new(
+        config.max_connections,
+        config.handshake_timeout,
+        Arc::new(Refusals::new("access", metrics.connections_refused.clone())),
+    )
+    .per_subnet(config.max_connections_per_subnet)
+    .lifetime(config.connection_lifetime);
     let routes = access::routes(app);
     for listener in access {
         let name = format!("access listener on {}", local_name(&listener));
@@ -312,6 +323,16 @@ fn serve(
         );
     }
     let routes = crate::exporter::routes(metrics.clone());
+    let metrics_bounds = Bounds::new(
+        METRICS_CONNECTIONS,
+        config.handshake_timeout,
+        Arc::new(Refusals::new(
+            "metrics",
+            metrics.connections_refused.clone(),
+        )),
+    )
+    .per_subnet(METRICS_PER_SUBNET.min(config.max_connections_per_subnet))
+    .lifetime(config.connection_lifetime);
     for listener in metrics_listeners {
         let name = format!("metrics listener on {}", local_name(&listener));
         tasks.spawn(
@@ -319,7 +340,7 @@ fn serve(
             listen(
                 listener,
                 None,
-                Bounds::new(METRICS_CONNECTIONS, config.handshake_timeout),
+                metrics_bounds.clone(),
                 routes.clone(),
                 stop.clone(),
                 conns.clone(),

@@ -316,6 +316,17 @@ impl Daemon {
         self.dir.path().join("admin.sock")
     }
 
+    /// The process's resident memory, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process().pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Lines the recording firewall wrote (`setup`, `grant …`, `revoke …`, `teardown`).
     pub fn journal(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("journal"))

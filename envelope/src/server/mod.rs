@@ -1,19 +1,22 @@
 //! The one accept loop, for the access endpoint (TCP or TLS), the metrics
-//! listener (TCP) and the admin API (unix socket): a connection cap taken on
-//! accept, the TLS handshake and the request head each under a deadline
-//! (slowloris), the connection's peer put into every request's extensions
-//! (never a header), a graceful stop, and an accept error that is not
-//! transient ends the loop with that error so the daemon's supervisor sees it.
+//! listener (TCP) and the admin API (unix socket): the caps taken on accept
+//! (`limits.rs`: global, and per source subnet), the TLS handshake, each
+//! request head and the life of a connection that never upgrades each under a
+//! deadline (slowloris, keep-alive floods), the connection's peer put into
+//! every request's extensions (never a header), a graceful stop, and an accept
+//! error that is not transient ends the loop with that error so the daemon's
+//! supervisor sees it.
 //!
 //! This loop is ours on purpose: warp 0.4 has no TLS, and its `serve` installs
 //! no hyper timer, so a slow client could hold a connection open without limit.
+
+mod limits;
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -23,12 +26,13 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
+pub use self::limits::{Bounds, Refusals};
+use crate::firewall::Subnet;
 use crate::http::{PeerAddr, PeerCred, Reply};
 use crate::logging::chain;
 
@@ -65,6 +69,10 @@ pub trait Listener: Send + Sync + 'static {
 /// requests for the filters to read.
 pub trait Peer: Clone + fmt::Display + Send + Sync + 'static {
     fn annotate(&self, extensions: &mut hyper::http::Extensions);
+    /// The source subnet a per-subnet cap counts it under, if it has one.
+    fn source(&self) -> Option<Subnet> {
+        None
+    }
 }
 
 impl Listener for TcpListener {
@@ -81,6 +89,10 @@ impl Listener for TcpListener {
 impl Peer for PeerAddr {
     fn annotate(&self, extensions: &mut hyper::http::Extensions) {
         extensions.insert(*self);
+    }
+
+    fn source(&self) -> Option<Subnet> {
+        Some(Subnet::of_client(self.0.ip()))
     }
 }
 
@@ -127,27 +139,6 @@ impl fmt::Display for UnixPeer {
     }
 }
 
-/// How much a listener lets each connection take.
-#[derive(Debug, Clone)]
-pub struct Bounds {
-    /// Connections served at once; one more is closed at accept.
-    pub connections: Arc<Semaphore>,
-    /// Longest TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Longest wait for a complete request head (each request of a keep-alive connection).
-    pub head_timeout: Duration,
-}
-
-impl Bounds {
-    pub fn new(connections: usize, timeout: Duration) -> Bounds {
-        Bounds {
-            connections: Arc::new(Semaphore::new(connections)),
-            handshake_timeout: timeout,
-            head_timeout: timeout,
-        }
-    }
-}
-
 /// Serves the warp filter `routes` on `listener` until `stop` fires (then
 /// `Ok`), or until accepting fails in a way that will not pass (then that
 /// error). Connections are tracked by `conns`.
@@ -164,8 +155,13 @@ where
     F: Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+    let mut summaries = tokio::time::interval(limits::SUMMARY_INTERVAL);
     loop {
         let (stream, peer) = tokio::select! {
+            _ = summaries.tick() => {
+                bounds.refusals.flush_if_due();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) if is_transient(&e) => {
@@ -177,9 +173,17 @@ where
             },
             () = stop.cancelled() => return Ok(()),
         };
-        let Ok(permit) = bounds.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; connection dropped");
-            continue;
+        let permit = match bounds.admit(peer.source()) {
+            Ok(permit) => permit,
+            Err(reason) => {
+                // Closing at once costs the flood nothing we keep.
+                let source = peer
+                    .source()
+                    .map_or_else(|| peer.to_string(), |s| s.to_string());
+                bounds.refusals.refuse(reason, source);
+                drop(stream);
+                continue;
+            }
         };
         let (tls, service, stop, bounds) =
             (tls.clone(), service.clone(), stop.clone(), bounds.clone());
@@ -215,27 +219,11 @@ async fn connection<I, P, S>(
     S::Future: Send + 'static,
 {
     match tls {
-        None => {
-            http(
-                TokioIo::new(stream),
-                peer,
-                bounds.head_timeout,
-                service,
-                stop,
-            )
-            .await
-        }
+        None => http(TokioIo::new(stream), peer, bounds, service, stop).await,
         Some(acceptor) => {
             match tokio::time::timeout(bounds.handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
-                    http(
-                        TokioIo::new(tls_stream),
-                        peer,
-                        bounds.head_timeout,
-                        service,
-                        stop,
-                    )
-                    .await
+                    http(TokioIo::new(tls_stream), peer, bounds, service, stop).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %chain(&e), "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -244,7 +232,7 @@ async fn connection<I, P, S>(
     }
 }
 
-async fn http<I, P, S>(io: I, peer: P, head_timeout: Duration, service: S, stop: CancellationToken)
+async fn http<I, P, S>(io: I, peer: P, bounds: &Bounds, service: S, stop: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     P: Peer,
@@ -259,22 +247,32 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout)
+        .header_read_timeout(bounds.head_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
+    // Once upgraded, the connection is the session's and this future is done,
+    // so the lifetime bounds only connections that never upgrade.
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
+    let lifetime = async {
+        match bounds.lifetime {
+            Some(lifetime) => tokio::time::sleep(lifetime).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopping = tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %chain(&e), "connection ended with an error");
             }
+            return;
         }
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(STOP_GRACE, conn).await;
-        }
-    }
+        () = stop.cancelled() => "stop",
+        () = lifetime => "lifetime",
+    };
+    tracing::debug!(%peer, why = stopping, "closing the connection");
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(STOP_GRACE, conn).await;
 }
 
 #[cfg(test)]
