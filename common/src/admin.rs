@@ -13,6 +13,10 @@ pub const GRANTS_PATH: &str = "/v1/grants";
 pub const STATUS_PATH: &str = "/v1/status";
 /// `POST` reloads the verify keys (all or nothing).
 pub const RELOAD_PATH: &str = "/v1/reload";
+/// `POST` stops taking new clients (lame duck) without stopping.
+pub const DRAIN_PATH: &str = "/v1/drain";
+/// `POST` takes new clients again after a drain.
+pub const RESUME_PATH: &str = "/v1/resume";
 /// Where the daemon listens by default, and where `envelopectl` looks.
 pub const DEFAULT_SOCKET: &str = "/run/envelope/admin.sock";
 /// Environment variable both the daemon and `envelopectl` read for the socket path.
@@ -74,6 +78,33 @@ pub struct Status {
     /// The TLS certificate in force (absent when serving plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<Certificate>,
+    /// Whether new clients are taken, and while stopping how long is left.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// `serving`, `draining` (an operator's drain) or `stopping` (a SIGTERM's
+/// drain): the answer to `/v1/drain` and `/v1/resume`, and part of the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    pub state: String,
+    /// Sessions still holding a grant.
+    #[serde(default)]
+    pub active_grants: usize,
+    /// While stopping: seconds until the drain timeout closes what is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_in_seconds: Option<u64>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Lifecycle {
+        Lifecycle {
+            state: "serving".into(),
+            active_grants: 0,
+            stop_in_seconds: None,
+        }
+    }
 }
 
 /// The leaf of the TLS certificate chain in force.

@@ -7,15 +7,29 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use common::{KeyError, Verifier};
+use common::{Algorithm, KeyError, Verifier};
 
 /// One loaded key set.
 #[derive(Debug)]
 pub struct KeySet {
     pub verifier: Arc<Verifier>,
-    /// `(kid, file)` for every key, in file order.
-    pub kids: Vec<(String, PathBuf)>,
+    /// Every key, in file order.
+    pub keys: Vec<KeyEntry>,
     pub loaded_at: SystemTime,
+}
+
+/// One key of a set: its kid, algorithm and the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub file: PathBuf,
+}
+
+impl KeySet {
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
+    }
 }
 
 /// The verify keys in force, and how to load them again.
@@ -82,23 +96,27 @@ impl Keys {
 /// named with both its files.
 fn load_set(files: &[PathBuf], issuer: &str, audience: &str) -> Result<KeySet, KeyError> {
     let mut keys = Vec::new();
-    let mut kids: Vec<(String, PathBuf)> = Vec::new();
+    let mut entries: Vec<KeyEntry> = Vec::new();
     for file in files {
         for key in common::jwk::load_public_keys(file)? {
-            if let Some((_, first)) = kids.iter().find(|(kid, _)| kid == key.kid()) {
+            if let Some(first) = entries.iter().find(|e| e.kid == key.kid()) {
                 return Err(KeyError::DuplicateKid {
                     kid: key.kid().to_owned(),
-                    first: first.clone(),
+                    first: first.file.clone(),
                     second: file.clone(),
                 });
             }
-            kids.push((key.kid().to_owned(), file.clone()));
+            entries.push(KeyEntry {
+                kid: key.kid().to_owned(),
+                alg: key.alg(),
+                file: file.clone(),
+            });
             keys.push(key);
         }
     }
     Ok(KeySet {
         verifier: Arc::new(Verifier::new(keys, issuer, audience)?),
-        kids,
+        keys: entries,
         loaded_at: SystemTime::now(),
     })
 }
@@ -114,7 +132,11 @@ mod tests {
     }
 
     fn kids(keys: &Keys) -> Vec<String> {
-        keys.current().kids.iter().map(|(k, _)| k.clone()).collect()
+        keys.current()
+            .kids()
+            .iter()
+            .map(|k| k.to_string())
+            .collect()
     }
 
     #[test]
@@ -134,7 +156,7 @@ mod tests {
         std::fs::copy(testdata("insecure-test-es256.jwk.pub"), &file).unwrap();
         let set = keys.reload().unwrap();
         assert_ne!(kids(&keys), before);
-        assert_eq!(set.kids[0].1, file);
+        assert_eq!(set.keys[0].file, file);
         assert!(!Arc::ptr_eq(&old, &keys.verifier()));
     }
 

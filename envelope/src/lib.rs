@@ -21,7 +21,8 @@
 //!   choice among them.
 //! - [`server`]: the one accept loop (TCP, TLS, unix socket) with its bounds.
 //! - Leaves: [`http`] (reply types, peer extensions, path matching),
-//!   [`metrics`] (the registry), [`tls`], [`logging`].
+//!   [`lifecycle`] (serving, draining or stopping, shared by everyone who
+//!   asks), [`metrics`] (the registry), [`tls`], [`logging`].
 //!
 //! [`command`] is the clap definition of the `envelope` binary, for tools that
 //! write its man page and shell completions (the workspace's `xtask`).
@@ -35,6 +36,7 @@ pub mod firewall;
 pub mod grants;
 pub mod http;
 pub mod keys;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

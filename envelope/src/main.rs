@@ -24,9 +24,9 @@ fn main() -> ExitCode {
         flags.validate().and_then(|config| {
             runtime.block_on(async {
                 // Installed first, so a signal during start-up is not lost.
-                let shutdown = envelope::daemon::termination_signal()?;
+                let signals = envelope::daemon::termination_signals()?;
                 let bound = envelope::daemon::bind(&config).await?;
-                envelope::daemon::run(bound, shutdown).await
+                envelope::daemon::run(bound, signals).await
             })
         })
     };

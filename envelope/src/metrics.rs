@@ -66,6 +66,22 @@ pub struct Metrics {
     pub revoke_failures: Counter,
     pub key_reloads: Family<ReloadLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
+    pub lame_duck: Gauge,
+    pub lame_duck_experiment: Gauge,
+    pub verify_keys: Family<KeyLabels, Gauge>,
+    pub tokens_accepted: Family<KidLabels, Counter>,
+    pub certificate_expiry: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub kid: String,
+    pub alg: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KidLabels {
+    pub kid: String,
 }
 
 fn firewall_histogram() -> Histogram {
@@ -137,6 +153,36 @@ impl Metrics {
             "Connections closed at accept by the connection limits, by listener and reason",
             connections_refused.clone(),
         );
+        let lame_duck = Gauge::default();
+        registry.register(
+            "envelope_lame_duck",
+            "1 while the envelope takes no new clients (draining or stopping), else 0",
+            lame_duck.clone(),
+        );
+        let lame_duck_experiment = Gauge::default();
+        registry.register(
+            "lame_duck_experiment",
+            "The same as envelope_lame_duck, under the name M-Lab's alerts and Locate read",
+            lame_duck_experiment.clone(),
+        );
+        let verify_keys = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "envelope_verify_key_info",
+            "1 for each verify key loaded now, by kid and algorithm",
+            verify_keys.clone(),
+        );
+        let tokens_accepted = Family::<KidLabels, Counter>::default();
+        registry.register(
+            "envelope_tokens_accepted",
+            "Tokens that passed every check, by the kid that verified them",
+            tokens_accepted.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "envelope_tls_certificate_expiry_seconds",
+            "notAfter of the TLS leaf certificate in force, as a Unix time (0 when serving plain HTTP)",
+            certificate_expiry.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -148,6 +194,11 @@ impl Metrics {
             revoke_failures,
             key_reloads,
             connections_refused,
+            lame_duck,
+            lame_duck_experiment,
+            verify_keys,
+            tokens_accepted,
+            certificate_expiry,
         }
     }
 
@@ -158,6 +209,27 @@ impl Metrics {
             result: if accepted { "success" } else { "failure" },
         };
         self.key_reloads.get_or_create(&labels).inc();
+    }
+
+    /// `envelope_verify_key_info`: exactly the keys in force now.
+    pub fn set_verify_keys<'a>(&self, keys: impl IntoIterator<Item = (&'a str, &'static str)>) {
+        self.verify_keys.clear();
+        for (kid, alg) in keys {
+            self.verify_keys
+                .get_or_create(&KeyLabels {
+                    kid: kid.to_owned(),
+                    alg,
+                })
+                .set(1);
+        }
+    }
+
+    pub fn count_token_accepted(&self, kid: &str) {
+        self.tokens_accepted
+            .get_or_create(&KidLabels {
+                kid: kid.to_owned(),
+            })
+            .inc();
     }
 
     pub fn count_status(&self, status: u16) {

@@ -105,8 +105,7 @@ impl Reloader {
                 .map(|set| current.install(set));
             match &result {
                 Ok(set) => {
-                    let kids: Vec<&str> = set.kids.iter().map(|(kid, _)| kid.as_str()).collect();
-                    tracing::info!(trigger = trigger.label(), kids = ?kids, "verify keys reloaded");
+                    tracing::info!(trigger = trigger.label(), kids = ?set.kids(), "verify keys reloaded");
                 }
                 Err(e) => tracing::warn!(
                     trigger = trigger.label(),
@@ -124,13 +123,15 @@ impl Reloader {
                 .await
                 .map(|loaded| current.install(loaded));
             match &result {
-                Ok(loaded) => tracing::info!(
-                    trigger = trigger.label(),
-                    subject = %loaded.leaf.subject,
-                    serial = %loaded.leaf.serial,
-                    not_after = %loaded.leaf.not_after,
-                    "certificate reloaded"
-                ),
+                Ok(loaded) => {
+                    tracing::info!(
+                        trigger = trigger.label(),
+                        subject = %loaded.leaf.subject,
+                        serial = %loaded.leaf.serial,
+                        not_after = %loaded.leaf.not_after,
+                        "certificate reloaded"
+                    );
+                }
                 Err(e) => tracing::warn!(
                     trigger = trigger.label(),
                     error = %format!("{e:#}"),
@@ -141,7 +142,23 @@ impl Reloader {
                 .count_reload("certificate", trigger.label(), result.is_ok());
             reloaded.certificate = Some(result);
         }
+        self.publish();
         reloaded
+    }
+
+    /// Sets the gauges that show what is in force: `envelope_verify_key_info`
+    /// and `envelope_tls_certificate_expiry_seconds`.
+    pub fn publish(&self) {
+        if let Some(keys) = &self.keys {
+            let set = keys.current();
+            self.metrics
+                .set_verify_keys(set.keys.iter().map(|k| (k.kid.as_str(), k.alg.as_str())));
+        }
+        if let Some(certs) = &self.certs {
+            self.metrics
+                .certificate_expiry
+                .set(certs.current().leaf.not_after.unix_timestamp());
+        }
     }
 
     /// Reloads on `hangup` (SIGHUP; installed by the caller, early) and
@@ -179,7 +196,7 @@ impl Reloader {
             tokio::select! {
                 () = stop.cancelled() => return,
                 reloaded = self.reload_some(trigger, keys, certificate) => {
-                    if reloaded.is_empty() && trigger == Trigger::Sighup {
+                    if reloaded.keys.is_none() && trigger == Trigger::Sighup {
                         tracing::info!("SIGHUP: no --verify-key to reload");
                     }
                 }

@@ -38,8 +38,13 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Load the verify keys again (all or nothing; the old keys stay if refused).
+    /// Load the verify keys and the TLS certificate again (each all or
+    /// nothing; what is in force stays if refused).
     Reload,
+    /// Stop taking new clients (lame duck: /health answers 503); held sessions go on.
+    Drain,
+    /// Take new clients again after a drain.
+    Resume,
     /// Show the envelope's version, configuration summary and occupancy.
     Status {
         /// Print JSON (for scripts) instead of text.

@@ -34,6 +34,8 @@ fn main() -> ExitCode {
             }
             Command::Status { json } => cmd::status::run(&client, json).await,
             Command::Reload => cmd::reload::run(&client).await,
+            Command::Drain => cmd::lifecycle::drain(&client).await,
+            Command::Resume => cmd::lifecycle::resume(&client).await,
         }
     });
     match result {

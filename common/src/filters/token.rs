@@ -90,7 +90,12 @@ impl AccessPolicy {
             .verify_payload(&token)
             .map_err(Denied::InvalidToken)?;
         let custom = custom_claims::<T>(payload.get()).ok_or(Denied::BadCustomClaims)?;
-        let verified = Verified { claims, custom };
+        let kid = crate::verify::token_kid(&token).unwrap_or_default();
+        let verified = Verified {
+            claims,
+            custom,
+            kid,
+        };
         if let Some(subject) = &self.subject {
             if !verified.is_monitoring() && &verified.claims.sub != subject {
                 return Err(Denied::WrongSubject);
@@ -106,6 +111,8 @@ impl AccessPolicy {
 pub struct Verified<T = NoCustomClaims> {
     pub claims: Claims,
     pub custom: T,
+    /// The kid of the key that verified it.
+    pub kid: String,
 }
 
 impl<T> Verified<T> {

@@ -146,8 +146,9 @@ async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Result<R
         reservation,
         handshake,
     } = checked;
-    if token.is_some() {
+    if let Some(token) = &token {
         app.metrics.count_token(PATH, true, "valid");
+        app.metrics.count_token_accepted(&token.kid);
     }
     if app.tx_gate.is_some() {
         app.metrics.count_tx(true, app.tls);
@@ -254,6 +255,7 @@ mod tests {
             Arc::new(crate::firewall::NoopFirewall),
             1,
             metrics.clone(),
+            crate::lifecycle::Lifecycle::new(metrics.clone()),
         );
         Access {
             tokens: Tokens::default(),

@@ -1,15 +1,21 @@
 //! Every way the access endpoint says no, as one closed enum: its status, its
-//! stable label, the one line the client reads, and the metrics it counts —
-//! turned into a response in exactly one place, [`Refusal::respond`].
+//! stable label, the one line the client reads, how long a client should wait
+//! before it asks again, and the metrics it counts — turned into a response in
+//! exactly one place, [`Refusal::respond`]: an RFC 9457 problem (`type`
+//! `urn:envelope:problem:LABEL`, the label the metrics use) that a program can
+//! read, with `Retry-After` on every 503.
+
+use std::time::Duration;
 
 use common::filters::Denied;
+use serde::Serialize;
 use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
 use warp::Rejection;
 
 use super::{NotAnUpgrade, PATH};
 use crate::grants::AcquireError;
-use crate::http::{plain, Reply};
+use crate::http::{json_as, Reply};
 use crate::logging::chain;
 use crate::metrics::Metrics;
 
@@ -40,7 +46,10 @@ impl Refusal {
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::Grant(
-                AcquireError::Full(_) | AcquireError::ShuttingDown | AcquireError::EndedAtOnce,
+                AcquireError::Full { .. }
+                | AcquireError::Draining { .. }
+                | AcquireError::ShuttingDown
+                | AcquireError::EndedAtOnce,
             ) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Grant(AcquireError::Firewall { .. }) | Refusal::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -55,7 +64,8 @@ impl Refusal {
             Refusal::NotAnUpgrade => "not-an-upgrade",
             Refusal::MethodNotAllowed => "method-not-allowed",
             Refusal::NotFound => "not-found",
-            Refusal::Grant(AcquireError::Full(_)) => "full",
+            Refusal::Grant(AcquireError::Full { .. }) => "full",
+            Refusal::Grant(AcquireError::Draining { .. }) => "draining",
             Refusal::Grant(AcquireError::ShuttingDown) => "shutting-down",
             Refusal::Grant(AcquireError::EndedAtOnce) => "ended-at-once",
             Refusal::Grant(AcquireError::Firewall { .. }) => "firewall",
@@ -63,7 +73,42 @@ impl Refusal {
         }
     }
 
-    /// Counts the refusal and answers it: status, the one line, and `Allow` for 405.
+    /// A short summary of the kind of problem, the same for every refusal
+    /// of one label (RFC 9457 `title`).
+    pub fn title(&self) -> &'static str {
+        match self {
+            Refusal::Denied(Denied::MissingToken) => "Access token required",
+            Refusal::Denied(Denied::TxOverLimit) => "Server busy transmitting",
+            Refusal::Denied(Denied::WrongSubject) => "Token for another service",
+            Refusal::Denied(Denied::DuplicateToken) => "Access token given twice",
+            Refusal::Denied(Denied::ReplayCacheFull) => "Too many live tokens",
+            Refusal::Denied(_) => "Access token refused",
+            Refusal::NotAnUpgrade => "Not a WebSocket upgrade",
+            Refusal::MethodNotAllowed => "Method not allowed",
+            Refusal::NotFound => "Not found",
+            Refusal::Grant(AcquireError::Full { .. }) => "No free client slot",
+            Refusal::Grant(AcquireError::Draining { .. }) => "Envelope draining",
+            Refusal::Grant(AcquireError::ShuttingDown) => "Envelope shutting down",
+            Refusal::Grant(AcquireError::EndedAtOnce) => "Session ended before it began",
+            Refusal::Grant(AcquireError::Firewall { .. }) => "Firewall change failed",
+            Refusal::Internal => "Internal error",
+        }
+    }
+
+    /// How long the client should wait before it asks again: every 503 says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let secs = |s| Some(Duration::from_secs(s));
+        match self {
+            Refusal::Grant(e) if e.retry_after().is_some() => e.retry_after(),
+            Refusal::Grant(AcquireError::EndedAtOnce) => secs(1),
+            Refusal::Denied(Denied::TxOverLimit) => secs(5),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => secs(60),
+            _ => None,
+        }
+    }
+
+    /// Counts the refusal and answers it: status, the problem body, `Allow`
+    /// for 405 and `Retry-After` for 503.
     pub fn respond(&self, metrics: &Metrics, tls: bool) -> Reply {
         match self {
             Refusal::Denied(denied) if denied.is_token() => {
@@ -75,14 +120,35 @@ impl Refusal {
             }
             _ => {}
         }
-        let mut response = plain(self.status(), &self.to_string());
+        let problem = Problem {
+            kind: format!("urn:envelope:problem:{}", self.label()),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = json_as(self.status(), &problem, "application/problem+json");
+        let headers = response.headers_mut();
         if let Refusal::MethodNotAllowed = self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        if let Some(wait) = self.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
         }
         response
     }
+}
+
+/// An RFC 9457 problem body.
+#[derive(Debug, Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
 }
 
 impl From<Rejection> for Refusal {
@@ -136,9 +202,19 @@ mod tests {
             (Refusal::MethodNotAllowed, 405, "method not allowed"),
             (Refusal::NotFound, 404, "not found"),
             (
-                Refusal::Grant(AcquireError::Full(3)),
+                Refusal::Grant(AcquireError::Full {
+                    max: 3,
+                    retry_after: Duration::from_secs(40),
+                }),
                 503,
                 "all 3 client slots are in use",
+            ),
+            (
+                Refusal::Grant(AcquireError::Draining {
+                    retry_after: Duration::from_secs(60),
+                }),
+                503,
+                "the envelope is draining: it takes no new clients",
             ),
             (
                 Refusal::Grant(AcquireError::ShuttingDown),
@@ -190,5 +266,59 @@ mod tests {
             Refusal::Denied(Denied::WrongSubject).label(),
             "wrong-subject"
         );
+    }
+
+    async fn body(response: Reply) -> serde_json::Value {
+        use http_body_util::BodyExt as _;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_refusal_is_a_problem_a_program_can_read_and_503s_say_when_to_return() {
+        let metrics = Metrics::new();
+        let full = Refusal::Grant(AcquireError::Full {
+            max: 2,
+            retry_after: Duration::from_secs(37),
+        });
+        let response = full.respond(&metrics, false);
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(response.headers()[header::RETRY_AFTER], "37");
+        assert_eq!(
+            body(response).await,
+            serde_json::json!({
+                "type": "urn:envelope:problem:full",
+                "title": "No free client slot",
+                "status": 503,
+                "detail": "all 2 client slots are in use",
+            })
+        );
+        let expired = Refusal::Denied(Denied::InvalidToken(common::Rejection::Expired));
+        let response = expired.respond(&metrics, false);
+        assert_eq!(response.status(), 401);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let problem = body(response).await;
+        assert_eq!(problem["type"], "urn:envelope:problem:expired");
+        assert_eq!(problem["detail"], "token has expired");
+        for refusal in [
+            Refusal::Denied(Denied::TxOverLimit),
+            Refusal::Denied(Denied::ReplayCacheFull),
+            Refusal::Grant(AcquireError::ShuttingDown),
+            Refusal::Grant(AcquireError::EndedAtOnce),
+            Refusal::Grant(AcquireError::Draining {
+                retry_after: Duration::from_secs(90),
+            }),
+        ] {
+            let response = refusal.respond(&metrics, false);
+            assert_eq!(response.status(), 503, "{refusal:?}");
+            assert!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                "{refusal:?}"
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! refusal is an [`AdminError`] rejection, answered as JSON in one place.
 
 mod grants;
+mod lifecycle;
 mod reload;
 mod socket;
 mod status;
@@ -24,6 +25,7 @@ pub use socket::{AdminLock, AdminSocket, PeerPolicy};
 
 use crate::grants::Grants;
 use crate::http::{json, PeerCred, Reply};
+use crate::lifecycle::Lifecycle;
 use crate::logging::escaped;
 use crate::reload::Reloader;
 
@@ -35,6 +37,8 @@ const MAX_BODY: usize = 4096;
 pub struct AdminState {
     /// The reloadable files, for `/v1/reload` and the status.
     pub reloader: Reloader,
+    /// Serving, draining or stopping, for `/v1/drain`, `/v1/resume` and the status.
+    pub lifecycle: Lifecycle,
     pub grants: Grants,
     pub machine: Option<String>,
     pub subject: Option<String>,
@@ -89,6 +93,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone {
     let resources = status::routes(state.clone())
         .or(reload::routes(state.clone()))
+        .unify()
+        .or(lifecycle::routes(state.clone()))
         .unify()
         .or(grants::routes(state))
         .unify()

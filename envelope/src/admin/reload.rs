@@ -41,7 +41,7 @@ async fn post(state: Arc<AdminState>) -> AdminResponse {
     };
     match reloaded.keys {
         Some(Ok(set)) => {
-            answer.kids = set.kids.iter().map(|(kid, _)| kid.clone()).collect();
+            answer.kids = set.keys.iter().map(|k| k.kid.clone()).collect();
             answer.loaded_at = OffsetDateTime::from(set.loaded_at);
         }
         Some(Err(e)) => {

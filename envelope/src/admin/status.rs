@@ -40,15 +40,16 @@ async fn get(state: Arc<AdminState>) -> AdminResponse {
             .reloader
             .certs()
             .map(|certs| certificate(&certs.current())),
+        lifecycle: super::lifecycle::wire(&state).await,
     };
     if let Some(keys) = state.reloader.keys() {
         let set = keys.current();
         status.keys = set
-            .kids
+            .keys
             .iter()
-            .map(|(kid, file)| common::admin::LoadedKey {
-                kid: kid.clone(),
-                file: file.display().to_string(),
+            .map(|key| common::admin::LoadedKey {
+                kid: key.kid.clone(),
+                file: key.file.display().to_string(),
             })
             .collect();
         status.keys_loaded_at = Some(time::OffsetDateTime::from(set.loaded_at));

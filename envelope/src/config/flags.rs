@@ -123,6 +123,12 @@ pub struct Flags {
           alias = "envelope.max-hold")]
     pub max_hold: Duration,
 
+    /// On SIGTERM, stop taking new clients and wait up to this long for held
+    /// sessions to end before stopping (`0s`: stop at once, as the Go original).
+    #[arg(long, env = "ENVELOPE_DRAIN_TIMEOUT", default_value = "0s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
     /// Firewall backend [default: iptables when tokens are required, else none].
     #[arg(
         long,

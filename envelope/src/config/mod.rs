@@ -40,6 +40,8 @@ pub struct Config {
     pub max_clients: usize,
     pub timeout: Duration,
     pub max_hold: Duration,
+    /// `--drain-timeout`: zero stops at once on SIGTERM.
+    pub drain_timeout: Duration,
     pub firewall: FirewallChoice,
     pub admin_socket: PathBuf,
     pub admin_group: Option<String>,
@@ -71,6 +73,7 @@ impl Flags {
             max_clients: self.max_clients as usize,
             timeout: self.timeout,
             max_hold: self.max_hold,
+            drain_timeout: self.drain_timeout,
             firewall,
             admin_socket: self.admin_socket,
             admin_group: self.admin_group,

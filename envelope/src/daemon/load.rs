@@ -122,7 +122,7 @@ mod tests {
         });
         let loaded = Loaded::from_config(&config).unwrap();
         assert!(loaded.tls.is_some() && loaded.replay.is_some());
-        assert_eq!(loaded.keys.unwrap().current().kids.len(), 1);
+        assert_eq!(loaded.keys.unwrap().current().keys.len(), 1);
     }
 
     #[test]

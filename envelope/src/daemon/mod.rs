@@ -1,10 +1,13 @@
 //! The daemon's life in two steps, so tests can bind port 0 in-process and pass
 //! their own shutdown: [`bind`] (SIGHUP handler, the files the configuration
 //! names, admin socket lock, firewall guard, then the ports) and [`run`]
-//! (serve until the shutdown future resolves or a supervised task fails, then
-//! stop accepting, close every session with 1001, revoke every grant, remove
-//! the guard, and report any task that failed or panicked). `main` passes
-//! [`termination_signal`].
+//! (serve until told to stop or a supervised task fails, then stop accepting,
+//! close every session with 1001, revoke every grant, remove the guard, and
+//! report any task that failed or panicked). With `--drain-timeout`, a SIGTERM
+//! first drains (SPEC §9): no new clients, held sessions keep their grants
+//! until the last one ends or the timeout passes; a second SIGTERM or a SIGINT
+//! stops at once. `main` passes [`termination_signals`]; tests pass
+//! [`stop_when`].
 //!
 //! Inside: `load.rs` reads the key and certificate files, `supervise.rs`
 //! watches the long-running tasks and joins them at the end, `cleanup.rs` is
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::filters::TxGate;
+use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +38,7 @@ use crate::admin::{self, AdminSocket, AdminState};
 use crate::config::Config;
 use crate::firewall::Firewall;
 use crate::grants::Grants;
+use crate::lifecycle::Lifecycle;
 use crate::logging::chain;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -135,13 +140,46 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
     })
 }
 
-/// Serves until `shutdown` resolves or a supervised task (a listener, the
+/// A request to stop, as the process receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM (or a test's stop): drains first when `--drain-timeout` is set.
+    Terminate,
+    /// SIGINT: stops at once.
+    Interrupt,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            StopSignal::Terminate => "SIGTERM",
+            StopSignal::Interrupt => "SIGINT",
+        }
+    }
+}
+
+/// One [`StopSignal::Terminate`] when `stop` resolves: how tests and embedders
+/// stop a daemon they run in-process.
+pub fn stop_when(
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> impl Stream<Item = StopSignal> + Send + Unpin {
+    Box::pin(futures_util::stream::once(async move {
+        stop.await;
+        StopSignal::Terminate
+    }))
+}
+
+/// Serves until `signals` says stop or a supervised task (a listener, the
 /// reload watcher) fails, then shuts down in order: stop accepting, revoke
 /// every grant (sessions get Close 1001), wait for the sessions and
-/// connections (bounded), tear the guard down, and join every task. A failed
+/// connections (bounded), tear the guard down, and join every task. With a
+/// drain timeout, the first [`StopSignal::Terminate`] drains first. A failed
 /// task makes this an error (so the process exits non-zero) after the same
 /// ordered shutdown.
-pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    bound: Bound,
+    mut signals: impl Stream<Item = StopSignal> + Send + Unpin,
+) -> anyhow::Result<()> {
     let Bound {
         config,
         loaded,
@@ -154,7 +192,13 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let listening = local_addrs(&access);
     let metrics_listening = local_addrs(&metrics_listeners);
     let metrics = Arc::new(Metrics::new());
-    let (grants, owner) = Grants::spawn(firewall.clone(), config.max_clients, metrics.clone());
+    let lifecycle = Lifecycle::new(metrics.clone());
+    let (grants, owner) = Grants::spawn(
+        firewall.clone(),
+        config.max_clients,
+        metrics.clone(),
+        lifecycle.clone(),
+    );
     let stop = CancellationToken::new();
     let mut tasks = Supervisor::default();
     let serving = match serve(
@@ -164,6 +208,7 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
         metrics_listeners,
         &grants,
         &metrics,
+        &lifecycle,
         &stop,
         &mut tasks,
     ) {
@@ -176,6 +221,7 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
         }
     };
     let reloader = Reloader::new(loaded.keys.clone(), loaded.certs.clone(), metrics.clone());
+    reloader.publish();
     let watch = reloader.clone().watch(hangup, stop.clone());
     tasks.spawn("reload watcher", async move {
         watch.await;
@@ -183,6 +229,7 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
     });
     let admin_state = Arc::new(AdminState {
         reloader,
+        lifecycle: lifecycle.clone(),
         grants: grants.clone(),
         machine: config.machine.clone(),
         subject: config.tokens.subject.clone(),
@@ -213,13 +260,7 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
         ),
     );
 
-    let cause = tokio::select! {
-        () = shutdown => None,
-        failure = tasks.first_failure() => {
-            tracing::error!(error = %format!("{failure:#}"), "shutting down after a failure");
-            Some(failure)
-        }
-    };
+    let cause = serve_until_stopped(&config, &lifecycle, &grants, &mut signals, &mut tasks).await;
     let began = Instant::now();
     stop.cancel();
     let revoked = grants.shutdown().await;
@@ -236,17 +277,70 @@ pub async fn run(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow::Re
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when
-/// this is called, so a signal that comes during start-up is not lost.
-pub fn termination_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    Ok(async move {
+/// Every SIGTERM and SIGINT the process receives. The handlers are installed
+/// when this is called, so a signal that comes during start-up is not lost.
+pub fn termination_signals() -> anyhow::Result<impl Stream<Item = StopSignal> + Send + Unpin> {
+    let each = |kind: SignalKind, what: StopSignal| -> anyhow::Result<_> {
+        let handler = signal(kind).with_context(|| format!("{} handler", what.name()))?;
+        Ok(futures_util::stream::unfold(
+            handler,
+            move |mut handler| async move { handler.recv().await.map(|()| (what, handler)) },
+        ))
+    };
+    let terminate = each(SignalKind::terminate(), StopSignal::Terminate)?;
+    let interrupt = each(SignalKind::interrupt(), StopSignal::Interrupt)?;
+    Ok(Box::pin(futures_util::stream::select(terminate, interrupt)))
+}
+
+/// Waits for the word to stop: a signal (after a drain, when one is set and
+/// the signal allows it) or a failed task, whose error is returned.
+async fn serve_until_stopped(
+    config: &Config,
+    lifecycle: &Lifecycle,
+    grants: &Grants,
+    signals: &mut (impl Stream<Item = StopSignal> + Unpin),
+    tasks: &mut Supervisor,
+) -> Option<anyhow::Error> {
+    let mut signals_open = true;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
         tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            signal = signals.next(), if signals_open => match signal {
+                Some(StopSignal::Terminate) if drain_until.is_none() && !config.drain_timeout.is_zero() => {
+                    drain_until = Some(lifecycle.stop_within(config.drain_timeout));
+                    tracing::info!(
+                        drain_timeout_s = config.drain_timeout.as_secs_f64(),
+                        "SIGTERM: draining; new clients get 503, held sessions keep their grants"
+                    );
+                }
+                Some(signal) => {
+                    tracing::info!("{}: shutting down", signal.name());
+                    return None;
+                }
+                // No more signals can come; serve until something else says stop.
+                None => signals_open = false,
+            },
+            failure = tasks.first_failure() => {
+                tracing::error!(error = %format!("{failure:#}"), "shutting down after a failure");
+                return Some(failure);
+            }
+            () = grants.idle(), if drain_until.is_some() => {
+                tracing::info!("drained: the last session ended; shutting down");
+                return None;
+            }
+            () = sleep_until_opt(drain_until) => {
+                tracing::info!("drain timeout: closing the sessions left; shutting down");
+                return None;
+            }
         }
-    })
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Serving {
@@ -263,6 +357,7 @@ fn serve(
     metrics_listeners: Vec<TcpListener>,
     grants: &Grants,
     metrics: &Arc<Metrics>,
+    lifecycle: &Lifecycle,
     stop: &CancellationToken,
     tasks: &mut Supervisor,
 ) -> anyhow::Result<Serving> {
@@ -322,7 +417,7 @@ fn serve(
             ),
         );
     }
-    let routes = crate::exporter::routes(metrics.clone());
+    let routes = crate::exporter::routes(metrics.clone(), lifecycle.clone());
     let metrics_bounds = Bounds::new(
         METRICS_CONNECTIONS,
         config.handshake_timeout,
@@ -440,9 +535,12 @@ mod tests {
         // Shutting a listening socket down makes every accept fail with EINVAL:
         // a listener that cannot get better by retrying.
         shutdown(bound.access_listeners()[0].as_raw_fd(), Shutdown::Both).unwrap();
-        let ran = tokio::time::timeout(Duration::from_secs(10), run(bound, std::future::pending()))
-            .await
-            .expect("the daemon stops by itself");
+        let ran = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(bound, stop_when(std::future::pending())),
+        )
+        .await
+        .expect("the daemon stops by itself");
         let err = format!("{:#}", ran.unwrap_err());
         assert!(
             err.starts_with("the access listener on 127.0.0.1:")
@@ -461,7 +559,7 @@ mod tests {
     async fn a_clean_stop_is_ok() {
         let dir = tempfile::tempdir().unwrap();
         let bound = bind(&config(dir.path())).await.unwrap();
-        run(bound, async {}).await.unwrap();
+        run(bound, stop_when(async {})).await.unwrap();
         let journal = std::fs::read_to_string(dir.path().join("journal")).unwrap();
         assert_eq!(journal, "setup\nteardown\n");
     }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::table::{Outcome, Table};
 use crate::firewall::{Change, Firewall, FirewallError};
+use crate::lifecycle::Lifecycle;
 use crate::logging::chain;
 use crate::metrics::Metrics;
 
@@ -21,15 +22,21 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub(super) struct Committer {
     firewall: Arc<dyn Firewall>,
     metrics: Arc<Metrics>,
+    lifecycle: Lifecycle,
     retry_at: Option<Instant>,
     retry_backoff: Duration,
 }
 
 impl Committer {
-    pub fn new(firewall: Arc<dyn Firewall>, metrics: Arc<Metrics>) -> Committer {
+    pub fn new(
+        firewall: Arc<dyn Firewall>,
+        metrics: Arc<Metrics>,
+        lifecycle: Lifecycle,
+    ) -> Committer {
         Committer {
             firewall,
             metrics,
+            lifecycle,
             retry_at: None,
             retry_backoff: RETRY_FIRST,
         }
@@ -119,8 +126,16 @@ impl Committer {
     fn schedule_retry(&mut self, outcome: &Outcome) {
         if outcome.failed_revokes.is_empty() {
             self.retry_backoff = RETRY_FIRST;
+            self.lifecycle.set_firewall_failing(None);
             return;
         }
+        let stuck: Vec<String> = outcome
+            .failed_revokes
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        self.lifecycle
+            .set_firewall_failing(Some(format!("revoke {}", stuck.join(","))));
         self.metrics
             .revoke_failures
             .inc_by(outcome.failed_revokes.len() as u64);

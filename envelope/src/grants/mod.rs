@@ -19,10 +19,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::firewall::{Firewall, FirewallError, Subnet};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 
 pub type GrantId = u64;
@@ -78,10 +79,20 @@ pub struct Occupancy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
-    #[error("all {0} client slots are in use")]
-    Full(usize),
+    #[error("all {max} client slots are in use")]
+    Full {
+        max: usize,
+        /// Until the earliest held session's deadline (capped).
+        retry_after: Duration,
+    },
     #[error("the envelope is shutting down")]
     ShuttingDown,
+    /// Lame duck: an operator's drain, or a SIGTERM's drain before the stop.
+    #[error("the envelope is draining: it takes no new clients")]
+    Draining {
+        /// Until the stop, for a stopping envelope; a minute otherwise.
+        retry_after: Duration,
+    },
     /// Revoked (e.g. `revoke --all`) or past its deadline before it was granted.
     #[error("the session was ended before it was granted")]
     EndedAtOnce,
@@ -171,6 +182,19 @@ pub struct Lease {
     owner: mpsc::UnboundedSender<Command>,
 }
 
+impl AcquireError {
+    /// How long a refused client should wait before it asks again, for the
+    /// refusals that pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AcquireError::Full { retry_after, .. } | AcquireError::Draining { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Lease {
     pub fn id(&self) -> GrantId {
         self.id
@@ -196,24 +220,38 @@ impl Drop for Lease {
 #[derive(Debug, Clone)]
 pub struct Grants {
     tx: mpsc::UnboundedSender<Command>,
+    /// How many sessions hold a grant, as of the owner's last change.
+    sessions: watch::Receiver<usize>,
 }
 
 impl Grants {
     /// Starts the owner task. The firewall must already be set up.
+    /// New grants are refused while `lifecycle` says the envelope drains;
+    /// a firewall change that keeps failing is reported to it.
     pub fn spawn(
         firewall: Arc<dyn Firewall>,
         max_clients: usize,
         metrics: Arc<Metrics>,
+        lifecycle: Lifecycle,
     ) -> (Grants, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (sessions_tx, sessions) = watch::channel(0);
         let owner = owner::Owner::new(
             table::Table::new(max_clients),
-            commit::Committer::new(firewall, metrics.clone()),
+            commit::Committer::new(firewall, metrics.clone(), lifecycle.clone()),
             metrics,
+            lifecycle,
+            sessions_tx,
             tx.clone(),
         );
         let task = tokio::spawn(owner.run(rx));
-        (Grants { tx }, task)
+        (Grants { tx, sessions }, task)
+    }
+
+    /// Resolves once no session holds a grant (at once when none does).
+    pub async fn idle(&self) {
+        let mut sessions = self.sessions.clone();
+        let _ = sessions.wait_for(|n| *n == 0).await;
     }
 
     pub async fn acquire(&self, request: GrantRequest) -> Result<Lease, AcquireError> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::commit::Committer;
@@ -16,6 +16,7 @@ use super::{
     SubnetFailures,
 };
 use crate::firewall::{FirewallError, Subnet};
+use crate::lifecycle::Lifecycle;
 use crate::logging::chain;
 use crate::metrics::Metrics;
 
@@ -42,6 +43,9 @@ pub(super) struct Owner {
     table: Table,
     committer: Committer,
     metrics: Arc<Metrics>,
+    lifecycle: Lifecycle,
+    /// The session count the daemon waits on while it drains.
+    sessions: watch::Sender<usize>,
     /// Handed to every lease, so dropping it reaches this loop.
     me: mpsc::UnboundedSender<Command>,
 }
@@ -51,12 +55,16 @@ impl Owner {
         table: Table,
         committer: Committer,
         metrics: Arc<Metrics>,
+        lifecycle: Lifecycle,
+        sessions: watch::Sender<usize>,
         me: mpsc::UnboundedSender<Command>,
     ) -> Owner {
         Owner {
             table,
             committer,
             metrics,
+            lifecycle,
+            sessions,
             me,
         }
     }
@@ -92,6 +100,7 @@ impl Owner {
                 self.committer.commit(&mut self.table).await;
             }
             reply_revokes(pending.revokes, &outcome);
+            self.sessions.send_replace(self.table.occupancy().sessions);
             self.reply_lists(pending.lists).await;
             if let Some(reply) = pending.shutdown {
                 let _ = reply.send(self.finish().await);
@@ -111,6 +120,11 @@ impl Owner {
     fn route(&mut self, cmd: Command, pending: &mut Pending) {
         match cmd {
             Command::Acquire { request, reply } => {
+                if self.lifecycle.is_draining() {
+                    let retry_after = self.lifecycle.retry_after();
+                    let _ = reply.send(Err(AcquireError::Draining { retry_after }));
+                    return;
+                }
                 match self.table.admit(request, Instant::now(), SystemTime::now()) {
                     Ok(id) => pending.acquires.push((id, reply)),
                     Err(e) => {

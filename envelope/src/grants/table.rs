@@ -5,13 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{AcquireError, EndReason, GrantId, GrantInfo, GrantRequest, Occupancy, Selector};
 use crate::firewall::{Change, FirewallError, Opening, Subnet};
+
+/// The longest `Retry-After` a full envelope gives.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// One live session.
 #[derive(Debug)]
@@ -95,7 +98,10 @@ impl Table {
         }
         let used = self.occupancy();
         if used.sessions + used.stuck_revokes >= self.max_clients {
-            return Err(AcquireError::Full(self.max_clients));
+            return Err(AcquireError::Full {
+                max: self.max_clients,
+                retry_after: self.first_free(now),
+            });
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -123,6 +129,18 @@ impl Table {
             },
         );
         Ok(id)
+    }
+
+    /// When a slot should be free again: at the earliest held deadline, told
+    /// in whole seconds between 1 and [`MAX_RETRY_AFTER`] (a stuck revoke's slot
+    /// comes back with a retry, soon).
+    fn first_free(&self, now: Instant) -> Duration {
+        let wait = self
+            .deadlines
+            .first()
+            .map_or(Duration::ZERO, |(at, _)| at.saturating_duration_since(now));
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Duration::from_secs(secs.clamp(1, MAX_RETRY_AFTER.as_secs()))
     }
 
     /// Forgets a session and marks its subnet for the next change.
@@ -379,7 +397,10 @@ mod tests {
             }
         );
         let refused = table.admit(request("198.18.1.2", at(now, 60)), now, SystemTime::now());
-        assert!(matches!(refused, Err(AcquireError::Full(1))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(AcquireError::Full { max: 1, .. })),
+            "{refused:?}"
+        );
         assert!(
             table.plan().is_empty(),
             "a stuck subnet waits for its retry"

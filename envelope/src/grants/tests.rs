@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::firewall::{Change, FwFuture, Opening};
+use crate::lifecycle::Lifecycle;
 
 /// Records every change; fails grants of subnets in `fail_grants` and
 /// revokes while `fail_revokes` is set. Each apply takes `delay`.
@@ -70,7 +71,14 @@ fn subnet(ip: &str) -> Subnet {
 }
 
 fn spawn(firewall: &Arc<FakeFirewall>, max: usize) -> Grants {
-    Grants::spawn(firewall.clone(), max, Arc::new(Metrics::new())).0
+    let metrics = Arc::new(Metrics::new());
+    Grants::spawn(
+        firewall.clone(),
+        max,
+        metrics.clone(),
+        Lifecycle::new(metrics),
+    )
+    .0
 }
 
 const LONG: Duration = Duration::from_secs(600);
@@ -228,7 +236,7 @@ async fn max_clients_is_never_exceeded() {
     assert_eq!(all.iter().filter(|r| r.is_ok()).count(), 3);
     assert_eq!(
         all.iter()
-            .filter(|r| matches!(r, Err(AcquireError::Full(3))))
+            .filter(|r| matches!(r, Err(AcquireError::Full { max: 3, .. })))
             .count(),
         7
     );
@@ -245,7 +253,7 @@ async fn a_failed_revoke_keeps_its_slot_until_a_retry_succeeds() {
     assert_eq!(occupancy.stuck_revokes, 1);
     assert!(matches!(
         grants.acquire(request("198.18.1.2", LONG)).await,
-        Err(AcquireError::Full(1))
+        Err(AcquireError::Full { max: 1, .. })
     ));
     *firewall.fail_revokes.lock().unwrap() = false;
     // The first retry comes after 500 ms (paused clock: no real wait).

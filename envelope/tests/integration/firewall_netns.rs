@@ -15,19 +15,19 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const PROXY_PORT: u16 = 8080;
-const LIFETIME: Duration = Duration::from_secs(90);
+pub(crate) const PROXY_PORT: u16 = 8080;
+pub(crate) const LIFETIME: Duration = Duration::from_secs(90);
 
-fn addr(ip: &str, port: u16) -> SocketAddr {
+pub(crate) fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
 /// The default backend (`iptables`: ipset members where the kernel has ipset).
-fn options(ns: &NetPair, extra: &[&str]) -> Options {
+pub(crate) fn options(ns: &NetPair, extra: &[&str]) -> Options {
     options_with(ns, "iptables", extra)
 }
 
-fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
+pub(crate) fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
     let mut all = vec![
         format!("--firewall={backend}"),
         format!("--device={DEVICE}"),
@@ -44,7 +44,7 @@ fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
 }
 
 /// A WebSocket session over TLS from the client namespace (optionally from `local`).
-async fn ws_from(
+pub(crate) async fn ws_from(
     ns: &NetPair,
     local: Option<IpAddr>,
     server_ip: &str,
@@ -93,7 +93,11 @@ async fn ws_from(
 }
 
 /// The HTTP status of an upgrade attempt: 101, or the refusal's status.
-async fn status_from(ns: &NetPair, local: Option<IpAddr>, server_ip: &str) -> (u16, Option<Ws>) {
+pub(crate) async fn status_from(
+    ns: &NetPair,
+    local: Option<IpAddr>,
+    server_ip: &str,
+) -> (u16, Option<Ws>) {
     match ws_from(ns, local, server_ip, &support::token()).await {
         Ok((ws, response)) => (response.status().as_u16(), Some(ws)),
         Err(e) => match e.strip_prefix("HTTP ") {
@@ -103,7 +107,7 @@ async fn status_from(ns: &NetPair, local: Option<IpAddr>, server_ip: &str) -> (u
     }
 }
 
-async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
+pub(crate) async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
     match ws_from(ns, None, server_ip, &support::token()).await {
         Ok((ws, response)) => {
             assert_eq!(response.status().as_u16(), 101);
@@ -113,7 +117,7 @@ async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
     }
 }
 
-async fn close(mut ws: Ws) {
+pub(crate) async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     drop(ws);
 }
@@ -125,7 +129,7 @@ fn lo_works(ns: &NetPair) {
 
 /// Envelope rules and sets (lines mentioning our chains, comments or sets) in
 /// both iptables dumps and the ipset dump.
-fn envelope_lines(ns: &NetPair) -> String {
+pub(crate) fn envelope_lines(ns: &NetPair) -> String {
     let (v4, v6, sets) = ns.save_all();
     format!("{v4}{v6}{sets}")
         .lines()

@@ -15,5 +15,6 @@ mod client_recipes;
 mod daemon;
 mod deploy_recipes;
 mod firewall_netns;
+mod fleet;
 mod hardening;
 mod reload;

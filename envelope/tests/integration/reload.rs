@@ -121,7 +121,7 @@ async fn a_symlink_swap_reloads_the_keys_and_held_sessions_stay() {
     assert_eq!(answer(&daemon, &rs256).await, 101);
     wait_for_metric(
         &daemon,
-        "envelope_key_reloads_total{trigger=\"file\",result=\"success\"} 1",
+        "envelope_key_reloads_total{what=\"keys\",trigger=\"file\",result=\"success\"} 1",
     )
     .await;
 }
@@ -138,7 +138,7 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
     daemon.signal("HUP");
     wait_for_metric(
         &daemon,
-        "envelope_key_reloads_total{trigger=\"sighup\",result=\"success\"} 1",
+        "envelope_key_reloads_total{what=\"keys\",trigger=\"sighup\",result=\"success\"} 1",
     )
     .await;
 
@@ -171,7 +171,7 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
     assert_eq!(answer(&daemon, &rs256).await, 401);
     wait_for_metric(
         &daemon,
-        "envelope_key_reloads_total{trigger=\"admin\",result=\"failure\"} 1",
+        "envelope_key_reloads_total{what=\"keys\",trigger=\"admin\",result=\"failure\"} 1",
     )
     .await;
     assert!(daemon.logs().contains("verify keys reload refused"));

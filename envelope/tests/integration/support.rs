@@ -379,6 +379,14 @@ impl Daemon {
         self.wait_exit(within)
     }
 
+    /// The exit status if the process ends within `within`, else `None`.
+    pub fn wait_exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        match &mut self.runner {
+            Runner::Process(process) => process.wait_exit(within).ok(),
+            Runner::InProcess(_) => panic!("an in-process daemon has no exit status: use stop"),
+        }
+    }
+
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let process = match &mut self.runner {
             Runner::Process(process) => process,

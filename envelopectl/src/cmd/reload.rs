@@ -1,5 +1,6 @@
-//! `envelopectl reload`: the envelope loads its verify keys again, all or nothing;
-//! exit 0 with the kids now in force, 1 with the reason when the set was refused.
+//! `envelopectl reload`: the envelope loads its verify keys and TLS certificate
+//! again, each all or nothing; exit 0 with what is now in force, 1 with the
+//! reason when one was refused.
 
 use common::admin::{Reloaded, RELOAD_PATH};
 use hyper::Method;
@@ -9,5 +10,11 @@ use crate::client::{Client, CtlError};
 pub async fn run(client: &Client) -> Result<(), CtlError> {
     let reloaded: Reloaded = client.call(Method::POST, RELOAD_PATH).await?;
     println!("reloaded; keys in force: {}", reloaded.kids.join(", "));
+    if let Some(cert) = &reloaded.certificate {
+        println!(
+            "certificate in force: {}",
+            super::status::certificate_line(cert)
+        );
+    }
     Ok(())
 }

@@ -19,6 +19,10 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
     println!("listening:        {}", addresses(&s.listening));
     println!("metrics:          {}", addresses(&s.metrics_listening));
     println!("clients:          {} of {}", s.active_grants, s.max_clients);
+    println!(
+        "state:            {}",
+        super::lifecycle::describe(&s.lifecycle)
+    );
     if s.pending_revokes > 0 {
         println!("pending revokes:  {} (retrying)", s.pending_revokes);
     }
@@ -35,7 +39,22 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
     for key in &s.keys {
         println!("key:              {}  {}", key.kid, key.file);
     }
+    if let Some(cert) = &s.certificate {
+        println!("certificate:      {}", certificate_line(cert));
+    }
     Ok(())
+}
+
+/// `CN=host  serial 0a1b…  expires 2027-03-01T00:00:00Z`.
+pub fn certificate_line(cert: &common::admin::Certificate) -> String {
+    let expires = cert
+        .not_after
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!(
+        "{}  serial {}  expires {expires}",
+        cert.subject, cert.serial
+    )
 }
 
 fn addresses(addrs: &[std::net::SocketAddr]) -> String {

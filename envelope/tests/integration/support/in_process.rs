@@ -59,9 +59,12 @@ impl InProcess {
                 };
                 let _ = ready_tx.send(Ok((bound.access_addrs(), bound.metrics_addrs())));
                 // A dropped sender (the test ended) stops it too.
-                envelope::daemon::run(bound, async {
-                    let _ = stopped.await;
-                })
+                envelope::daemon::run(
+                    bound,
+                    envelope::daemon::stop_when(async {
+                        let _ = stopped.await;
+                    }),
+                )
                 .await
             });
             let _ = done_tx.send(result.map_err(|e| format!("{e:#}")));
