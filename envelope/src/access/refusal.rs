@@ -303,7 +303,7 @@ mod tests {
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
         let problem = body(response).await;
         assert_eq!(problem["type"], "urn:envelope:problem:expired");
-        assert_eq!(problem["detail"], "token has expired");
+        assert_eq!(problem["detail"], "invalid access token: token has expired");
         for refusal in [
             Refusal::Denied(Denied::TxOverLimit),
             Refusal::Denied(Denied::ReplayCacheFull),

@@ -570,6 +570,17 @@ fn systemd_unit_has_the_promised_settings() {
         .parse()
         .unwrap_or_else(|_| panic!("TimeoutStopSec={timeout}: write whole seconds"));
     assert!(seconds >= 30, "TimeoutStopSec={timeout} is too short");
+    // And above the drain timeout the default file suggests, plus the clean-up.
+    let defaults = read("docs/deploy/envelope.default");
+    let drain = defaults
+        .lines()
+        .find_map(|l| l.trim_start_matches('#').strip_prefix("ENVELOPE_DRAIN_TIMEOUT="))
+        .expect("envelope.default describes ENVELOPE_DRAIN_TIMEOUT");
+    let drain = common::goflags::parse_duration(drain).unwrap();
+    assert!(
+        seconds >= drain.as_secs() + 45,
+        "TimeoutStopSec={timeout} would cut a {drain:?} drain short"
+    );
     assert!(
         !service.contains_key("User"),
         "the README says the unit runs as root (legacy iptables needs the root-owned lock)"
@@ -633,14 +644,32 @@ fn kubernetes_manifest_has_the_promised_shape() {
         "prometheus.io/scrape: \"true\"",
         "prometheus.io/port: \"9990\"",
         "containerPort: 9990",
-        "terminationGracePeriodSeconds: 30",
         "drop: [\"ALL\"]",
         "add: [\"NET_ADMIN\"]",
-        "tcpSocket:",
-        "port: 8880",
+        "path: /health",
+        "port: 9990",
+        "secretName: envelope-tls",
+        "- --cert=/etc/envelope/tls/tls.crt",
+        "name: ENVELOPE_DRAIN_TIMEOUT",
     ] {
         assert!(text.contains(needle), "kubernetes.yaml lacks {needle:?}");
     }
+    // The grace period outlasts the drain and its clean-up.
+    let grace: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+        .and_then(|v| v.parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    let drain = text
+        .split("name: ENVELOPE_DRAIN_TIMEOUT")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("value: ")))
+        .expect("the ENVELOPE_DRAIN_TIMEOUT value");
+    let drain = common::goflags::parse_duration(drain).unwrap();
+    assert!(
+        grace >= drain.as_secs() + 45,
+        "terminationGracePeriodSeconds {grace} would cut a {drain:?} drain short"
+    );
     // The key passed with --verify-key lives where the Secret is mounted.
     let key = text
         .lines()

@@ -396,3 +396,130 @@ async fn the_metrics_say_which_kids_are_loaded_and_used() {
     );
     assert!(metrics.contains(r#"reason="unknown-kid"} 1"#), "{metrics}");
 }
+
+/// Runs one documented shell line with `envelopectl` and `envelope` on PATH and
+/// the daemon's admin socket in the environment, in `netns` when given.
+fn recipe_line(line: &str, daemon: &Daemon, netns: Option<&str>) -> (bool, String) {
+    let bin_dir = envelope_bin().parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "sh", "-c", line]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", line]);
+            c
+        }
+    };
+    let output = command
+        .env("PATH", path)
+        .env("ENVELOPE_ADMIN_SOCKET", daemon.admin_socket())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rolling_restart_recipe_loses_no_held_session() {
+    let recipe = doc_commands("docs/operations.md", Some("## Rolling restart"));
+    let [drain, health_check, status, restart] = recipe.as_slice() else {
+        panic!("docs/operations.md Rolling restart: expected four commands, found {recipe:#?}");
+    };
+    assert_eq!(restart, "systemctl restart envelope");
+    let ns = NetPair::new();
+    let _service = ns.listener(SERVICE_PORT, LIFETIME);
+    let before = ns.save_all();
+    let start = || {
+        Daemon::start(Options {
+            metrics: true,
+            ..options(&ns, &["--drain-timeout=2m", "--max-clients=4"])
+        })
+    };
+    let mut daemon = start();
+    let held = session(&ns, SERVER_V4, &daemon).await;
+    let service = addr(SERVER_V4, SERVICE_PORT);
+
+    let (ok, out) = recipe_line(drain, &daemon, Some(&ns.server));
+    assert!(ok && out.contains("draining: no new clients (1 session held)"), "{out}");
+    let metrics = daemon.metrics_addr.unwrap().to_string();
+    let (ok, out) = recipe_line(
+        &health_check.replace("localhost:9990", &metrics),
+        &daemon,
+        Some(&ns.server),
+    );
+    assert!(ok && out.trim() == "draining", "{out}");
+    let (ok, out) = recipe_line(status, &daemon, Some(&ns.server));
+    assert!(ok && out.contains("state:            draining"), "{out}");
+    assert_eq!(refusal_status(&ns).await, 503);
+
+    // `systemctl restart` sends SIGTERM: the held session keeps its grant.
+    daemon.signal("TERM");
+    daemon.wait_for(Duration::from_secs(10), "the drain", |d| {
+        d.logs().contains("SIGTERM: draining")
+    });
+    assert!(ns.client_can_reach(service), "the held session lost its grant");
+    close(held).await;
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "{}", daemon.logs());
+    assert_eq!(ns.save_all(), before);
+
+    // The restarted envelope takes clients again.
+    let mut restarted = start();
+    let fresh = session(&ns, SERVER_V4, &restarted).await;
+    close(fresh).await;
+    assert!(restarted.terminate(Duration::from_secs(20)).success());
+    assert_eq!(ns.save_all(), before);
+}
+
+async fn refusal_status(ns: &NetPair) -> u16 {
+    status_of(&refusal_from(ns, SERVER_V4).await)
+}
+
+#[tokio::test]
+async fn the_certificate_renewal_recipe_needs_no_restart() {
+    let recipe = doc_commands("docs/operations.md", Some("## Certificate renewal"));
+    assert_eq!(recipe.len(), 4, "{recipe:#?}");
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::copy(testdata("insecure-test-server.pem"), etc.path().join("tls.crt")).unwrap();
+    std::fs::copy(testdata("insecure-test-server.key"), etc.path().join("tls.key")).unwrap();
+    let mut daemon = Daemon::start(Options {
+        tls: false,
+        ..Options::default().args(&[
+            &format!("--cert={}", etc.path().join("tls.crt").display()),
+            &format!("--key={}", etc.path().join("tls.key").display()),
+        ])
+    });
+    daemon.tls = true;
+    let (mut held, _) = ws_connect(&daemon, Some(&token()), true).await.unwrap();
+    let renewed = pem_serial("insecure-test-server-renewed.pem");
+    let mut outputs = String::new();
+    for line in &recipe {
+        let line = line
+            .replace("/etc/envelope", &etc.path().display().to_string())
+            .replace(
+                "renewed.key",
+                &testdata("insecure-test-server-renewed.key").display().to_string(),
+            )
+            .replace(
+                "renewed.crt",
+                &testdata("insecure-test-server-renewed.pem").display().to_string(),
+            );
+        let (ok, out) = recipe_line(&line, &daemon, None);
+        assert!(ok, "{line}: {out}");
+        outputs.push_str(&out);
+    }
+    assert!(outputs.contains(&format!("certificate in force: CN=localhost  serial {renewed}")), "{outputs}");
+    assert!(outputs.contains(&format!("certificate:      CN=localhost  serial {renewed}")), "{outputs}");
+    assert_eq!(served_serial(daemon.addr).await, renewed);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), held.next()).await.is_err(),
+        "the held session was closed"
+    );
+    held.close(None).await.unwrap();
+}
