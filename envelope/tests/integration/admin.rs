@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{self, envelopectl_bin, token, ws_connect, Daemon, EnvelopeCmd, Ws};
+use crate::support::{
+    self, envelopectl_bin, token, ws_connect, Daemon, EnvelopeCmd, Ws, EVENTUALLY,
+};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -53,9 +55,9 @@ async fn hold(daemon: &Daemon) -> Ws {
 
 /// The next frame the server sends, which must be a Close; returns its code.
 async fn close_code(ws: &mut Ws) -> CloseCode {
-    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+    let frame = tokio::time::timeout(EVENTUALLY, ws.next())
         .await
-        .expect("a Close frame within 5 s");
+        .expect("a Close frame");
     match frame {
         Some(Ok(Message::Close(Some(close)))) => close.code,
         other => panic!("expected a Close frame, got {other:?}"),

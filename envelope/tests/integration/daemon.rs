@@ -103,7 +103,7 @@ async fn raw_head(daemon: &Daemon, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
+    let read = tokio::time::timeout(EVENTUALLY, async {
         while !answer.ends_with(b"\r\n\r\n") {
             if stream.read(&mut byte).await.unwrap() == 0 {
                 break;
@@ -112,7 +112,10 @@ async fn raw_head(daemon: &Daemon, request: &str) -> (u16, String) {
         }
     })
     .await;
-    assert!(read.is_ok(), "no complete answer head within 5 s");
+    assert!(
+        read.is_ok(),
+        "no complete answer head within {EVENTUALLY:?}"
+    );
     let answer = String::from_utf8_lossy(&answer).into_owned();
     (status_of(&answer), answer)
 }
@@ -555,7 +558,7 @@ mod sessions {
         let before = Instant::now();
         let (mut ws, _) = expect_ok(ws_connect(daemon, Some(&token), true).await, "client");
         let after = Instant::now();
-        let (code, reason) = await_close(&mut ws, Duration::from_secs(8)).await;
+        let (code, reason) = await_close(&mut ws, EVENTUALLY).await;
         let closed = Instant::now();
         let late = wall_now() - exp as f64;
         assert_eq!(code, CloseCode::Normal, "Close code at the deadline");
@@ -639,7 +642,7 @@ mod sessions {
         );
         ws.send(Message::text("hello")).await.unwrap();
         daemon.await_journal(REVOKE, 1).await;
-        let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        let ended = tokio::time::timeout(EVENTUALLY, async {
             loop {
                 match ws.next().await {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -951,7 +954,7 @@ mod lifecycle {
         );
         let watch = |mut ws: Ws| {
             tokio::spawn(async move {
-                let first = tokio::time::timeout(Duration::from_secs(8), ws.next()).await;
+                let first = tokio::time::timeout(EVENTUALLY, ws.next()).await;
                 // Answer the Close, as a client should, and drain.
                 let _ = tokio::time::timeout(Duration::from_secs(3), async {
                     while ws.next().await.is_some() {}
@@ -966,7 +969,7 @@ mod lifecycle {
             let got = watcher
                 .await
                 .unwrap()
-                .unwrap_or_else(|_| panic!("{name}: nothing within 8 s"));
+                .unwrap_or_else(|_| panic!("{name}: nothing within {EVENTUALLY:?}"));
             match got {
                 Some(Ok(Message::Close(Some(frame)))) => {
                     assert_eq!(frame.code, CloseCode::Away, "{name}: {frame:?}")
