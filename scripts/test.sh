@@ -28,6 +28,8 @@ command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Builds every binary the tests run (envelope, envelopectl, envelope-exec,
+# envelope-soak) before the first test starts; no test builds one itself.
 cargo test --workspace
 ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
