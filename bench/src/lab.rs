@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use common::Claims;
-use testbed::envelope::{EnvelopeCmd, Firewall, Tokens};
+use testbed::envelope::{EnvelopeCmd, Firewall};
 use testbed::launcher::Process;
 use testbed::{Issuer, NetPair, SERVER_V4};
 
@@ -88,11 +88,7 @@ impl Lab {
             listen: format!("{SERVER_V4}:{ENVELOPE_PORT}"),
             firewall,
             tls,
-            tokens: Some(Tokens {
-                verify_key: self.dir.path().join("verify.jwk.pub"),
-                machine: MACHINE.into(),
-                subject: SUBJECT.into(),
-            }),
+            tokens: self.issuer.checks(),
             netns: Some(self.ns.server.clone()),
             ..EnvelopeCmd::default()
         }

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use common::admin::Grant;
 use common::Clock as _;
 use envelopectl::{Client, CtlError};
-use testbed::envelope::{await_listening, EnvelopeCmd, Firewall, Tokens};
+use testbed::envelope::{await_listening, EnvelopeCmd, Firewall};
 use testbed::launcher::Process;
 use testbed::{Issuer, NetPair};
 
@@ -121,11 +121,7 @@ impl Lab {
         let mut cmd = EnvelopeCmd {
             listen: format!(":{ENVELOPE_PORT}"),
             firewall: Firewall::Kernel("iptables"),
-            tokens: Some(Tokens {
-                verify_key: self.dir.path().join("verify.jwk.pub"),
-                machine: MACHINE.into(),
-                subject: SUBJECT.into(),
-            }),
+            tokens: self.issuer.lock().unwrap().checks(),
             netns: Some(self.ns.server.clone()),
             ..EnvelopeCmd::default()
         }

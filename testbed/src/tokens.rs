@@ -2,10 +2,11 @@
 //! for the tests, the bench and the soak: signed with an insecure test key
 //! from `testdata/` or with a key generated for the run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
 
+use crate::envelope::Tokens;
 use crate::testdata;
 
 /// Mints tokens for one machine and subject with one key.
@@ -14,6 +15,8 @@ pub struct Issuer {
     signer: Signer,
     machine: String,
     subject: String,
+    /// The public half's file, when there is one.
+    verify_key: Option<PathBuf>,
 }
 
 impl Issuer {
@@ -22,15 +25,20 @@ impl Issuer {
             signer: Signer::new(key),
             machine: machine.to_owned(),
             subject: subject.to_owned(),
+            verify_key: None,
         }
     }
 
-    /// With one of the insecure test keys, e.g. `insecure-test-eddsa.jwk`.
+    /// With one of the insecure test keys, e.g. `insecure-test-eddsa.jwk`
+    /// (its public half beside it, `….jwk.pub`).
     pub fn from_testdata(key_file: &str, machine: &str, subject: &str) -> Issuer {
         let path = testdata(key_file);
         let key = common::jwk::load_private_key(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Issuer::new(key, machine, subject)
+        Issuer {
+            verify_key: Some(testdata(&format!("{key_file}.pub"))),
+            ..Issuer::new(key, machine, subject)
+        }
     }
 
     /// With a fresh EdDSA key named `kid`, whose public half is written to
@@ -46,7 +54,20 @@ impl Issuer {
         let next = verify_key.with_extension("next");
         std::fs::write(&next, key.public_key().to_jwk_json())?;
         std::fs::rename(&next, verify_key)?;
-        Ok(Issuer::new(key, machine, subject))
+        Ok(Issuer {
+            verify_key: Some(verify_key.to_owned()),
+            ..Issuer::new(key, machine, subject)
+        })
+    }
+
+    /// The envelope's token checks that accept this issuer's tokens (`None`
+    /// for a key with no file).
+    pub fn checks(&self) -> Option<Tokens> {
+        Some(Tokens {
+            verify_key: self.verify_key.clone()?,
+            machine: self.machine.clone(),
+            subject: self.subject.clone(),
+        })
     }
 
     /// Claims that pass every check, for `subject`, issued now and expiring
