@@ -5,7 +5,7 @@
 //! network namespace. Needs root and iproute2; fails (never skips) without them.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{
     self, Daemon, EnvelopeCmd, Firewall, Stream, Ws, ACCESS_PATH, EVENTUALLY, SUBPROTOCOL,
@@ -54,13 +54,10 @@ async fn ws_from(
     tcp.set_nonblocking(true).unwrap();
     let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio::time::timeout(
-        Duration::from_secs(10),
-        support::tls_connector().connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS: {e}"))?;
+    let tls = tokio::time::timeout(EVENTUALLY, support::tls_connector().connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS: {e}"))?;
     let host = if server_ip.contains(':') {
         format!("[{server_ip}]")
     } else {
@@ -74,12 +71,7 @@ async fn ws_from(
         HeaderValue::from_static(SUBPROTOCOL),
     );
     let stream: Box<dyn Stream> = Box::new(tls);
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(request, stream),
-    )
-    .await
-    {
+    match tokio::time::timeout(EVENTUALLY, tokio_tungstenite::client_async(request, stream)).await {
         Err(_) => Err("WebSocket handshake timed out".into()),
         Ok(Ok(ok)) => Ok(ok),
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
@@ -345,10 +337,12 @@ async fn firewall_faults_fail_safe() {
     let v4 = addr(SERVER_V4, SERVICE_PORT);
     let bins = FaultyBins::new();
     let dir = format!("--iptables-dir={}", bins.path());
+    // Short, so that a hung call is cut off soon; not so short that an
+    // ordinary iptables call on a loaded machine runs into it.
     let daemon = Daemon::start(options_with(
         &ns,
         "iptables-restore",
-        &[&dir, "--firewall-timeout=1s", "--max-clients=1"],
+        &[&dir, "--firewall-timeout=3s", "--max-clients=1"],
     ));
     assert!(
         daemon.logs().contains("backend=iptables (nf_tables)"),
@@ -367,16 +361,11 @@ async fn firewall_faults_fail_safe() {
     close(ws).await;
     ns.wait_grant_rules(0).await;
 
-    // 2. The batch hangs: 500 within about the timeout, the slot is free.
+    // 2. The batch hangs for 60 s: a 500 at all (the upgrade waits at most
+    //    EVENTUALLY) means the timeout cut it off; the slot is free.
     bins.set(Some("hang"));
-    let started = Instant::now();
     let (status, _) = status_from(&ns, None, SERVER_V4).await;
-    let took = started.elapsed();
     assert_eq!(status, 500, "{}", daemon.logs());
-    assert!(
-        took < Duration::from_secs(4),
-        "hung grant answered only after {took:?}"
-    );
     bins.set(None);
     assert_eq!(ns.grant_rules(), Vec::<String>::new());
     let ws = session(&ns, SERVER_V4, &daemon).await;
