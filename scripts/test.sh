@@ -30,6 +30,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Layers point down: no import cycle among envelope/src's top-level modules.
 cargo run -q -p xtask -- layers >/dev/null
+# Builds every binary the tests run (envelope, envelopectl, envelope-exec,
+# envelope-soak) before the first test starts; no test builds one itself.
 cargo test --workspace
 ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use testbed::Wait;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -81,15 +82,9 @@ pub fn refused(to: SocketAddr) -> anyhow::Result<bool> {
 
 /// Polls (every 0.2 ms, for at most `within`) until `to` refuses; returns when it did.
 pub fn wait_refused(to: SocketAddr, within: Duration) -> anyhow::Result<Instant> {
-    let deadline = Instant::now() + within;
-    loop {
-        if refused(to)? {
-            return Ok(Instant::now());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{to} still open after {within:?}"
-        );
-        std::thread::sleep(Duration::from_micros(200));
+    let wait = Wait::new(within, format!("{to} refused")).every(Duration::from_micros(200));
+    while !refused(to)? {
+        wait.pause()?;
     }
+    Ok(Instant::now())
 }

@@ -1,16 +1,17 @@
 //! The bench's laboratory: a server and a client network namespace (from
-//! `testbed`), a measurement service on port 9999, a signing key, and envelope
-//! processes started inside the server namespace (with `testbed`'s launcher;
-//! the flags, key and token are the bench's).
+//! `testbed`), a measurement service on port 9999, a token issuer, and
+//! envelope processes started inside the server namespace (from `testbed`'s
+//! command line and launcher; the flags and key are the bench's).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
-use testbed::launcher::{Launch, Process};
-use testbed::{NetPair, DEVICE, SERVER_V4};
+use anyhow::bail;
+use common::Claims;
+use testbed::envelope::{EnvelopeCmd, Firewall};
+use testbed::launcher::Process;
+use testbed::{Issuer, NetPair, SERVER_V4};
 
 pub const MACHINE: &str = "bench-machine";
 pub const SUBJECT: &str = "ndt";
@@ -23,32 +24,27 @@ pub struct Lab {
     pub ns: NetPair,
     pub dir: tempfile::TempDir,
     pub envelope_bin: PathBuf,
-    pub testdata: PathBuf,
     pub client_addrs: Vec<IpAddr>,
-    signer: Signer,
+    issuer: Issuer,
     _service: testbed::Listener,
     _proxy: testbed::Listener,
 }
 
 impl Lab {
-    pub fn new(envelope_bin: PathBuf, testdata: PathBuf, burst: u8) -> anyhow::Result<Lab> {
+    pub fn new(envelope_bin: PathBuf, burst: u8) -> anyhow::Result<Lab> {
         let ns = NetPair::new();
         let service = ns.listener(SERVICE_PORT, Duration::from_secs(1800));
         let proxy = ns.listener(PROXY_PORT, Duration::from_secs(1800));
         let client_addrs = ns.add_client_subnets(burst);
         let dir = tempfile::tempdir()?;
-        let key = PrivateKey::generate(Algorithm::EdDSA, "bench")?;
-        std::fs::write(
-            dir.path().join("verify.jwk.pub"),
-            key.public_key().to_jwk_json(),
-        )?;
+        let verify_key = dir.path().join("verify.jwk.pub");
+        let issuer = Issuer::generate("bench", MACHINE, SUBJECT, &verify_key)?;
         Ok(Lab {
             ns,
             dir,
             envelope_bin,
-            testdata,
             client_addrs,
-            signer: Signer::new(key),
+            issuer,
             _service: service,
             _proxy: proxy,
         })
@@ -60,12 +56,10 @@ impl Lab {
 
     /// A valid token carrying `jti` (for single-use tokens).
     pub fn token_with_jti(&self, jti: Option<String>) -> String {
-        let now = common::SystemClock.now_unix();
-        let claims = Claims {
+        self.issuer.sign(&Claims {
             jti,
-            ..Claims::for_machine("locate", SUBJECT, MACHINE, now, now + 600)
-        };
-        self.signer.sign(&claims).expect("signing a bench token")
+            ..self.issuer.claims(600)
+        })
     }
 
     pub fn service(&self) -> SocketAddr {
@@ -80,52 +74,33 @@ impl Lab {
         SocketAddr::new(SERVER_V4.parse().unwrap(), ENVELOPE_PORT)
     }
 
-    /// Starts the envelope in the server namespace with TLS and tokens, plus
-    /// `extra`, logging to `NAME.log` in the lab's directory.
-    pub fn envelope(&self, name: &str, tls: bool, extra: &[&str]) -> anyhow::Result<Envelope> {
-        let mut launch = Launch::new(
-            &self.envelope_bin,
-            self.dir.path().join(format!("{name}.log")),
-        )
-        .in_netns(&self.ns.server)
-        .arg(format!("--listen-address={SERVER_V4}:{ENVELOPE_PORT}"))
-        .arg(format!(
-            "--verify-key={}",
-            self.dir.path().join("verify.jwk.pub").display()
-        ))
-        .arg(format!("--machine={MACHINE}"))
-        .arg(format!("--subject={SUBJECT}"))
-        .arg(format!("--device={DEVICE}"))
-        .arg(format!(
-            "--admin-socket={}",
-            self.dir.path().join(format!("{name}.sock")).display()
-        ))
-        .arg("--metrics-address=off")
-        .args(extra)
+    /// Starts the envelope in the server namespace with `firewall`, TLS (or
+    /// not) and tokens, plus `extra`, logging to `NAME.log` in the lab's
+    /// directory.
+    pub fn envelope(
+        &self,
+        name: &str,
+        tls: bool,
+        firewall: Firewall,
+        extra: &[&str],
+    ) -> anyhow::Result<Envelope> {
+        let cmd = EnvelopeCmd {
+            listen: format!("{SERVER_V4}:{ENVELOPE_PORT}"),
+            firewall,
+            tls,
+            tokens: self.issuer.checks(),
+            netns: Some(self.ns.server.clone()),
+            ..EnvelopeCmd::default()
+        }
+        .args(extra);
         // Production logging (one line per request), written to a file as a
         // service manager would, not held in memory.
-        .env("RUST_LOG", "info");
-        if tls {
-            launch = launch
-                .arg(format!(
-                    "--cert={}",
-                    self.testdata.join("insecure-test-server.pem").display()
-                ))
-                .arg(format!(
-                    "--key={}",
-                    self.testdata.join("insecure-test-server.key").display()
-                ));
-        }
-        let mut process = launch.spawn()?;
-        if let Err(e) = process.wait_for_log("listen-address listening", START_BOUND) {
-            bail!("the envelope did not start: {e}\n{}", process.logs());
-        }
+        let log = self.dir.path().join(format!("{name}.log"));
+        let (process, _) = cmd.start(&self.envelope_bin, self.dir.path(), &log)?;
         Ok(Envelope(process))
     }
 }
 
-/// How long an envelope may take to say it listens.
-const START_BOUND: Duration = Duration::from_secs(20);
 /// How long it may take to exit after SIGTERM.
 const STOP_BOUND: Duration = Duration::from_secs(15);
 
@@ -142,9 +117,9 @@ impl Envelope {
         self.0.pid()
     }
 
-    /// Resident set size now and at its peak, in KiB, from /proc.
+    /// Resident set size now and at its peak, in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        self.0.rss_kib()
+        rss_kib(self.pid())
     }
 
     /// SIGTERM and a bounded wait; an error unless it exits successfully.
@@ -178,14 +153,25 @@ impl Drop for Envelope {
     }
 }
 
-/// The workspace's testdata directory, found from the bench binary or the cwd.
-pub fn find_testdata() -> anyhow::Result<PathBuf> {
-    let candidates = [
-        PathBuf::from("testdata"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.join("insecure-test-server.pem").exists())
-        .context("cannot find testdata/ (run from the workspace root)")
+/// `VmRSS` and `VmHWM` of `pid`, in KiB, from /proc (0 when unreadable).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rss_is_read_from_proc() {
+        let (now, peak) = super::rss_kib(std::process::id());
+        assert!(now > 0 && peak >= now, "{now} {peak}");
+        assert_eq!(super::rss_kib(u32::MAX), (0, 0));
+    }
 }

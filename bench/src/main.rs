@@ -29,11 +29,11 @@ mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use testbed::envelope::Firewall;
 
 use crate::lab::{Lab, ENVELOPE_PORT, SERVICE_PORT};
 use crate::stats::{ms, ratio, us, Sample};
@@ -121,14 +121,10 @@ fn main() -> anyhow::Result<()> {
     );
     let envelope = match cli.envelope.clone() {
         Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("envelope"),
+        None => testbed::built_bin("envelope").map_err(anyhow::Error::msg)?,
     };
-    anyhow::ensure!(
-        envelope.exists(),
-        "{} not found: build it first (scripts/bench.sh does)",
-        envelope.display()
-    );
-    let lab = Lab::new(envelope, lab::find_testdata()?, cli.burst)?;
+    anyhow::ensure!(envelope.exists(), "{} not found", envelope.display());
+    let lab = Lab::new(envelope, cli.burst)?;
     let mut report = Report::default();
 
     if !cli.no_firewall {
@@ -306,13 +302,10 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     let envelope = lab.envelope(
         "poisson",
         true,
-        &[
-            "--firewall=iptables",
-            "--max-clients=1024",
-            "--proxy-ports=80,443",
-        ],
+        Firewall::Kernel("iptables"),
+        &["--max-clients=1024", "--proxy-ports=80,443"],
     )?;
-    let tls = client::tls_connector(&lab.testdata.join("insecure-test-ca.pem"))?;
+    let tls = client::tls_connector(&testbed::testdata("insecure-test-ca.pem"))?;
     let ours_schedule: Vec<_> = plan
         .iter()
         .map(|&(at, source, hold)| (at, lab.client_addrs[source], hold))
@@ -362,11 +355,8 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     let envelope = lab.envelope(
         "burst",
         true,
-        &[
-            "--firewall=iptables",
-            "--max-clients=256",
-            "--proxy-ports=80,443",
-        ],
+        Firewall::Kernel("iptables"),
+        &["--max-clients=256", "--proxy-ports=80,443"],
     )?;
     let (sources, token, connector) = (lab.client_addrs.clone(), lab.token(), tls.clone());
     let addr = lab.envelope_addr();
@@ -377,11 +367,7 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     envelope.stop()?;
     // The same burst with no firewall at all: what HTTP, TLS and the token
     // checks of 64 requests cost on their own (the floor under our figure).
-    let envelope = lab.envelope(
-        "burst-floor",
-        true,
-        &["--firewall=none", "--max-clients=256"],
-    )?;
+    let envelope = lab.envelope("burst-floor", true, Firewall::None, &["--max-clients=256"])?;
     let (sources, token, connector) = (lab.client_addrs.clone(), lab.token(), tls.clone());
     let floor = measure::in_ns(&lab.ns.client, move || {
         Box::pin(async move { measure::upgrades_at_once(addr, connector, sources, token).await })
@@ -453,14 +439,14 @@ struct Sequential {
     revoke_all: Sample,
 }
 
-fn back_to_back(lab: &Lab, backend: &str, sessions: usize) -> anyhow::Result<Sequential> {
-    let firewall = format!("--firewall={backend}");
+fn back_to_back(lab: &Lab, backend: &'static str, sessions: usize) -> anyhow::Result<Sequential> {
     let envelope = lab.envelope(
         backend,
         true,
-        &[&firewall, "--max-clients=1", "--proxy-ports=80,443"],
+        Firewall::Kernel(backend),
+        &["--max-clients=1", "--proxy-ports=80,443"],
     )?;
-    let tls = client::tls_connector(&lab.testdata.join("insecure-test-ca.pem"))?;
+    let tls = client::tls_connector(&testbed::testdata("insecure-test-ca.pem"))?;
     let (addr, service, proxy) = (lab.envelope_addr(), lab.service(), lab.proxy());
     let tokens: Vec<String> = (0..sessions).map(|_| lab.token()).collect();
     let latencies = measure::in_ns(&lab.ns.client, move || {
@@ -499,8 +485,8 @@ fn crash_round(
     let envelope = lab.envelope(
         "crash",
         true,
+        Firewall::Kernel("iptables"),
         &[
-            "--firewall=iptables",
             "--max-clients=256",
             "--timeout=1s",
             "--max-hold=3s",
@@ -555,15 +541,13 @@ fn crash_round(
 fn forged_token(lab: &Lab) -> anyhow::Result<String> {
     let genuine = lab.token();
     let other = common::PrivateKey::generate(common::Algorithm::EdDSA, "bench")?;
-    let forged = common::Signer::new(other).sign(&common::Claims {
-        iss: "locate".into(),
-        sub: lab::SUBJECT.into(),
-        aud: common::Audience::One(lab::MACHINE.into()),
+    let forger = testbed::Issuer::new(other, lab::MACHINE, lab::SUBJECT);
+    // Valid for as long as any flood may run, so only the signature is wrong.
+    let forged = forger.sign(&common::Claims {
         exp: i64::MAX / 2,
-        nbf: None,
         iat: None,
-        jti: None,
-    })?;
+        ..forger.claims(0)
+    });
     anyhow::ensure!(forged.len() > 100 && forged != genuine);
     Ok(forged)
 }
@@ -575,15 +559,13 @@ fn flood_round(
     conns: usize,
     secs: u64,
 ) -> anyhow::Result<(f64, Sample)> {
-    let mut args = vec!["--firewall=none", "--max-clients=64"];
+    let mut args = vec!["--max-clients=64"];
     args.extend_from_slice(extra);
-    let envelope = lab.envelope("flood", false, &args)?;
+    let envelope = lab.envelope("flood", false, Firewall::None, &args)?;
     let target = lab.envelope_addr();
     let tokens_file = lab.dir.path().join("flood-tokens");
     std::fs::write(&tokens_file, tokens.join("\n"))?;
-    let flood = Command::new("ip")
-        .args(["netns", "exec", &lab.ns.client])
-        .arg(std::env::current_exe()?)
+    let flood = testbed::launcher::command_in(Some(&lab.ns.client), std::env::current_exe()?)
         .args(["flood", "--target", &target.to_string(), "--tokens-file"])
         .arg(&tokens_file)
         .args(["--conns", &conns.to_string(), "--secs", &secs.to_string()])
@@ -623,11 +605,8 @@ fn memory_round(lab: &Lab, held: usize) -> anyhow::Result<(u64, u64, f64)> {
     let envelope = lab.envelope(
         "rss",
         false,
-        &[
-            "--firewall=none",
-            &format!("--max-clients={max}"),
-            "--timeout=10m",
-        ],
+        Firewall::None,
+        &[&format!("--max-clients={max}"), "--timeout=10m"],
     )?;
     std::thread::sleep(Duration::from_millis(300));
     let (idle, _) = envelope.rss_kib();
@@ -637,15 +616,7 @@ fn memory_round(lab: &Lab, held: usize) -> anyhow::Result<(u64, u64, f64)> {
         Box::pin(async move {
             let sessions = measure::hold_many(addr, token, held).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-            let kib = |name: &str| -> u64 {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            let figures = (kib("VmRSS:"), kib("VmHWM:"));
+            let figures = lab::rss_kib(pid);
             drop(sessions);
             Ok::<_, anyhow::Error>(figures)
         })

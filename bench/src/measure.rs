@@ -3,8 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
+use testbed::Wait;
 use tokio_rustls::TlsConnector;
 
 use crate::client::{connect, refused, upgrade, wait_refused, Ws};
@@ -119,21 +121,8 @@ pub async fn burst(
         close(ws).await;
     }
     // Every source must be refused again (probed from its own address).
-    for &source in &sources {
-        let to = SocketAddr::new(envelope.ip(), service_port);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let probe = connect(Some(source), to, None).await;
-            if probe.is_err() {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{source} still granted after 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
+    let service = SocketAddr::new(envelope.ip(), service_port);
+    wait_all_refused(service, &sources, Duration::from_secs(10)).await?;
     Ok(Burst {
         all_granted,
         all_revoked: closing.elapsed(),
@@ -256,23 +245,19 @@ pub async fn hold_from(
     join_all(opens).await.into_iter().collect()
 }
 
-/// Polls every source until the service refuses it; returns when the last did.
+/// Polls (every 1 ms) from every source until the service refuses it, within
+/// `within` for all; returns when the last did.
 pub async fn wait_all_refused(
     service: SocketAddr,
     sources: &[IpAddr],
     within: Duration,
 ) -> anyhow::Result<Instant> {
-    let deadline = Instant::now() + within;
+    let wait = Wait::new(within, "every source refused").every(Duration::from_millis(1));
     for &source in sources {
-        loop {
-            if connect(Some(source), service, None).await.is_err() {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{source} still granted after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        while connect(Some(source), service, None).await.is_ok() {
+            wait.pause_async()
+                .await
+                .with_context(|| format!("{source} still granted"))?;
         }
     }
     Ok(Instant::now())

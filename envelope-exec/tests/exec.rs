@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    assert_one_line, exec, forged_token, output_within, stderr, token, wait_until, Envelope,
+    assert_one_line, eventually, exec, forged_token, output_within, stderr, token, Envelope,
     FakeLocate, DEFAULT_KEY,
 };
 
@@ -48,14 +48,9 @@ fn the_command_sees_both_variables_while_the_session_is_held_and_its_code_passes
         1,
         "the session is held while the command runs: {grants}"
     );
-    assert_eq!(
-        *locate.requests.lock().unwrap(),
-        ["/v2/nearest/ndt/ndt7".to_owned()]
-    );
+    assert_eq!(locate.requests(), ["/v2/nearest/ndt/ndt7".to_owned()]);
     // Closing the session after the command ends the grant.
-    wait_until(Duration::from_secs(5), "the grant to end", || {
-        envelope.grants() == 0
-    });
+    envelope.await_no_grants();
 }
 
 #[test]
@@ -82,10 +77,7 @@ fn environment_variables_configure_it_and_refusing_targets_are_skipped() {
         .args(["sh", "-c", r#"test "$SERVICE_URL" = "$WANT""#]);
     let (output, _) = output_within(cmd, BOUND);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(
-        *locate.requests.lock().unwrap(),
-        ["/v2/nearest/wehe/replay".to_owned()]
-    );
+    assert_eq!(locate.requests(), ["/v2/nearest/wehe/replay".to_owned()]);
     assert!(
         envelope.logs().contains("status=401"),
         "the forged target was tried first:\n{}",
@@ -105,7 +97,7 @@ fn a_revoke_stops_the_command_and_exits_non_zero_with_a_message() {
         let socket = envelope.socket();
         let ctl = support::workspace_bin("envelopectl");
         move || {
-            wait_until(BOUND, "the command to start", || ready.exists());
+            eventually(BOUND, "the command to start", || ready.exists());
             std::process::Command::new(ctl)
                 .arg(format!("--socket={}", socket.display()))
                 .args(["revoke", "--all"])
@@ -143,9 +135,7 @@ fn the_timeout_stops_a_command_that_ignores_sigterm_with_sigkill() {
         elapsed >= Duration::from_secs(3),
         "the command had its grace period: {elapsed:?}"
     );
-    wait_until(Duration::from_secs(5), "the grant to end", || {
-        envelope.grants() == 0
-    });
+    envelope.await_no_grants();
 }
 
 #[test]
@@ -246,9 +236,7 @@ fn a_command_that_cannot_run_exits_127_and_usage_errors_exit_2() {
     let (output, _) = output_within(cmd, BOUND);
     assert_eq!(output.status.code(), Some(127));
     assert_one_line(&output, &["cannot run", "/nonexistent/command"]);
-    wait_until(Duration::from_secs(5), "the grant to end", || {
-        envelope.grants() == 0
-    });
+    envelope.await_no_grants();
 
     for args in [&[][..], &["-timeout=5s"], &["--timeout=soon", "true"]] {
         let mut cmd = exec();
@@ -272,7 +260,7 @@ fn sigterm_to_envelope_exec_is_passed_on_and_the_session_closed() {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    wait_until(BOUND, "the command to start", || {
+    eventually(BOUND, "the command to start", || {
         dir.path().join("ready").exists()
     });
     nix::sys::signal::kill(
@@ -280,7 +268,7 @@ fn sigterm_to_envelope_exec_is_passed_on_and_the_session_closed() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    wait_until(BOUND, "envelope-exec to exit", || {
+    eventually(BOUND, "envelope-exec to exit", || {
         child.try_wait().unwrap().is_some()
     });
     let output = child.wait_with_output().unwrap();
@@ -290,9 +278,7 @@ fn sigterm_to_envelope_exec_is_passed_on_and_the_session_closed() {
         std::fs::read_to_string(dir.path().join("term")).unwrap(),
         "TERM\n"
     );
-    wait_until(Duration::from_secs(5), "the grant to end", || {
-        envelope.grants() == 0
-    });
+    envelope.await_no_grants();
 }
 
 /// `envelope-exec` running a shell that touches `OUT/ready` once it runs,

@@ -1,11 +1,15 @@
-//! HTTP/1.1 over the admin unix socket (hyper), JSON in and out, and the errors
-//! an operator sees — the daemon's cause chain printed like a local error.
+//! HTTP/1.1 over the admin unix socket (hyper), JSON in and out, one method
+//! per admin resource, and the errors an operator sees — the daemon's cause
+//! chain printed like a local error.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use common::admin::ApiError;
+use common::admin::{
+    ApiError, Grant, Lifecycle, Reloaded, Revoked, Status, DRAIN_PATH, GRANTS_PATH, RELOAD_PATH,
+    RESUME_PATH, STATUS_PATH,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -71,13 +75,53 @@ impl CtlError {
     }
 }
 
+/// What [`CtlError::render`] prints, without its last newline (for library users).
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.render().trim_end())
+    }
+}
+
+impl std::error::Error for CtlError {}
+
 impl Client {
     pub fn new(socket: PathBuf) -> Client {
         Client { socket }
     }
 
+    /// `GET /v1/grants`: the live grants.
+    pub async fn grants(&self) -> Result<Vec<Grant>, CtlError> {
+        self.call(Method::GET, GRANTS_PATH).await
+    }
+
+    /// A `DELETE` of grants (`/v1/grants`, `/v1/grants/ID`, `/v1/grants?ip=IP`):
+    /// answers once their sessions are closed and their rules removed.
+    pub async fn revoke(&self, path_and_query: &str) -> Result<Revoked, CtlError> {
+        self.call(Method::DELETE, path_and_query).await
+    }
+
+    /// `POST /v1/reload`: the verify keys loaded again, all or nothing.
+    pub async fn reload(&self) -> Result<Reloaded, CtlError> {
+        self.call(Method::POST, RELOAD_PATH).await
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<Status, CtlError> {
+        self.call(Method::GET, STATUS_PATH).await
+    }
+
+    /// `POST /v1/drain`: no new clients until resumed; held sessions go on.
+    pub async fn drain(&self) -> Result<Lifecycle, CtlError> {
+        self.call(Method::POST, DRAIN_PATH).await
+    }
+
+    /// `POST /v1/resume`: new clients are taken again.
+    pub async fn resume(&self) -> Result<Lifecycle, CtlError> {
+        self.call(Method::POST, RESUME_PATH).await
+    }
+
     /// Sends one request and decodes the JSON answer.
-    pub async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path_and_query: &str,

@@ -1,17 +1,16 @@
 //! `envelopectl`: operators' view of the envelope's live grants (SPEC §6).
 //! `main` maps every outcome to an exit code: 0 done, 1 nothing matched (or the
 //! envelope refused), 2 usage, 3 the envelope cannot be reached. The flags live in
-//! the library ([`envelopectl::cli`]) so that man pages and completions share them.
+//! the library ([`envelopectl::cli`]) so that man pages and completions share them,
+//! and so does the admin-socket client ([`envelopectl::Client`]).
 
-mod client;
 mod cmd;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use envelopectl::cli::{Cli, Command};
-
-use crate::client::{Client, CtlError};
+use envelopectl::{Client, CtlError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,19 +41,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprint!("{}", e.render());
-            ExitCode::from(e.exit_code())
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-impl CtlError {
-    fn exit_code(&self) -> u8 {
-        match self {
-            CtlError::Unreachable { .. } => 3,
-            // The socket answered but this user may not use it: as good as unreachable.
-            CtlError::Api { status, .. } if *status == hyper::StatusCode::FORBIDDEN => 3,
-            CtlError::Usage(_) => 2,
-            CtlError::Api { .. } | CtlError::Protocol(_) => 1,
-        }
+fn exit_code(error: &CtlError) -> u8 {
+    match error {
+        CtlError::Unreachable { .. } => 3,
+        // The socket answered but this user may not use it: as good as unreachable.
+        CtlError::Api { status, .. } if *status == hyper::StatusCode::FORBIDDEN => 3,
+        CtlError::Usage(_) => 2,
+        CtlError::Api { .. } | CtlError::Protocol(_) => 1,
     }
 }

@@ -1,20 +1,24 @@
 //! The soak's laboratory: the namespaces and client addresses (from `testbed`),
-//! the guarded service, a signing key, the envelope process (its flags here,
-//! started and signalled through `testbed`'s launcher), its admin API over the
-//! unix socket, and raw reads of the kernel.
+//! the guarded service, a token issuer whose key can be rotated, the envelope
+//! process (its flags here, over `testbed`'s command line, started and
+//! signalled through its launcher), its admin API through `envelopectl`'s
+//! client, and raw reads of the kernel.
 
-use std::io::{Read, Write};
+use std::future::Future;
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use common::admin::Grant;
-use common::{Algorithm, Claims, Clock as _, PrivateKey, Signer};
-use testbed::launcher::{Launch, Process};
-use testbed::{NetPair, DEVICE};
+use common::Clock as _;
+use envelopectl::{Client, CtlError};
+use testbed::envelope::{await_listening, EnvelopeCmd, Firewall};
+use testbed::launcher::Process;
+use testbed::{Issuer, NetPair};
 
 pub const MACHINE: &str = "soak-machine";
 pub const SUBJECT: &str = "ndt";
@@ -34,22 +38,25 @@ pub const FIREWALL_TIMEOUT: &str = "5s";
 const V4_SUBNETS: u8 = 5;
 const V6_SUBNETS: u16 = 3;
 
+/// How long one admin request may take.
+const ADMIN_BOUND: Duration = Duration::from_secs(10);
+
 pub struct Lab {
     pub ns: NetPair,
     pub dir: tempfile::TempDir,
     pub envelope_bin: PathBuf,
-    pub testdata: PathBuf,
     /// Every client source address, IPv4 first.
     pub sources: Vec<IpAddr>,
     /// The key tokens are signed with; replaced by a key rotation.
-    signer: std::sync::Mutex<Signer>,
-    rotations: std::sync::atomic::AtomicU32,
+    issuer: Mutex<Issuer>,
+    rotations: AtomicU32,
+    admin: Client,
     _service: testbed::Listener,
     _proxy: testbed::Listener,
 }
 
 impl Lab {
-    pub fn new(envelope_bin: PathBuf, testdata: PathBuf) -> anyhow::Result<Lab> {
+    pub fn new(envelope_bin: PathBuf) -> anyhow::Result<Lab> {
         let ns = NetPair::new();
         let lifetime = Duration::from_secs(6 * 3600);
         let service = ns.listener(SERVICE_PORT, lifetime);
@@ -73,19 +80,16 @@ impl Lab {
             sources.push(format!("2001:db8:0:{:x}::3", k + 1).parse()?);
         }
         let dir = tempfile::tempdir()?;
-        let key = PrivateKey::generate(Algorithm::EdDSA, "soak")?;
-        std::fs::write(
-            dir.path().join("verify.jwk.pub"),
-            key.public_key().to_jwk_json(),
-        )?;
+        let issuer =
+            Issuer::generate("soak", MACHINE, SUBJECT, &dir.path().join("verify.jwk.pub"))?;
         Ok(Lab {
             ns,
+            admin: Client::new(dir.path().join("admin.sock")),
             dir,
             envelope_bin,
-            testdata,
             sources,
-            signer: std::sync::Mutex::new(Signer::new(key)),
-            rotations: Default::default(),
+            issuer: Mutex::new(issuer),
+            rotations: AtomicU32::new(0),
             _service: service,
             _proxy: proxy,
         })
@@ -93,126 +97,68 @@ impl Lab {
 
     /// A token that expires `exp_in` seconds from now.
     pub fn token(&self, exp_in: u64) -> String {
-        Self::token_from(&self.signer.lock().unwrap(), exp_in)
+        Self::token_from(&self.issuer.lock().unwrap(), exp_in)
     }
 
     /// Writes a new verify key (new kid) over the old file; tokens are signed
-    /// with it from now on. Returns the old signer, whose tokens must be refused
+    /// with it from now on. Returns the old issuer, whose tokens must be refused
     /// once the envelope has reloaded.
-    pub fn rotate_key(&self) -> anyhow::Result<Signer> {
-        let n = self
-            .rotations
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        let key = PrivateKey::generate(Algorithm::EdDSA, &format!("soak-{n}"))?;
+    pub fn rotate_key(&self) -> anyhow::Result<Issuer> {
+        let n = self.rotations.fetch_add(1, Ordering::SeqCst) + 1;
         let path = self.dir.path().join("verify.jwk.pub");
-        let next = self.dir.path().join("verify.jwk.pub.next");
-        std::fs::write(&next, key.public_key().to_jwk_json())?;
-        std::fs::rename(&next, &path)?;
-        Ok(std::mem::replace(
-            &mut *self.signer.lock().unwrap(),
-            Signer::new(key),
-        ))
+        let next = Issuer::generate(&format!("soak-{n}"), MACHINE, SUBJECT, &path)?;
+        Ok(std::mem::replace(&mut *self.issuer.lock().unwrap(), next))
     }
 
-    /// A token from `signer` (the current key, or an old one), valid for `exp_in` s.
-    pub fn token_from(signer: &Signer, exp_in: u64) -> String {
-        let now = unix_now();
-        let claims = Claims::for_machine("locate", SUBJECT, MACHINE, now, now + exp_in as i64);
-        signer.sign(&claims).expect("signing a soak token")
-    }
-
-    /// `POST /v1/reload`.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        self.admin("POST", "/v1/reload").map(drop)
-    }
-
-    pub fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
+    /// A token from `issuer` (the current key, or an old one), valid for `exp_in` s.
+    pub fn token_from(issuer: &Issuer, exp_in: u64) -> String {
+        issuer.token(exp_in as i64)
     }
 
     /// Starts the envelope in the server namespace, optionally with a netlink
     /// fault. Every instance of the run appends to one log.
     pub fn envelope(&self, fault: Option<&str>) -> anyhow::Result<Envelope> {
-        let mut launch = Launch::new(&self.envelope_bin, self.dir.path().join("envelope.log"))
-            .append_log()
-            .in_netns(&self.ns.server)
-            .arg(format!("--listen-address=:{ENVELOPE_PORT}"))
-            .arg("--firewall=iptables")
-            .arg(format!("--device={DEVICE}"))
-            .arg(format!("--proxy-ports={PROXY_PORT}"))
-            .arg(format!(
-                "--verify-key={}",
-                self.dir.path().join("verify.jwk.pub").display()
-            ))
-            .arg(format!("--machine={MACHINE}"))
-            .arg(format!("--subject={SUBJECT}"))
-            .arg(format!("--max-clients={MAX_CLIENTS}"))
-            .arg(format!("--timeout={TIMEOUT_SECS}s"))
-            .arg(format!("--max-hold={MAX_HOLD_SECS}s"))
-            .arg(format!("--kernel-margin={MARGIN_SECS}s"))
-            .arg(format!("--firewall-timeout={FIREWALL_TIMEOUT}"))
-            .arg(format!("--admin-socket={}", self.admin_socket().display()))
-            .arg("--metrics-address=off")
-            .arg(format!(
-                "--cert={}",
-                self.testdata.join("insecure-test-server.pem").display()
-            ))
-            .arg(format!(
-                "--key={}",
-                self.testdata.join("insecure-test-server.key").display()
-            ))
-            .env("RUST_LOG", "info");
+        let mut cmd = EnvelopeCmd {
+            listen: format!(":{ENVELOPE_PORT}"),
+            firewall: Firewall::Kernel("iptables"),
+            tokens: self.issuer.lock().unwrap().checks(),
+            netns: Some(self.ns.server.clone()),
+            ..EnvelopeCmd::default()
+        }
+        .args(&[
+            &format!("--proxy-ports={PROXY_PORT}"),
+            &format!("--max-clients={MAX_CLIENTS}"),
+            &format!("--timeout={TIMEOUT_SECS}s"),
+            &format!("--max-hold={MAX_HOLD_SECS}s"),
+            &format!("--kernel-margin={MARGIN_SECS}s"),
+            &format!("--firewall-timeout={FIREWALL_TIMEOUT}"),
+        ]);
         if let Some(fault) = fault {
-            launch = launch.arg(format!("--fault-netlink={fault}"));
+            cmd = cmd.arg(&format!("--fault-netlink={fault}"));
         }
-        let mut process = launch.spawn()?;
-        if let Err(e) = process.wait_for_log("listen-address listening", START_BOUND) {
-            bail!("the envelope did not start: {e}\n{}", process.logs());
-        }
+        let command = cmd.command(&self.envelope_bin, self.dir.path());
+        let mut process = Process::spawn_appending(command, &self.dir.path().join("envelope.log"))?;
+        await_listening(&mut process)?;
         Ok(Envelope(process))
     }
 
     /// `GET /v1/grants`.
-    pub fn grants(&self) -> anyhow::Result<Vec<Grant>> {
-        let body = self.admin("GET", "/v1/grants")?;
-        serde_json::from_str(&body).with_context(|| format!("grants: {body}"))
+    pub async fn grants(&self) -> anyhow::Result<Vec<Grant>> {
+        admin(self.admin.grants()).await
     }
 
     /// A `DELETE` on the admin API; the revoked ids (none when it answers 404,
     /// "no grant covers …").
-    pub fn revoke(&self, path_and_query: &str) -> anyhow::Result<Vec<u64>> {
-        let body = match self.admin("DELETE", path_and_query) {
-            Err(e) if e.to_string().contains("HTTP/1.1 404") => return Ok(Vec::new()),
-            other => other?,
-        };
-        let revoked: common::admin::Revoked =
-            serde_json::from_str(&body).with_context(|| format!("revoke: {body}"))?;
-        Ok(revoked.revoked)
+    pub async fn revoke(&self, path_and_query: &str) -> anyhow::Result<Vec<u64>> {
+        match admin(self.admin.revoke(path_and_query)).await {
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            revoked => Ok(revoked?.revoked),
+        }
     }
 
-    fn admin(&self, method: &str, path: &str) -> anyhow::Result<String> {
-        let mut stream = UnixStream::connect(self.admin_socket()).context("admin socket")?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: envelope\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").context("admin: no body")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("admin {method} {path}: {head} {body}");
-        }
-        let chunked = head
-            .lines()
-            .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
-        Ok(if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        })
+    /// `POST /v1/reload`.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        admin(self.admin.reload()).await.map(drop)
     }
 
     /// `ipset save` of the server namespace, raw.
@@ -234,28 +180,21 @@ impl Lab {
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || tail.len() < size {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    out
+/// One admin request, bounded by [`ADMIN_BOUND`].
+async fn admin<T>(request: impl Future<Output = Result<T, CtlError>>) -> anyhow::Result<T> {
+    let answer = tokio::time::timeout(ADMIN_BOUND, request)
+        .await
+        .with_context(|| format!("the admin API gave no answer within {ADMIN_BOUND:?}"))?;
+    Ok(answer?)
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref(), Some(CtlError::Api { status, .. }) if status.as_u16() == 404)
 }
 
 pub fn unix_now() -> i64 {
     common::SystemClock.now_unix()
 }
-
-/// How long an envelope may take to say it listens.
-const START_BOUND: Duration = Duration::from_secs(30);
 
 /// An envelope process (`testbed`'s launcher). Dropping it sends SIGKILL (the
 /// run already checked it).

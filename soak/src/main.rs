@@ -62,17 +62,16 @@ fn main() -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let envelope = match &args.envelope {
         Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("envelope"),
+        None => testbed::built_bin("envelope").map_err(anyhow::Error::msg)?,
     };
     anyhow::ensure!(
         envelope.exists(),
-        "no envelope binary at {} (cargo build -p envelope, or --envelope PATH)",
+        "no envelope binary at {}",
         envelope.display()
     );
-    let testdata = find_testdata()?;
     println!("soak: seed {seed}, {} operations", args.ops);
     let started = Instant::now();
-    match run(seed, args.ops, &envelope, &testdata, args.verbose)? {
+    match run(seed, args.ops, &envelope, args.verbose)? {
         Outcome::Passed { counts, skipped } => {
             println!(
                 "soak: seed {seed}: {} operations, 0 mismatches, nothing left behind, {:.1}s",
@@ -105,7 +104,7 @@ fn main() -> anyhow::Result<()> {
                 println!("    {line}");
             }
             if !args.no_shrink {
-                let shortest = shrink(seed, step + 1, &envelope, &testdata)?;
+                let shortest = shrink(seed, step + 1, &envelope)?;
                 println!(
                     "soak: shortest reproducing prefix: --seed {seed} --ops {shortest} \
                      (keep it in soak/tests/regressions.rs)"
@@ -118,12 +117,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Bisects for the shortest prefix of the sequence that still mismatches.
-fn shrink(seed: u64, failing: usize, envelope: &Path, testdata: &Path) -> anyhow::Result<usize> {
+fn shrink(seed: u64, failing: usize, envelope: &Path) -> anyhow::Result<usize> {
     let (mut good, mut bad) = (0, failing);
     while bad - good > 1 {
         let mid = (good + bad) / 2;
         print!("soak: replaying the first {mid} operations: ");
-        match run(seed, mid, envelope, testdata, false)? {
+        match run(seed, mid, envelope, false)? {
             Outcome::Passed { .. } => {
                 println!("passes");
                 good = mid;
@@ -138,14 +137,8 @@ fn shrink(seed: u64, failing: usize, envelope: &Path, testdata: &Path) -> anyhow
 }
 
 /// One run in fresh namespaces: the first `count` operations of `seed`.
-fn run(
-    seed: u64,
-    count: usize,
-    envelope: &Path,
-    testdata: &Path,
-    verbose: bool,
-) -> anyhow::Result<Outcome> {
-    let lab = Lab::new(envelope.to_owned(), testdata.to_owned())?;
+fn run(seed: u64, count: usize, envelope: &Path, verbose: bool) -> anyhow::Result<Outcome> {
+    let lab = Lab::new(envelope.to_owned())?;
     let client_ns = lab.ns.client.clone();
     std::thread::scope(|scope| {
         scope
@@ -173,7 +166,7 @@ async fn drive(lab: &Lab, seed: u64, count: usize, verbose: bool) -> anyhow::Res
         lab,
         model: Model::new(before.foreign),
         envelope: None,
-        tls: client::tls_connector(&lab.testdata.join("insecure-test-ca.pem"))?,
+        tls: client::tls_connector(&testbed::testdata("insecure-test-ca.pem"))?,
         foreign_count: 0,
         counts: Default::default(),
     };
@@ -235,15 +228,4 @@ async fn drive(lab: &Lab, seed: u64, count: usize, verbose: bool) -> anyhow::Res
         counts: driver.counts,
         skipped,
     })
-}
-
-/// The workspace's testdata directory, found from the cwd or the source tree.
-fn find_testdata() -> anyhow::Result<PathBuf> {
-    [
-        PathBuf::from("testdata"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata"),
-    ]
-    .into_iter()
-    .find(|p| p.join("insecure-test-server.pem").exists())
-    .context("cannot find testdata/ (run from the workspace root)")
 }

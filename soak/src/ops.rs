@@ -302,7 +302,7 @@ impl Driver<'_> {
                     return Ok(false);
                 };
                 let id = self.model.sessions[i].id;
-                let revoked = self.lab.revoke(&format!("/v1/grants/{id}"))?;
+                let revoked = self.lab.revoke(&format!("/v1/grants/{id}")).await?;
                 if revoked != [id] {
                     return Err(Mismatch::new(format!("revoke {id}: answer {revoked:?}")));
                 }
@@ -311,9 +311,10 @@ impl Driver<'_> {
             Op::RevokeIp { src } => {
                 let source = sources[src];
                 let subnet = subnet_of(source);
-                self.revoke_where(&format!("/v1/grants?ip={source}"), |s| s.subnet == subnet)?;
+                self.revoke_where(&format!("/v1/grants?ip={source}"), |s| s.subnet == subnet)
+                    .await?;
             }
-            Op::RevokeAll => self.revoke_where("/v1/grants", |_| true)?,
+            Op::RevokeAll => self.revoke_where("/v1/grants", |_| true).await?,
             Op::SigtermRestart => {
                 if !self.restart_after_sigterm().await? {
                     return Ok(false);

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::admin::Grant;
+use testbed::Wait;
 use tokio::time::Instant;
 
 use crate::client::{probe, PROBE_PORTS};
@@ -122,10 +123,10 @@ pub fn read_kernel(lab: &Lab, views: &mut Views) {
 }
 
 /// Reads everything.
-pub fn read(lab: &Lab, model: &Model) -> Views {
+pub async fn read(lab: &Lab, model: &Model) -> Views {
     let mut views = Views::default();
     if model.phase == Phase::Up {
-        views.grants = lab.grants().ok();
+        views.grants = lab.grants().await.ok();
     }
     read_kernel(lab, &mut views);
     let first_v4 = lab.sources.iter().find(|s| s.is_ipv4()).copied();
@@ -302,18 +303,17 @@ fn diff(want: &[String], got: &[String]) -> String {
 /// Polls (bounded by [`SETTLE`]) until the views agree with the model; the
 /// disagreements and views of the last read otherwise.
 pub async fn settle(lab: &Lab, model: &mut Model) -> Result<(), (Vec<String>, Views)> {
-    let started = Instant::now();
+    let wait = Wait::new(SETTLE, "the views to settle").every(Duration::from_millis(50));
     loop {
         let now = Instant::now();
         model.prune(now);
-        let views = read(lab, model);
+        let views = read(lab, model).await;
         let bad = compare(model, &views, now);
         if bad.is_empty() {
             return Ok(());
         }
-        if started.elapsed() > SETTLE {
+        if wait.pause_async().await.is_err() {
             return Err((bad, views));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

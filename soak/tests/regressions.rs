@@ -2,7 +2,6 @@
 //! network namespaces: each is a prefix the soak once reported, or a short
 //! mix kept so the driver itself cannot rot. Needs root, like the firewall tests.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 /// (seed, operations, why it is kept).
@@ -19,29 +18,18 @@ const CASES: &[(u64, usize, &str)] = &[
     (13, 40, "mixed smoke case"),
 ];
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 #[test]
 fn stored_soak_cases_replay_without_mismatch() {
-    // The soak drives the real envelope binary: build it (a no-op when fresh).
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "-q", "-p", "envelope"])
-        .current_dir(workspace())
-        .status()
-        .expect("cargo build -p envelope");
-    assert!(built.success(), "building the envelope");
+    // The soak drives the real envelope binary, built beforehand (scripts/test.sh).
+    let envelope = testbed::workspace_bin("envelope");
     let soak = env!("CARGO_BIN_EXE_envelope-soak");
-    let envelope = PathBuf::from(soak).with_file_name("envelope");
     for &(seed, ops, why) in CASES {
         let out = Command::new(soak)
             .args(["--seed", &seed.to_string(), "--ops", &ops.to_string()])
             .arg("--no-shrink")
             .arg("--envelope")
             .arg(&envelope)
-            .current_dir(workspace())
+            .current_dir(testbed::workspace())
             .output()
             .expect("running envelope-soak");
         assert!(

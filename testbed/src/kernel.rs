@@ -2,8 +2,7 @@
 //! ipset save dumps (normalised so two dumps of the same state compare equal),
 //! set members with their timeouts, and the grant rules of the rule backend.
 
-use std::time::{Duration, Instant};
-
+use crate::wait::{eventually_async, EVENTUALLY};
 use crate::NetPair;
 
 impl NetPair {
@@ -72,20 +71,20 @@ impl NetPair {
         rules.chain(members).collect()
     }
 
-    /// Polls `grant_rules` until it has `count` lines (bounded).
-    pub fn wait_grant_rules(&self, count: usize, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let rules = self.grant_rules();
+    /// Waits ([`EVENTUALLY`]) until `grant_rules` has `count` lines; them.
+    /// Each read blocks its worker through `block_in_place`: call it from a
+    /// multi-thread runtime.
+    pub async fn wait_grant_rules(&self, count: usize) -> Vec<String> {
+        let what = format!("{count} grant rules");
+        eventually_async(EVENTUALLY, &what, || async {
+            let rules = tokio::task::block_in_place(|| self.grant_rules());
             if rules.len() == count {
-                return rules;
+                Ok(rules)
+            } else {
+                Err(format!("{rules:#?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {count} grant rules within {within:?}, have {rules:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        })
+        .await
     }
 }
 

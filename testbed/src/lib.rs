@@ -1,8 +1,14 @@
-//! Network-namespace test bed for the envelope's firewall tests, benchmark and soak,
-//! and the process launcher they share ([`launcher`]). Nothing here ever
-//! touches the host's own network namespace: every firewall command runs inside
-//! a server namespace this module creates, and both namespaces are deleted on
-//! drop, even when a test panics.
+//! The test kit of the workspace, shared by the envelope's tests,
+//! envelope-exec's tests, the benchmark and the soak: a network-namespace test
+//! bed ([`NetPair`], below), the process launcher ([`launcher`]), the
+//! envelope's command line ([`envelope`]), tokens ([`Issuer`]), one
+//! poll-until-deadline wait ([`eventually`], [`Wait`]), the workspace's files
+//! and binaries ([`testdata`], [`workspace_bin`]), a tiny HTTP server
+//! ([`HttpStub`]) and the TLS client side ([`tls`]).
+//!
+//! Nothing here ever touches the host's own network namespace: every firewall
+//! command runs inside a server namespace this module creates, and both
+//! namespaces are deleted on drop, even when a test panics.
 //!
 //! ```text
 //!  client ns (envc-PID-N)                 server ns (envs-PID-N)
@@ -10,15 +16,24 @@
 //!        (+ 198.18.K.2/24 on demand)            (route 198.18.0.0/15 dev env0)
 //! ```
 
+pub mod envelope;
 mod faulty;
+mod http_stub;
 mod kernel;
 pub mod launcher;
 mod reach;
 pub mod tls;
+mod tokens;
+mod wait;
+mod workspace;
 
 pub use faulty::FaultyBins;
+pub use http_stub::{Answer, HttpStub};
 pub use kernel::{normalize, normalize_ipset};
 pub use reach::Listener;
+pub use tokens::Issuer;
+pub use wait::{eventually, eventually_async, Outcome, TimedOut, Wait, EVENTUALLY};
+pub use workspace::{built_bin, testdata, workspace, workspace_bin};
 
 use std::net::IpAddr;
 use std::process::{Command, Output, Stdio};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::wait::{eventually_async, EVENTUALLY};
 use crate::NetPair;
 
 impl NetPair {
@@ -51,20 +52,15 @@ impl NetPair {
         }
     }
 
-    /// Polls until `client_can_reach(to) == want` (bounded); returns how long it took.
-    pub fn wait_reach(&self, to: SocketAddr, want: bool, within: Duration) -> Duration {
-        let started = Instant::now();
-        loop {
-            if self.client_can_reach(to) == want {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < within,
-                "{to} still {} after {within:?}",
-                if want { "refused" } else { "accepted" }
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Waits ([`EVENTUALLY`]) until `client_can_reach(to) == want`. Each probe
+    /// blocks its worker through `block_in_place`: call it from a multi-thread
+    /// runtime.
+    pub async fn wait_reach(&self, to: SocketAddr, want: bool) {
+        let what = format!("{to} {}", if want { "accepted" } else { "refused" });
+        eventually_async(EVENTUALLY, &what, || async {
+            tokio::task::block_in_place(|| self.client_can_reach(to)) == want
+        })
+        .await
     }
 
     /// A TCP service in the server namespace on `port` (IPv4 and IPv6), which

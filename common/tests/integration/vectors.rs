@@ -1,12 +1,12 @@
 //! Tokens signed by an independent implementation (PyJWT, see testdata/README.md)
 //! verify with our `Verifier`, and are refused for another machine or once expired.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::jwk::load_public_keys;
 use common::verify::FixedClock;
 use common::{Audience, Claims, Verifier};
+use testbed::testdata;
 
 /// 2026-01-01T00:00:00Z, the vectors' `iat` and `nbf`.
 const ISSUED: i64 = 1_767_225_600;
@@ -29,10 +29,6 @@ fn vectors() -> [Vector; 2] {
             aud: Audience::One("mlab1-test0".into()),
         },
     ]
-}
-
-fn testdata(file: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata")).join(file)
 }
 
 fn token(v: &Vector) -> String {

@@ -4,18 +4,19 @@
 //! live envelope over TLS (test certificate, `--firewall none`). The test drives the
 //! browser over the Chrome DevTools protocol on its `--remote-debugging-port`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{self, claims, envelopectl_bin, sign, token, Daemon, Options, SUBPROTOCOL};
+use crate::support::{
+    self, claims, envelopectl_bin, sign, token, Daemon, EnvelopeCmd, Firewall, SUBPROTOCOL,
+};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+use testbed::HttpStub;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -29,7 +30,9 @@ async fn a_browser_opens_with_the_subprotocol_and_sees_1008_when_revoked() {
     let page = serve_page();
     let browser = Chromium::launch();
     let mut cdp = browser.devtools().await;
-    let tab = cdp.open(&page_url(page, &daemon.url(Some(&token())))).await;
+    let tab = cdp
+        .open(&page_url(&page, &daemon.url(Some(&token()))))
+        .await;
 
     let events = cdp.until(&tab, "open").await;
     assert_eq!(
@@ -74,7 +77,7 @@ async fn a_browser_with_a_bad_token_sees_the_connection_refused() {
     let mut expired = claims(support::SUBJECT, -60);
     expired.iat = Some(expired.exp - 120);
     let tab = cdp
-        .open(&page_url(page, &daemon.url(Some(&sign(&expired)))))
+        .open(&page_url(&page, &daemon.url(Some(&sign(&expired)))))
         .await;
 
     let events = cdp.until(&tab, "close").await;
@@ -94,16 +97,13 @@ async fn a_browser_with_a_bad_token_sees_the_connection_refused() {
 
 /// A live envelope over TLS that never touches the host firewall.
 fn envelope() -> Daemon {
-    Daemon::start(
-        Options {
-            record: false,
-            ..Options::default()
-        }
-        .arg("--firewall=none"),
-    )
+    Daemon::start(EnvelopeCmd {
+        firewall: Firewall::None,
+        ..EnvelopeCmd::default()
+    })
 }
 
-fn page_url(page: SocketAddr, envelope_url: &str) -> String {
+fn page_url(page: &HttpStub, envelope_url: &str) -> String {
     let encoded: String = envelope_url
         .bytes()
         .map(|b| match b {
@@ -113,44 +113,22 @@ fn page_url(page: SocketAddr, envelope_url: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    format!("http://{page}/browser.html?url={encoded}")
+    format!("http://{}/browser.html?url={encoded}", page.addr)
 }
 
 /// Serves tests/integration/browser.html on 127.0.0.1 (404 for anything else, e.g. favicon).
-fn serve_page() -> SocketAddr {
+fn serve_page() -> HttpStub {
     let page = std::fs::read(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/integration/browser.html"),
     )
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8_lossy(&head);
-            let found = head.starts_with("GET /browser.html");
-            let (status, body): (&str, &[u8]) = if found {
-                ("200 OK", &page)
-            } else {
-                ("404 Not Found", b"")
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(body);
+    HttpStub::start(move |method, target| {
+        let html = "text/html; charset=utf-8";
+        match (method, target.split('?').next()) {
+            ("GET", Some("/browser.html")) => (200, html, page.clone()),
+            _ => (404, html, Vec::new()),
         }
-    });
-    addr
+    })
 }
 
 /// Headless Chromium in a process group of its own, killed (the group) on drop.
@@ -198,19 +176,13 @@ impl Chromium {
     /// Connects to the browser's DevTools endpoint once Chromium has written it.
     async fn devtools(&self) -> Cdp {
         let file = self.profile.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + BOUND;
-        let (port, path) = loop {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let mut lines = text.lines();
-            if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                break (port.to_owned(), path.to_owned());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Chromium wrote no DevToolsActivePort within {BOUND:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (port, path) =
+            testbed::eventually_async(BOUND, "Chromium's DevToolsActivePort", || async {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                let mut lines = text.lines();
+                Some((lines.next()?.to_owned(), lines.next()?.to_owned()))
+            })
+            .await;
         let tcp = TcpStream::connect(format!("127.0.0.1:{port}"))
             .await
             .unwrap();

@@ -1,18 +1,13 @@
 //! Runs every client recipe in docs/client-protocol.md against a live envelope
 //! (TLS with the test CA, recording firewall), so the documentation cannot rot.
 
-use std::path::Path;
+use crate::support::{testdata, token, Daemon, EnvelopeCmd, EVENTUALLY};
 use std::process::{Command, Output};
-use std::time::Duration;
-
-use crate::support::{testdata, token, Daemon, Options};
 
 /// The body of the first fenced block in `lang` after `heading`.
 fn recipe(heading: &str, lang: &str) -> String {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/client-protocol.md"),
-    )
-    .unwrap();
+    let doc =
+        std::fs::read_to_string(testbed::workspace().join("docs/client-protocol.md")).unwrap();
     let after = &doc[doc.find(heading).unwrap_or_else(|| panic!("no {heading}"))..];
     let fence = format!("```{lang}\n");
     let start = after
@@ -39,14 +34,14 @@ fn text(bytes: &[u8]) -> String {
 
 /// The session was granted and, once the client left, revoked.
 fn granted_then_revoked(daemon: &Daemon) {
-    daemon.wait_for(Duration::from_secs(5), "grant and revoke", |d| {
+    daemon.wait_for("grant and revoke", |d| {
         d.firewall_calls() == ["grant 127.0.0.0/24", "revoke 127.0.0.0/24"]
     });
 }
 
 #[test]
 fn curl_recipe_gets_101_with_the_subprotocol() {
-    let daemon = Daemon::in_process(Options::default());
+    let daemon = Daemon::in_process(EnvelopeCmd::default());
     let out = run(&daemon, "bash", &["-c", &recipe("## curl", "sh")]);
     let err = text(&out.stderr);
     assert!(err.contains("< HTTP/1.1 101 Switching Protocols"), "{err}");
@@ -61,7 +56,7 @@ fn curl_recipe_gets_101_with_the_subprotocol() {
 
 #[test]
 fn python_websockets_recipe_is_granted() {
-    let daemon = Daemon::in_process(Options::default());
+    let daemon = Daemon::in_process(EnvelopeCmd::default());
     let out = run(&daemon, "python3", &["-c", &recipe("## Python", "python")]);
     assert!(
         out.status.success(),
@@ -79,7 +74,7 @@ fn python_websockets_recipe_is_granted() {
 #[test]
 fn browser_recipe_is_granted() {
     // Node's WebSocket is the browser's (WHATWG) API; `url` comes from the page in a browser.
-    let daemon = Daemon::in_process(Options::default());
+    let daemon = Daemon::in_process(EnvelopeCmd::default());
     let script = format!(
         "const url = process.env.URL;\n{}",
         recipe("## Browser", "javascript")
@@ -113,7 +108,7 @@ fn websocat_recipe_holds_until_its_input_closes() {
         panic!("websocat is needed for the websocat recipe; .ci/run installs it (cargo install websocat)");
     };
     assert!(found.status.success());
-    let daemon = Daemon::in_process(Options::default());
+    let daemon = Daemon::in_process(EnvelopeCmd::default());
     // websocat trusts the system store; SSL_CERT_FILE points OpenSSL at the test CA.
     let mut child = Command::new("bash")
         .args([
@@ -129,22 +124,12 @@ fn websocat_recipe_holds_until_its_input_closes() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    daemon.wait_for(Duration::from_secs(5), "the grant", |d| {
+    daemon.wait_for("the grant", |d| {
         d.firewall_calls() == ["grant 127.0.0.0/24"]
     });
     // Ctrl-D: websocat closes the WebSocket and exits.
     drop(child.stdin.take());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "websocat did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = testbed::eventually(EVENTUALLY, "websocat to exit", || child.try_wait().unwrap());
     assert!(status.success());
     granted_then_revoked(&daemon);
 }

@@ -5,12 +5,12 @@
 //! environment, the command line or the logs start the real binary.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use common::{Algorithm, Audience, Claims, PrivateKey, Signer};
+use common::{Algorithm, Audience, Claims, PrivateKey};
 use futures_util::{SinkExt, StreamExt};
+use testbed::Issuer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,37 +22,6 @@ const REVOKE: &str = "revoke 127.0.0.0/24";
 type Handshake = Result<(Ws, Response), WsError>;
 
 // ---------------------------------------------------------------- helpers
-
-/// Polls `check` every 10 ms (without blocking the runtime) for up to `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, daemon: &Daemon, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}\njournal: {:?}\nlogs:\n{}",
-            daemon.journal(),
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until the journal holds `line` `count` times; returns how long that took.
-async fn await_journal(daemon: &Daemon, line: &str, count: usize, within: Duration) -> Duration {
-    let started = Instant::now();
-    eventually(
-        within,
-        &format!("{count}× {line:?} in the journal"),
-        daemon,
-        || async { daemon.journal().iter().filter(|l| *l == line).count() >= count },
-    )
-    .await;
-    started.elapsed()
-}
 
 fn count(lines: &[String], line: &str) -> usize {
     lines.iter().filter(|l| *l == line).count()
@@ -134,7 +103,7 @@ async fn raw_head(daemon: &Daemon, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
+    let read = tokio::time::timeout(EVENTUALLY, async {
         while !answer.ends_with(b"\r\n\r\n") {
             if stream.read(&mut byte).await.unwrap() == 0 {
                 break;
@@ -143,7 +112,10 @@ async fn raw_head(daemon: &Daemon, request: &str) -> (u16, String) {
         }
     })
     .await;
-    assert!(read.is_ok(), "no complete answer head within 5 s");
+    assert!(
+        read.is_ok(),
+        "no complete answer head within {EVENTUALLY:?}"
+    );
     let answer = String::from_utf8_lossy(&answer).into_owned();
     (status_of(&answer), answer)
 }
@@ -166,7 +138,7 @@ fn head(method: &str, path_and_query: &str, headers: &[&str]) -> String {
 /// A token signed by a freshly generated key that claims the test key's kid.
 fn badly_signed_token() -> String {
     let key = PrivateKey::generate(Algorithm::EdDSA, "insecure-eddsa").unwrap();
-    Signer::new(key).sign(&claims(SUBJECT, 120)).unwrap()
+    Issuer::new(key, MACHINE, SUBJECT).token(120)
 }
 
 fn expired_token() -> String {
@@ -197,12 +169,12 @@ fn wrong_audience_token() -> String {
     sign(&c)
 }
 
-/// Closes politely and drains until the server closes too.
-/// The session holds exactly one grant; closing it revokes that within 1 s.
+/// The session holds exactly one grant; closing it revokes that (how soon:
+/// the bench's "back-to-back revoke (Close → refused)").
 async fn one_grant_then_revoked_on_close(daemon: &Daemon, ws: Ws) {
     assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
     close(ws).await;
-    await_journal(daemon, REVOKE, 1, Duration::from_secs(1)).await;
+    daemon.await_journal(REVOKE, 1).await;
 }
 
 async fn close(mut ws: Ws) {
@@ -247,7 +219,7 @@ mod table {
 
     #[tokio::test]
     async fn method_other_than_get_is_405() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let token = token();
         for method in ["POST", "HEAD", "PUT", "DELETE"] {
             let (status, answer) =
@@ -259,7 +231,7 @@ mod table {
 
     #[tokio::test]
     async fn missing_or_invalid_token_is_401() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let (status, body) = status_and_body(ws_connect(&daemon, None, true).await);
         assert_eq!(status, 401, "missing token: {body}");
         assert_untouched(&daemon, "missing token");
@@ -282,7 +254,7 @@ mod table {
 
     #[tokio::test]
     async fn wrong_subject_is_400_and_monitoring_is_accepted() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let wrong = sign(&claims("neubot", 120));
         let (status, body) = status_and_body(ws_connect(&daemon, Some(&wrong), true).await);
         assert_eq!(status, 400, "wrong subject: {body}");
@@ -300,7 +272,7 @@ mod table {
 
     #[tokio::test]
     async fn access_token_twice_is_400() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let (a, b) = (token(), token());
         for query in [
             format!("access_token={a}&access_token={b}"),
@@ -316,7 +288,7 @@ mod table {
 
     #[tokio::test]
     async fn invalid_upgrade_is_400() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let path = access(&token());
         let cases = [
             ("plain GET", head("GET", &path, &[])),
@@ -367,7 +339,7 @@ mod table {
 
     #[tokio::test]
     async fn max_clients_full_is_503() {
-        let daemon = Daemon::in_process(Options::default().arg("--max-clients=1"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--max-clients=1"));
         let (held, _) = expect_ok(
             ws_connect(&daemon, Some(&token()), true).await,
             "first client",
@@ -381,14 +353,14 @@ mod table {
             "the 503 touched the firewall"
         );
         close(held).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 1).await;
     }
 
     #[tokio::test]
     async fn firewall_failure_is_500_and_frees_the_slot() {
-        let daemon = Daemon::in_process(Options {
-            fail_grants: true,
-            ..Options::default()
+        let daemon = Daemon::in_process(EnvelopeCmd {
+            firewall: Firewall::Record { fail_grants: true },
+            ..EnvelopeCmd::default()
         });
         for attempt in 1..=3 {
             let (status, body) = status_and_body(ws_connect(&daemon, Some(&token()), true).await);
@@ -419,7 +391,7 @@ mod table {
         let dir = tempfile::tempdir().unwrap();
         let proc = dir.path().join("dev");
         write_proc(&proc, 0);
-        let daemon = Daemon::in_process(Options::default().args(&[
+        let daemon = Daemon::in_process(EnvelopeCmd::default().args(&[
             "--max-clients=4",
             "--tx-device=test0",
             "--tx-max-rate=1000000",
@@ -437,41 +409,33 @@ mod table {
                 }
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(6);
-        loop {
-            let before = daemon.journal();
-            let result = ws_connect(&daemon, Some(&token()), true).await;
-            match result {
-                Ok((ws, _)) => {
-                    // Before the first sample the rate is 0: give the grant back.
-                    close(ws).await;
-                    let revokes = count(&daemon.journal(), REVOKE);
-                    let grants = count(&daemon.journal(), GRANT);
-                    if revokes < grants {
-                        await_journal(&daemon, REVOKE, grants, Duration::from_secs(1)).await;
+        daemon
+            .eventually("a 503 for the transmit rate", || async {
+                let before = daemon.journal();
+                match ws_connect(&daemon, Some(&token()), true).await {
+                    Ok((ws, _)) => {
+                        // Before the first sample the rate is 0: give the grant back.
+                        close(ws).await;
+                        let grants = count(&daemon.journal(), GRANT);
+                        daemon.await_journal(REVOKE, grants).await;
+                        false
                     }
+                    Err(WsError::Http(response)) => {
+                        let body = response.body().as_deref().unwrap_or_default();
+                        let body = String::from_utf8_lossy(body);
+                        assert_eq!(response.status().as_u16(), 503, "{body}");
+                        assert!(body.contains("transmit"), "503 for another reason: {body}");
+                        assert_eq!(
+                            daemon.journal(),
+                            before,
+                            "the tx-limit 503 touched the firewall"
+                        );
+                        true
+                    }
+                    Err(e) => panic!("handshake error: {e}"),
                 }
-                Err(WsError::Http(response)) => {
-                    let body =
-                        String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
-                            .into_owned();
-                    assert_eq!(response.status().as_u16(), 503, "{body}");
-                    assert!(body.contains("transmit"), "503 for another reason: {body}");
-                    assert_eq!(
-                        daemon.journal(),
-                        before,
-                        "the tx-limit 503 touched the firewall"
-                    );
-                    break;
-                }
-                Err(e) => panic!("handshake error: {e}"),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never 503 within 6 s\n{}",
-                daemon.logs()
-            );
-        }
+            })
+            .await;
         // Monitoring is not limited.
         let grants = count(&daemon.journal(), GRANT);
         let monitoring = sign(&claims("monitoring", 120));
@@ -489,7 +453,7 @@ mod table {
 
     #[tokio::test]
     async fn all_good_is_101_with_the_grant_in_place_before_the_answer() {
-        let daemon = Daemon::in_process(Options::default().arg("--max-clients=2"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--max-clients=2"));
         let (offered, response) =
             expect_ok(ws_connect(&daemon, Some(&token()), true).await, "offering");
         assert_eq!(response.status().as_u16(), 101);
@@ -512,7 +476,7 @@ mod table {
             vec![GRANT.to_owned(), REVOKE.to_owned(), GRANT.to_owned()]
         );
         close(plain).await;
-        await_journal(&daemon, REVOKE, 2, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 2).await;
 
         // Offered among others (browser style list), by a raw client that then
         // vanishes without a word: the grant goes too.
@@ -532,7 +496,7 @@ mod table {
             "{answer}"
         );
         assert_eq!(count(&daemon.firewall_calls(), GRANT), 3);
-        await_journal(&daemon, REVOKE, 3, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 3).await;
     }
 }
 
@@ -543,7 +507,7 @@ mod order {
 
     #[tokio::test]
     async fn checks_run_in_the_spec_order() {
-        let daemon = Daemon::in_process(Options::default().arg("--max-clients=1"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--max-clients=1"));
         let bad = badly_signed_token();
 
         let (status, answer) = raw(&daemon, &upgrade_request("POST", &access(&bad), "")).await;
@@ -584,7 +548,7 @@ mod sessions {
     use super::*;
 
     /// Connects with a token expiring `exp_in` s from now and waits for the server's
-    /// Close (checked: 1000 "deadline", revoke within 1 s); returns the longest and
+    /// Close (checked: 1000 "deadline", then the revoke); returns the longest and
     /// shortest possible hold and how late after the token's `exp` the Close came,
     /// in seconds.
     async fn hold_until_close(daemon: &Daemon, exp_in: i64) -> (f64, f64, f64) {
@@ -594,16 +558,12 @@ mod sessions {
         let before = Instant::now();
         let (mut ws, _) = expect_ok(ws_connect(daemon, Some(&token), true).await, "client");
         let after = Instant::now();
-        let (code, reason) = await_close(&mut ws, Duration::from_secs(8)).await;
+        let (code, reason) = await_close(&mut ws, EVENTUALLY).await;
         let closed = Instant::now();
         let late = wall_now() - exp as f64;
         assert_eq!(code, CloseCode::Normal, "Close code at the deadline");
         assert_eq!(reason, "deadline");
-        let took = await_journal(daemon, REVOKE, 1, Duration::from_secs(1)).await;
-        assert!(
-            took <= Duration::from_secs(1),
-            "revoke {took:?} after the Close"
-        );
+        daemon.await_journal(REVOKE, 1).await;
         // A well-behaved client answers the Close.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while ws.next().await.is_some() {}
@@ -626,7 +586,7 @@ mod sessions {
 
     #[tokio::test]
     async fn token_expiry_later_than_timeout_sets_the_deadline() {
-        let daemon = Daemon::in_process(Options::default().args(&["--timeout=1s"]));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().args(&["--timeout=1s"]));
         let (longest, shortest, late) = hold_until_close(&daemon, 3).await;
         // exp is whole seconds: 2..3 s away at the connect.
         assert!(
@@ -642,7 +602,7 @@ mod sessions {
 
     #[tokio::test]
     async fn timeout_later_than_token_expiry_sets_the_deadline() {
-        let daemon = Daemon::in_process(Options::default().args(&["--timeout=3s"]));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().args(&["--timeout=3s"]));
         // exp 2 s ahead rather than 1: a whole-second exp 1 s ahead may already be
         // past when the daemon checks it (zero leeway), which would be a 401.
         let (longest, shortest, _) = hold_until_close(&daemon, 2).await;
@@ -659,7 +619,7 @@ mod sessions {
     #[tokio::test]
     async fn max_hold_caps_a_long_token() {
         let daemon =
-            Daemon::in_process(Options::default().args(&["--timeout=1s", "--max-hold=2s"]));
+            Daemon::in_process(EnvelopeCmd::default().args(&["--timeout=1s", "--max-hold=2s"]));
         let (longest, shortest, _) = hold_until_close(&daemon, 3600).await;
         assert!(
             longest >= 1.85,
@@ -673,7 +633,7 @@ mod sessions {
 
     #[tokio::test]
     async fn client_message_close_or_disconnect_ends_the_session() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
 
         // A message.
         let (mut ws, _) = expect_ok(
@@ -681,9 +641,8 @@ mod sessions {
             "message client",
         );
         ws.send(Message::text("hello")).await.unwrap();
-        let took = await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
-        assert!(took <= Duration::from_secs(1));
-        let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        daemon.await_journal(REVOKE, 1).await;
+        let ended = tokio::time::timeout(EVENTUALLY, async {
             loop {
                 match ws.next().await {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -704,17 +663,16 @@ mod sessions {
             "ping client",
         );
         ws.send(Message::Ping(b"x".to_vec().into())).await.unwrap();
-        await_journal(&daemon, REVOKE, 2, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 2).await;
         drop(ws);
 
         // A 20 MB frame (far over the frame limit).
         let (mut ws, _) = expect_ok(ws_connect(&daemon, Some(&token()), true).await, "big frame");
-        let started = Instant::now();
         let big = vec![0u8; 20 << 20];
-        let _ = tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Binary(big.into())))
-            .await;
-        await_journal(&daemon, REVOKE, 3, Duration::from_secs(1)).await;
-        assert!(started.elapsed() < Duration::from_secs(3));
+        // The server cuts the connection: the send ends (in error) rather than stalling.
+        let sent = tokio::time::timeout(EVENTUALLY, ws.send(Message::Binary(big.into()))).await;
+        assert!(sent.is_ok(), "the server neither read the frame nor closed");
+        daemon.await_journal(REVOKE, 3).await;
         drop(ws);
 
         // A polite close.
@@ -723,7 +681,7 @@ mod sessions {
             "closing client",
         );
         ws.close(None).await.unwrap();
-        await_journal(&daemon, REVOKE, 4, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 4).await;
         drop(ws);
 
         // Abrupt: the TCP stream goes away without a Close.
@@ -732,7 +690,7 @@ mod sessions {
             "vanishing client",
         );
         drop(ws);
-        await_journal(&daemon, REVOKE, 5, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 5).await;
 
         let (grants, revokes, live) = replay(&daemon.firewall_calls());
         assert_eq!((grants, revokes), (5, 5));
@@ -741,7 +699,7 @@ mod sessions {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn twenty_concurrent_clients_three_slots() {
-        let daemon = Daemon::in_process(Options::default().arg("--max-clients=3"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--max-clients=3"));
         let token = token();
         let attempts = (0..20).map(|_| ws_connect(&daemon, Some(&token), true));
         let results = futures_util::future::join_all(attempts).await;
@@ -764,7 +722,7 @@ mod sessions {
         // All from 127.0.0.1: one shared grant, and nothing for the 503s.
         assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
         futures_util::future::join_all(held.into_iter().map(close)).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(2)).await;
+        daemon.await_journal(REVOKE, 1).await;
         let (grants, revokes, live) = replay(&daemon.firewall_calls());
         assert_eq!(grants, revokes);
         assert!(live.is_empty(), "still granted: {live:?}");
@@ -772,9 +730,9 @@ mod sessions {
 
     #[tokio::test]
     async fn two_clients_of_one_subnet_share_one_grant() {
-        let daemon = Daemon::start(Options {
+        let daemon = Daemon::start(EnvelopeCmd {
             metrics: true,
-            ..Options::default().arg("--max-clients=2")
+            ..EnvelopeCmd::default().arg("--max-clients=2")
         });
         let (first, _) = expect_ok(ws_connect(&daemon, Some(&token()), true).await, "127.0.0.1");
         let local = Some("127.0.0.2".parse().unwrap());
@@ -783,34 +741,28 @@ mod sessions {
             "127.0.0.2",
         );
         // The request line may be logged just after the 101 went out.
-        eventually(
-            Duration::from_secs(2),
-            "a request from 127.0.0.2",
-            &daemon,
-            || async { daemon.logs().contains("peer=127.0.0.2:") },
-        )
-        .await;
+        daemon
+            .eventually("a request from 127.0.0.2", || async {
+                daemon.logs().contains("peer=127.0.0.2:")
+            })
+            .await;
         assert_eq!(daemon.firewall_calls(), vec![GRANT.to_owned()]);
 
         close(first).await;
         // Once the owner has dropped the first session, the shared rule must stay.
-        eventually(
-            Duration::from_secs(2),
-            "active grants = 1",
-            &daemon,
-            || async { active_grants(&daemon).await == Some(1.0) },
-        )
-        .await;
+        daemon
+            .eventually("active grants = 1", || async {
+                active_grants(&daemon).await == Some(1.0)
+            })
+            .await;
         assert_eq!(
             daemon.firewall_calls(),
             vec![GRANT.to_owned()],
             "closing one client cut the other"
         );
 
-        let started = Instant::now();
         close(second).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
-        assert!(started.elapsed() < Duration::from_secs(2));
+        daemon.await_journal(REVOKE, 1).await;
         assert_eq!(
             daemon.firewall_calls(),
             vec![GRANT.to_owned(), REVOKE.to_owned()]
@@ -825,23 +777,23 @@ mod network {
 
     #[tokio::test]
     async fn ipv6_client_gets_its_slash_64() {
-        let daemon = Daemon::in_process(Options {
+        let daemon = Daemon::in_process(EnvelopeCmd {
             listen: "[::1]:0".into(),
-            ..Options::default()
+            ..EnvelopeCmd::default()
         });
         assert!(daemon.addr.is_ipv6());
         let (ws, response) = expect_ok(ws_connect(&daemon, Some(&token()), true).await, "over ::1");
         assert_eq!(subprotocol_header(&response).as_deref(), Some(SUBPROTOCOL));
         assert_eq!(daemon.firewall_calls(), vec!["grant ::/64".to_owned()]);
         close(ws).await;
-        await_journal(&daemon, "revoke ::/64", 1, Duration::from_secs(1)).await;
+        daemon.await_journal("revoke ::/64", 1).await;
     }
 
     #[tokio::test]
     async fn ipv4_mapped_peer_on_a_dual_stack_listener_is_ipv4() {
-        let mut daemon = Daemon::in_process(Options {
+        let mut daemon = Daemon::in_process(EnvelopeCmd {
             listen: "[::]:0".into(),
-            ..Options::default()
+            ..EnvelopeCmd::default()
         });
         // The peer arrives as ::ffff:127.0.0.1 on the dual-stack socket.
         daemon.addr = std::net::SocketAddr::new([127, 0, 0, 1].into(), daemon.addr.port());
@@ -851,7 +803,7 @@ mod network {
 
     #[tokio::test]
     async fn forwarding_headers_are_ignored() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let headers = [
             ("X-Forwarded-For", "203.0.113.9"),
             ("Forwarded", "for=203.0.113.9;proto=https"),
@@ -891,7 +843,7 @@ mod network {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slowloris_connections_are_dropped() {
-        let daemon = Daemon::in_process(Options::default().arg("--handshake-timeout=1s"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--handshake-timeout=1s"));
         let started = Instant::now();
         // TCP only, no ClientHello.
         let mut silent = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
@@ -929,7 +881,7 @@ mod network {
 
     #[tokio::test]
     async fn oversized_head_is_refused_without_a_grant() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let filler = format!("X-Filler: {}", "a".repeat(20 << 10));
         let request = upgrade_request("GET", &access(&token()), &format!("{filler}\r\n"));
         let (status, answer) = raw(&daemon, &request).await;
@@ -939,7 +891,7 @@ mod network {
 
     #[tokio::test]
     async fn idle_keep_alive_after_a_401_is_dropped() {
-        let daemon = Daemon::in_process(Options::default().arg("--handshake-timeout=1s"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--handshake-timeout=1s"));
         let mut stream = connect(daemon.addr, true).await.unwrap();
         let request = format!("GET {ACCESS_PATH} HTTP/1.1\r\nHost: localhost\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -969,7 +921,7 @@ mod lifecycle {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigterm_closes_sessions_with_1001_and_revokes_everything() {
-        let daemon = Daemon::start(Options::default().arg("--max-clients=2"));
+        let daemon = Daemon::start(EnvelopeCmd::default().arg("--max-clients=2"));
         shutdown_closes_sessions_with_1001_and_revokes_everything(daemon, |daemon| {
             let status = daemon.terminate(Duration::from_secs(10));
             assert!(status.success(), "exit status {status}\n{}", daemon.logs());
@@ -981,7 +933,7 @@ mod lifecycle {
     /// returns Ok after the same ordered shutdown.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_shutdown_future_closes_sessions_with_1001_and_revokes_everything() {
-        let daemon = Daemon::in_process(Options::default().arg("--max-clients=2"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--max-clients=2"));
         shutdown_closes_sessions_with_1001_and_revokes_everything(daemon, |daemon| {
             daemon
                 .stop(Duration::from_secs(10))
@@ -1002,7 +954,7 @@ mod lifecycle {
         );
         let watch = |mut ws: Ws| {
             tokio::spawn(async move {
-                let first = tokio::time::timeout(Duration::from_secs(8), ws.next()).await;
+                let first = tokio::time::timeout(EVENTUALLY, ws.next()).await;
                 // Answer the Close, as a client should, and drain.
                 let _ = tokio::time::timeout(Duration::from_secs(3), async {
                     while ws.next().await.is_some() {}
@@ -1017,7 +969,7 @@ mod lifecycle {
             let got = watcher
                 .await
                 .unwrap()
-                .unwrap_or_else(|_| panic!("{name}: nothing within 8 s"));
+                .unwrap_or_else(|_| panic!("{name}: nothing within {EVENTUALLY:?}"));
             match got {
                 Some(Ok(Message::Close(Some(frame)))) => {
                     assert_eq!(frame.code, CloseCode::Away, "{name}: {frame:?}")
@@ -1089,9 +1041,9 @@ mod lifecycle {
     #[tokio::test]
     async fn env_max_clients() {
         for n in [1usize, 2] {
-            let daemon = Daemon::start(Options {
+            let daemon = Daemon::start(EnvelopeCmd {
                 env: vec![("ENVELOPE_MAX_CLIENTS".into(), n.to_string())],
-                ..Options::default()
+                ..EnvelopeCmd::default()
             });
             let mut held = Vec::new();
             for i in 0..n {
@@ -1198,13 +1150,15 @@ mod observability {
 
     #[tokio::test]
     async fn json_logs_are_one_object_per_line_with_the_request_fields() {
-        let daemon = Daemon::start(Options::default().arg("--log-format=json"));
+        let daemon = Daemon::start(EnvelopeCmd::default().arg("--log-format=json"));
         let token = token();
         let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, "valid");
         close(ws).await;
-        daemon.wait_for(Duration::from_secs(2), "the request line", |d| {
-            d.logs().contains("\"message\":\"request\"")
-        });
+        daemon
+            .eventually("the request line", || async {
+                daemon.logs().contains("\"message\":\"request\"")
+            })
+            .await;
         let logs = daemon.logs();
         for line in logs.lines() {
             let value: serde_json::Value =
@@ -1226,9 +1180,9 @@ mod observability {
 
     #[tokio::test]
     async fn metrics_count_requests_and_logs_never_show_tokens() {
-        let daemon = Daemon::start(Options {
+        let daemon = Daemon::start(EnvelopeCmd {
             metrics: true,
-            ..Options::default()
+            ..EnvelopeCmd::default()
         });
         let token = token();
         let bad = badly_signed_token();
@@ -1236,23 +1190,20 @@ mod observability {
         assert_eq!(status, 401);
         let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, "valid");
         close(ws).await;
-        await_journal(&daemon, REVOKE, 1, Duration::from_secs(1)).await;
+        daemon.await_journal(REVOKE, 1).await;
 
         // The owner updates the gauge and histogram after the revoke: poll them.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let text = loop {
+        let text = testbed::eventually_async(EVENTUALLY, "metrics after the revoke", || async {
             let text = daemon.metrics().await;
-            if metric(&text, "envelope_active_grants") == Some(0.0)
-                && metric(&text, "envelope_grant_duration_seconds_count") == Some(1.0)
-            {
-                break text;
+            let settled = metric(&text, "envelope_active_grants") == Some(0.0)
+                && metric(&text, "envelope_grant_duration_seconds_count") == Some(1.0);
+            if settled {
+                Ok(text)
+            } else {
+                Err(text)
             }
-            assert!(
-                Instant::now() < deadline,
-                "metrics after the revoke:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        })
+        .await;
         for name in [
             "envelope_requests_total",
             "controller_access_token_requests_total",
@@ -1298,13 +1249,11 @@ mod observability {
         assert_eq!(firewall_ops, 2.0, "one grant and one revoke:\n{text}");
 
         let is_request = |l: &&str| l.split_whitespace().any(|w| w == "request");
-        eventually(
-            Duration::from_secs(2),
-            "two request lines",
-            &daemon,
-            || async { daemon.logs().lines().filter(is_request).count() >= 2 },
-        )
-        .await;
+        daemon
+            .eventually("two request lines", || async {
+                daemon.logs().lines().filter(is_request).count() >= 2
+            })
+            .await;
         let logs = daemon.logs();
         let requests: Vec<&str> = logs.lines().filter(is_request).collect();
         assert_eq!(requests.len(), 2, "one line per request:\n{logs}");
@@ -1347,9 +1296,9 @@ mod single_use {
 
     #[tokio::test]
     async fn a_token_is_accepted_once_and_a_token_without_jti_not_at_all() {
-        let daemon = Daemon::in_process(Options {
+        let daemon = Daemon::in_process(EnvelopeCmd {
             metrics: true,
-            ..Options::default().arg("--single-use-tokens")
+            ..EnvelopeCmd::default().arg("--single-use-tokens")
         });
         let once = with_jti("one-use-1");
         let (ws, _) = expect_ok(ws_connect(&daemon, Some(&once), true).await, "first use");
@@ -1370,7 +1319,7 @@ mod single_use {
 
     #[tokio::test]
     async fn a_request_that_fails_later_does_not_use_the_token_up() {
-        let daemon = Daemon::in_process(Options::default().arg("--single-use-tokens"));
+        let daemon = Daemon::in_process(EnvelopeCmd::default().arg("--single-use-tokens"));
         let token = with_jti("retry-after-400");
         // A valid token on a request that is no WebSocket upgrade: 400, token kept.
         let request =
@@ -1383,7 +1332,7 @@ mod single_use {
 
     #[tokio::test]
     async fn a_full_cache_fails_closed_with_503() {
-        let daemon = Daemon::in_process(Options::default().args(&[
+        let daemon = Daemon::in_process(EnvelopeCmd::default().args(&[
             "--single-use-tokens",
             "--replay-cache-cap=1",
             "--max-clients=4",
@@ -1400,12 +1349,12 @@ mod single_use {
 
     #[tokio::test]
     async fn without_the_flag_a_token_may_be_used_again() {
-        let daemon = Daemon::in_process(Options::default());
+        let daemon = Daemon::in_process(EnvelopeCmd::default());
         let token = with_jti("reusable");
         for (n, use_) in ["first", "second"].into_iter().enumerate() {
             let (ws, _) = expect_ok(ws_connect(&daemon, Some(&token), true).await, use_);
             close(ws).await;
-            await_journal(&daemon, REVOKE, n + 1, Duration::from_secs(1)).await;
+            daemon.await_journal(REVOKE, n + 1).await;
         }
     }
 }

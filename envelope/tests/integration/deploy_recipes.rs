@@ -13,21 +13,14 @@
 //! started (for the dashboard) runs with `--firewall none` on loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+
+use testbed::{Wait, EVENTUALLY};
 
 const ENVELOPE: &str = env!("CARGO_BIN_EXE_envelope");
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
 fn read(relative: &str) -> String {
-    let path = repo().join(relative);
+    let path = testbed::workspace().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -47,7 +40,7 @@ fn documents() -> Vec<(&'static str, String)> {
 }
 
 /// Runs the envelope with `args` and no ENVELOPE_* environment, killing it
-/// after 10 s (it should never get as far as serving).
+/// after [`EVENTUALLY`] (it should never get as far as serving).
 fn run_envelope(args: &[&str]) -> Output {
     let admin = tempfile::tempdir().expect("tempdir");
     let socket = admin.path().join("admin.sock");
@@ -66,12 +59,9 @@ fn run_envelope(args: &[&str]) -> Output {
         command.arg(format!("--admin-socket={}", socket.display()));
     }
     let mut child = command.spawn().expect("spawn envelope");
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
+    let wait = Wait::new(EVENTUALLY, "the envelope to exit");
+    while child.try_wait().expect("try_wait").is_none() {
+        if wait.pause().is_err() {
             let _ = child.kill();
             let output = child.wait_with_output().expect("wait");
             panic!(
@@ -79,7 +69,6 @@ fn run_envelope(args: &[&str]) -> Output {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().expect("wait")
 }
@@ -574,7 +563,10 @@ fn systemd_unit_has_the_promised_settings() {
     let defaults = read("docs/deploy/envelope.default");
     let drain = defaults
         .lines()
-        .find_map(|l| l.trim_start_matches('#').strip_prefix("ENVELOPE_DRAIN_TIMEOUT="))
+        .find_map(|l| {
+            l.trim_start_matches('#')
+                .strip_prefix("ENVELOPE_DRAIN_TIMEOUT=")
+        })
         .expect("envelope.default describes ENVELOPE_DRAIN_TIMEOUT");
     let drain = common::goflags::parse_duration(drain).unwrap();
     assert!(
@@ -979,7 +971,7 @@ fn promql_metric_names_skip_functions_labels_and_ranges() {
 
 #[tokio::test]
 async fn grafana_dashboard_queries_only_metrics_the_envelope_exports() {
-    use crate::support::{self, ws_connect, Daemon, Options};
+    use crate::support::{self, ws_connect, Daemon, EnvelopeCmd, Firewall};
 
     let text = read("docs/deploy/grafana-dashboard.json");
     let dashboard: serde_json::Value =
@@ -1003,15 +995,12 @@ async fn grafana_dashboard_queries_only_metrics_the_envelope_exports() {
     }
 
     // One granted and one rejected request against a real daemon, then a scrape.
-    let daemon = Daemon::start(
-        Options {
-            tls: false,
-            record: false,
-            metrics: true,
-            ..Options::default()
-        }
-        .arg("--firewall=none"),
-    );
+    let daemon = Daemon::start(EnvelopeCmd {
+        tls: false,
+        firewall: Firewall::None,
+        metrics: true,
+        ..EnvelopeCmd::default()
+    });
     let (mut ws, _) = ws_connect(&daemon, Some(&support::token()), true)
         .await
         .expect("granted");
@@ -1019,15 +1008,15 @@ async fn grafana_dashboard_queries_only_metrics_the_envelope_exports() {
     assert_eq!(support::handshake_status(rejected), 401);
     ws.close(None).await.expect("close");
     drop(ws);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let scrape = loop {
+    let scrape = testbed::eventually_async(EVENTUALLY, "a revoke in the metrics", || async {
         let scrape = daemon.metrics().await;
         if scrape.contains("operation=\"revoke\"") {
-            break scrape;
+            Ok(scrape)
+        } else {
+            Err(scrape)
         }
-        assert!(Instant::now() < deadline, "no revoke observed:\n{scrape}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let exported = exported_names(&scrape);
     let unknown: Vec<&String> = queried.difference(&exported).collect();
     assert!(

@@ -81,7 +81,7 @@ async fn sigterm_with_a_drain_timeout_keeps_held_grants_until_they_end() {
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
     let before = ns.save_all();
-    let mut daemon = Daemon::start(Options {
+    let mut daemon = Daemon::start(EnvelopeCmd {
         metrics: true,
         ..options(&ns, &["--drain-timeout=60s", "--max-clients=4"])
     });
@@ -96,9 +96,11 @@ async fn sigterm_with_a_drain_timeout_keeps_held_grants_until_they_end() {
     assert!(ns.client_can_reach(service));
 
     daemon.signal("TERM");
-    daemon.wait_for(Duration::from_secs(10), "the drain", |d| {
-        d.logs().contains("SIGTERM: draining")
-    });
+    daemon
+        .eventually("the drain", || async {
+            daemon.logs().contains("SIGTERM: draining")
+        })
+        .await;
     // A new client is told to go elsewhere, in words a program can read.
     let refusal = refusal_from(&ns, SERVER_V4).await;
     assert_eq!(status_of(&refusal), 503, "{refusal}");
@@ -157,9 +159,11 @@ async fn a_second_sigterm_during_a_drain_stops_at_once() {
     let mut daemon = Daemon::start(options(&ns, &["--drain-timeout=10m"]));
     let mut held = session(&ns, SERVER_V4, &daemon).await;
     daemon.signal("TERM");
-    daemon.wait_for(Duration::from_secs(10), "the drain", |d| {
-        d.logs().contains("SIGTERM: draining")
-    });
+    daemon
+        .eventually("the drain", || async {
+            daemon.logs().contains("SIGTERM: draining")
+        })
+        .await;
     daemon.signal("TERM");
     let close = next_close(&mut held, Duration::from_secs(20)).await;
     assert_eq!(close.map(|c| c.0), Some(1001));
@@ -183,9 +187,9 @@ fn envelopectl(daemon: &Daemon, args: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn envelopectl_drain_and_resume_with_a_live_client_in_between() {
-    let daemon = Daemon::start(Options {
+    let daemon = Daemon::start(EnvelopeCmd {
         metrics: true,
-        ..Options::default().arg("--max-clients=4")
+        ..EnvelopeCmd::default().arg("--max-clients=4")
     });
     let (mut held, _) = ws_connect(&daemon, Some(&token()), true).await.unwrap();
     let (ok, out) = envelopectl(&daemon, &["drain"]);
@@ -278,10 +282,10 @@ async fn a_renewed_certificate_reaches_new_handshakes_and_held_sessions_stay() {
         "insecure-test-server.key",
     );
     let (cert, key) = (secret.path().join("tls.crt"), secret.path().join("tls.key"));
-    let mut daemon = Daemon::start(Options {
+    let mut daemon = Daemon::start(EnvelopeCmd {
         tls: false,
         metrics: true,
-        ..Options::default().args(&[
+        ..EnvelopeCmd::default().args(&[
             &format!("--cert={}", cert.display()),
             &format!("--key={}", key.display()),
             "--max-clients=4",
@@ -300,9 +304,11 @@ async fn a_renewed_certificate_reaches_new_handshakes_and_held_sessions_stay() {
         "insecure-test-server-renewed.pem",
         "insecure-test-server-renewed.key",
     );
-    daemon.wait_for(Duration::from_secs(10), "the renewed certificate", |d| {
-        d.logs().contains("certificate reloaded")
-    });
+    daemon
+        .eventually("the renewed certificate", || async {
+            daemon.logs().contains("certificate reloaded")
+        })
+        .await;
     assert_eq!(served_serial(daemon.addr).await, new);
     let (ok, status) = envelopectl(&daemon, &["status"]);
     assert!(ok && status.contains(&format!("serial {new}")), "{status}");
@@ -329,9 +335,11 @@ async fn a_renewed_certificate_reaches_new_handshakes_and_held_sessions_stay() {
         secret.path().join("..2026_12_06/tls.key"),
     )
     .unwrap();
-    daemon.wait_for(Duration::from_secs(10), "the refused pair", |d| {
-        d.logs().contains("certificate reload refused")
-    });
+    daemon
+        .eventually("the refused pair", || async {
+            daemon.logs().contains("certificate reload refused")
+        })
+        .await;
     assert!(
         daemon.logs().contains("does not match --cert"),
         "{}",
@@ -357,10 +365,10 @@ async fn the_metrics_say_which_kids_are_loaded_and_used() {
     let file = keys.path().join("verify.jwks");
     std::fs::copy(testdata("insecure-test-eddsa.jwk.pub"), &file).unwrap();
     let key_arg = format!("--verify-key={}", file.display());
-    let daemon = Daemon::start(Options {
-        tokens: false,
+    let daemon = Daemon::start(EnvelopeCmd {
+        tokens: None,
         metrics: true,
-        ..Options::default().args(&[
+        ..EnvelopeCmd::default().args(&[
             &key_arg,
             &format!("--machine={MACHINE}"),
             &format!("--subject={SUBJECT}"),
@@ -381,9 +389,11 @@ async fn the_metrics_say_which_kids_are_loaded_and_used() {
 
     // Rotate: the ES256 key replaces it; a token for the old kid is now unknown.
     std::fs::copy(testdata("insecure-test-es256.jwk.pub"), &file).unwrap();
-    daemon.wait_for(Duration::from_secs(10), "the reload", |d| {
-        d.logs().contains("verify keys reloaded")
-    });
+    daemon
+        .eventually("the reload", || async {
+            daemon.logs().contains("verify keys reloaded")
+        })
+        .await;
     assert_eq!(
         handshake_status(ws_connect(&daemon, Some(&token()), true).await),
         401
@@ -437,7 +447,7 @@ async fn the_rolling_restart_recipe_loses_no_held_session() {
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
     let before = ns.save_all();
     let start = || {
-        Daemon::start(Options {
+        Daemon::start(EnvelopeCmd {
             metrics: true,
             ..options(&ns, &["--drain-timeout=2m", "--max-clients=4"])
         })
@@ -447,7 +457,10 @@ async fn the_rolling_restart_recipe_loses_no_held_session() {
     let service = addr(SERVER_V4, SERVICE_PORT);
 
     let (ok, out) = recipe_line(drain, &daemon, Some(&ns.server));
-    assert!(ok && out.contains("draining: no new clients (1 session held)"), "{out}");
+    assert!(
+        ok && out.contains("draining: no new clients (1 session held)"),
+        "{out}"
+    );
     let metrics = daemon.metrics_addr.unwrap().to_string();
     let (ok, out) = recipe_line(
         &health_check.replace("localhost:9990", &metrics),
@@ -461,12 +474,21 @@ async fn the_rolling_restart_recipe_loses_no_held_session() {
 
     // `systemctl restart` sends SIGTERM: the held session keeps its grant.
     daemon.signal("TERM");
-    daemon.wait_for(Duration::from_secs(10), "the drain", |d| {
-        d.logs().contains("SIGTERM: draining")
-    });
-    assert!(ns.client_can_reach(service), "the held session lost its grant");
+    daemon
+        .eventually("the drain", || async {
+            daemon.logs().contains("SIGTERM: draining")
+        })
+        .await;
+    assert!(
+        ns.client_can_reach(service),
+        "the held session lost its grant"
+    );
     close(held).await;
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "{}", daemon.logs());
+    assert!(
+        daemon.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        daemon.logs()
+    );
     assert_eq!(ns.save_all(), before);
 
     // The restarted envelope takes clients again.
@@ -486,11 +508,19 @@ async fn the_certificate_renewal_recipe_needs_no_restart() {
     let recipe = doc_commands("docs/operations.md", Some("## Certificate renewal"));
     assert_eq!(recipe.len(), 4, "{recipe:#?}");
     let etc = tempfile::tempdir().unwrap();
-    std::fs::copy(testdata("insecure-test-server.pem"), etc.path().join("tls.crt")).unwrap();
-    std::fs::copy(testdata("insecure-test-server.key"), etc.path().join("tls.key")).unwrap();
-    let mut daemon = Daemon::start(Options {
+    std::fs::copy(
+        testdata("insecure-test-server.pem"),
+        etc.path().join("tls.crt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        testdata("insecure-test-server.key"),
+        etc.path().join("tls.key"),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(EnvelopeCmd {
         tls: false,
-        ..Options::default().args(&[
+        ..EnvelopeCmd::default().args(&[
             &format!("--cert={}", etc.path().join("tls.crt").display()),
             &format!("--key={}", etc.path().join("tls.key").display()),
         ])
@@ -504,21 +534,35 @@ async fn the_certificate_renewal_recipe_needs_no_restart() {
             .replace("/etc/envelope", &etc.path().display().to_string())
             .replace(
                 "renewed.key",
-                &testdata("insecure-test-server-renewed.key").display().to_string(),
+                &testdata("insecure-test-server-renewed.key")
+                    .display()
+                    .to_string(),
             )
             .replace(
                 "renewed.crt",
-                &testdata("insecure-test-server-renewed.pem").display().to_string(),
+                &testdata("insecure-test-server-renewed.pem")
+                    .display()
+                    .to_string(),
             );
         let (ok, out) = recipe_line(&line, &daemon, None);
         assert!(ok, "{line}: {out}");
         outputs.push_str(&out);
     }
-    assert!(outputs.contains(&format!("certificate in force: CN=localhost  serial {renewed}")), "{outputs}");
-    assert!(outputs.contains(&format!("certificate:      CN=localhost  serial {renewed}")), "{outputs}");
+    assert!(
+        outputs.contains(&format!(
+            "certificate in force: CN=localhost  serial {renewed}"
+        )),
+        "{outputs}"
+    );
+    assert!(
+        outputs.contains(&format!("certificate:      CN=localhost  serial {renewed}")),
+        "{outputs}"
+    );
     assert_eq!(served_serial(daemon.addr).await, renewed);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), held.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), held.next())
+            .await
+            .is_err(),
         "the held session was closed"
     );
     held.close(None).await.unwrap();

@@ -38,10 +38,10 @@ async fn keep_alive_get(stream: &mut Box<dyn Stream>) -> std::io::Result<()> {
 #[tokio::test]
 async fn one_subnet_cannot_take_the_connection_cap_from_the_others() {
     raise_fd_limit();
-    let daemon = Daemon::start(Options {
+    let daemon = Daemon::start(EnvelopeCmd {
         tls: false,
         metrics: true,
-        ..Options::default().arg("--max-connections=512")
+        ..EnvelopeCmd::default().arg("--max-connections=512")
     });
     // One source (127.0.0.0/24) opens 600 keep-alive connections and
     // refreshes them with a request each.
@@ -91,9 +91,9 @@ async fn one_subnet_cannot_take_the_connection_cap_from_the_others() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_that_never_upgrades_ends_at_its_lifetime() {
-    let daemon = Daemon::start(Options {
+    let daemon = Daemon::start(EnvelopeCmd {
         tls: false,
-        ..Options::default().arg("--connection-lifetime=2s")
+        ..EnvelopeCmd::default().arg("--connection-lifetime=2s")
     });
     let mut stream = connect(daemon.addr, false).await.unwrap();
     let began = Instant::now();
@@ -167,9 +167,11 @@ async fn a_key_file_that_is_a_fifo_a_device_or_huge_freezes_and_bloats_nothing()
     replace_with(&key, |p| {
         assert!(Command::new("mkfifo").arg(p).status().unwrap().success())
     });
-    daemon.wait_for(Duration::from_secs(10), "the FIFO refused", |d| {
-        d.logs().contains("a FIFO, not a regular file")
-    });
+    daemon
+        .eventually("the FIFO refused", || async {
+            daemon.logs().contains("a FIFO, not a regular file")
+        })
+        .await;
     // New clients are still served with the keys in force.
     let (mut second, response) = ws_connect(&daemon, Some(&token()), true).await.unwrap();
     assert_eq!(response.status(), 101);
@@ -179,18 +181,24 @@ async fn a_key_file_that_is_a_fifo_a_device_or_huge_freezes_and_bloats_nothing()
     replace_with(&key, |p| {
         std::os::unix::fs::symlink("/dev/zero", p).unwrap()
     });
-    daemon.wait_for(Duration::from_secs(10), "the device refused", |d| {
-        d.logs().contains("a character device, not a regular file")
-    });
+    daemon
+        .eventually("the device refused", || async {
+            daemon
+                .logs()
+                .contains("a character device, not a regular file")
+        })
+        .await;
     replace_with(&key, |p| {
         std::fs::File::create(p)
             .unwrap()
             .set_len(100 << 20)
             .unwrap()
     });
-    daemon.wait_for(Duration::from_secs(10), "the huge file refused", |d| {
-        d.logs().contains("larger than 1024 KiB")
-    });
+    daemon
+        .eventually("the huge file refused", || async {
+            daemon.logs().contains("larger than 1024 KiB")
+        })
+        .await;
     let logs = daemon.logs();
     assert_eq!(
         logs.matches("a character device, not a regular file")
@@ -260,7 +268,7 @@ fn cleanup_in_empty_netns(socket: &Path) -> (std::process::ExitStatus, String) {
 
 #[test]
 fn cleanup_refuses_beside_a_live_envelope_and_runs_once_it_is_gone() {
-    let mut daemon = Daemon::start(Options::default());
+    let mut daemon = Daemon::start(EnvelopeCmd::default());
     let (status, stderr) = cleanup_in_empty_netns(&daemon.admin_socket());
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -331,17 +339,19 @@ fn the_admin_lock_follows_no_symlink_and_trusts_no_shared_directory() {
 #[tokio::test]
 async fn client_chosen_control_characters_are_escaped_in_text_and_json_logs() {
     for format in ["text", "json"] {
-        let daemon = Daemon::start(Options {
+        let daemon = Daemon::start(EnvelopeCmd {
             tls: false,
-            ..Options::default().arg(&format!("--log-format={format}"))
+            ..EnvelopeCmd::default().arg(&format!("--log-format={format}"))
         });
         let hostile = "/x\u{9b}31m\u{85}y\u{2028}z\u{2029}w\u{202e}gpj.exe";
         let request = format!("GET {hostile} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let answer = raw_exchange(daemon.addr, false, &request).await;
         assert_eq!(status_of(&answer), 404, "{answer}");
-        daemon.wait_for(Duration::from_secs(10), "the request line", |d| {
-            d.logs().contains("gpj.exe")
-        });
+        daemon
+            .eventually("the request line", || async {
+                daemon.logs().contains("gpj.exe")
+            })
+            .await;
         let logs = daemon.logs();
         for raw in ['\u{9b}', '\u{85}', '\u{2028}', '\u{2029}', '\u{202e}'] {
             assert!(
@@ -360,14 +370,19 @@ async fn client_chosen_control_characters_are_escaped_in_text_and_json_logs() {
 
 #[tokio::test]
 async fn a_first_non_final_fragment_ends_the_session() {
-    let daemon = Daemon::start(Options {
+    let daemon = Daemon::start(EnvelopeCmd {
         tls: false,
-        ..Options::default()
+        ..EnvelopeCmd::default()
     });
     let (mut ws, _) = ws_connect(&daemon, Some(&token()), true).await.unwrap();
-    daemon.wait_for(Duration::from_secs(10), "the grant", |d| {
-        d.firewall_calls().iter().any(|c| c.starts_with("grant "))
-    });
+    daemon
+        .eventually("the grant", || async {
+            daemon
+                .firewall_calls()
+                .iter()
+                .any(|c| c.starts_with("grant "))
+        })
+        .await;
     // FIN = 0, opcode 1 (text), masked, empty payload: the first fragment of a
     // message that never ends.
     ws.get_mut()
@@ -375,10 +390,18 @@ async fn a_first_non_final_fragment_ends_the_session() {
         .await
         .unwrap();
     ws.get_mut().flush().await.unwrap();
-    daemon.wait_for(Duration::from_secs(10), "the revoke", |d| {
-        d.firewall_calls().iter().any(|c| c.starts_with("revoke "))
-    });
-    daemon.wait_for(Duration::from_secs(10), "the session's end", |d| {
-        d.logs().contains("session ended") && d.logs().contains("client sent a message")
-    });
+    daemon
+        .eventually("the revoke", || async {
+            daemon
+                .firewall_calls()
+                .iter()
+                .any(|c| c.starts_with("revoke "))
+        })
+        .await;
+    daemon
+        .eventually("the session's end", || async {
+            daemon.logs().contains("session ended")
+                && daemon.logs().contains("client sent a message")
+        })
+        .await;
 }

@@ -10,15 +10,15 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::support::{
-    self, claims, envelopectl_bin, testdata, ws_connect, Daemon, Options, START_BOUND, SUBJECT,
+    self, envelopectl_bin, testdata, ws_connect, Daemon, EnvelopeCmd, Tokens, MACHINE, START_BOUND,
+    SUBJECT,
 };
-use common::Signer;
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
+use testbed::Issuer;
 
 fn token_from(key: &str) -> String {
-    let key = common::jwk::load_private_key(&testdata(key)).unwrap();
-    Signer::new(key).sign(&claims(SUBJECT, 120)).unwrap()
+    Issuer::from_testdata(key, MACHINE, SUBJECT).token(120)
 }
 
 fn ctl(daemon: &Daemon, args: &[&str]) -> Output {
@@ -50,28 +50,21 @@ async fn answer(daemon: &Daemon, token: &str) -> u16 {
 }
 
 /// An envelope trusting the test EdDSA key and the keys in `rotating`.
-fn options(rotating: &Path) -> Options {
-    Options {
+fn options(rotating: &Path) -> EnvelopeCmd {
+    EnvelopeCmd {
         metrics: true,
-        ..Options::default()
+        ..EnvelopeCmd::default()
     }
     .arg(&format!("--verify-key={}", rotating.display()))
     .arg("--max-clients=10")
 }
 
 async fn wait_for_metric(daemon: &Daemon, line: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = daemon.metrics().await;
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {line:?} in\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon
+        .eventually(&format!("{line:?} in the metrics"), || async {
+            daemon.metrics().await.lines().any(|l| l == line)
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,9 +90,11 @@ async fn a_symlink_swap_reloads_the_keys_and_held_sessions_stay() {
 
     std::os::unix::fs::symlink("v2", dir.path().join("..data_tmp")).unwrap();
     std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
-    daemon.wait_for(Duration::from_secs(10), "the swap to be picked up", |d| {
-        kids(d).contains(&"insecure-rs256".to_owned())
-    });
+    daemon
+        .eventually("the swap to be picked up", || async {
+            tokio::task::block_in_place(|| kids(&daemon)).contains(&"insecure-rs256".to_owned())
+        })
+        .await;
 
     // The session opened under the old key is still held.
     assert!(
@@ -205,19 +200,15 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
 #[test]
 fn sighup_during_start_up_is_handled() {
     for tokens in [false, true] {
-        let fifo_dir = tempfile::tempdir().unwrap();
-        let journal = fifo_dir.path().join("journal");
+        // The recording firewall's journal is DIR/journal.
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
         nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let options = Options {
-            tokens,
-            record: false,
-            extra: vec![
-                "--firewall=record".into(),
-                format!("--firewall-journal={}", journal.display()),
-            ],
-            ..Options::default()
+        let options = EnvelopeCmd {
+            tokens: tokens.then(|| Tokens::test_key(MACHINE, SUBJECT)),
+            ..EnvelopeCmd::default()
         };
-        let (mut process, _dir) = Daemon::spawn_unready(&options);
+        let mut process = Daemon::spawn_unready(&options, dir.path());
         let first = process.wait_for_log("firewall backend", START_BOUND);
         first.unwrap_or_else(|e| panic!("{e}\n{}", process.logs()));
         process.signal(Signal::SIGHUP).unwrap();
@@ -248,12 +239,12 @@ fn sighup_during_start_up_is_handled() {
 
 #[test]
 fn sighup_without_verify_keys_does_not_stop_the_daemon() {
-    let daemon = Daemon::start(Options {
-        tokens: false,
-        ..Options::default()
+    let daemon = Daemon::start(EnvelopeCmd {
+        tokens: None,
+        ..EnvelopeCmd::default()
     });
     daemon.signal("HUP");
-    daemon.wait_for(Duration::from_secs(10), "the SIGHUP log line", |d| {
+    daemon.wait_for("the SIGHUP log line", |d| {
         d.logs().contains("SIGHUP: no --verify-key to reload")
     });
     let refused = ctl(&daemon, &["reload"]);

@@ -1,97 +1,59 @@
-//! Shared helpers for the envelope's integration tests: start the real binary
-//! (or, for tests that need no process of its own, the daemon in-process:
-//! [`in_process`]),
-//! mint tokens with the insecure test keys, connect real WebSocket clients over
-//! real TLS, and read what the recording firewall was asked to do.
+//! Shared helpers for the envelope's integration tests, over `testbed`'s test
+//! kit: the real binary started from [`EnvelopeCmd`] (or, for tests that need
+//! no process of its own, the daemon in-process: [`in_process`]), tokens from
+//! the insecure test key, real WebSocket clients over real TLS, what the
+//! recording firewall was asked to do, and waits that fail at once when the
+//! daemon has exited.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 mod in_process;
 
-use common::{Claims, Clock as _, Signer};
+use common::{Claims, Clock as _};
 use nix::sys::signal::Signal;
-use testbed::launcher::{Launch, Process};
+use testbed::envelope::{await_address, await_listening, envelope_command};
+use testbed::launcher::Process;
+use testbed::{Issuer, TimedOut, Wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-pub const MACHINE: &str = "mlab1-test0";
-pub const SUBJECT: &str = "ndt";
+pub use testbed::envelope::{EnvelopeCmd, Firewall, Tokens, MACHINE, START_BOUND, SUBJECT};
+pub use testbed::{testdata, EVENTUALLY};
+
 pub const SUBPROTOCOL: &str = "net.measurementlab.envelope";
 pub const ACCESS_PATH: &str = "/v0/envelope/access";
-
-pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(name)
-}
 
 pub fn now_unix() -> i64 {
     common::SystemClock.now_unix()
 }
 
+/// Tokens from the insecure test key the default [`EnvelopeCmd`] trusts.
+fn issuer() -> &'static Issuer {
+    static ISSUER: OnceLock<Issuer> = OnceLock::new();
+    ISSUER.get_or_init(|| Issuer::from_testdata("insecure-test-eddsa.jwk", MACHINE, SUBJECT))
+}
+
 /// Claims that pass every check, expiring `exp_in` seconds from now.
 pub fn claims(sub: &str, exp_in: i64) -> Claims {
-    let now = now_unix();
-    Claims::for_machine("locate", sub, MACHINE, now, now + exp_in)
+    issuer().claims_for(sub, exp_in)
 }
 
 pub fn sign(claims: &Claims) -> String {
-    let key = common::jwk::load_private_key(&testdata("insecure-test-eddsa.jwk")).unwrap();
-    Signer::new(key).sign(claims).unwrap()
+    issuer().sign(claims)
 }
 
 /// A valid token for this machine and subject.
 pub fn token() -> String {
-    sign(&claims(SUBJECT, 120))
-}
-
-/// How to start one envelope process.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub tls: bool,
-    pub tokens: bool,
-    pub record: bool,
-    pub fail_grants: bool,
-    pub listen: String,
-    pub metrics: bool,
-    /// Runs the envelope inside this network namespace (e.g. `NetPair::server`).
-    pub netns: Option<String>,
-    pub extra: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            tls: true,
-            tokens: true,
-            record: true,
-            fail_grants: false,
-            listen: "127.0.0.1:0".into(),
-            metrics: false,
-            netns: None,
-            extra: Vec::new(),
-            env: Vec::new(),
-        }
-    }
-}
-
-impl Options {
-    pub fn arg(mut self, arg: &str) -> Self {
-        self.extra.push(arg.to_owned());
-        self
-    }
-    pub fn args(mut self, args: &[&str]) -> Self {
-        self.extra.extend(args.iter().map(|a| a.to_string()));
-        self
-    }
+    issuer().token(120)
 }
 
 #[derive(Debug)]
@@ -99,9 +61,6 @@ enum Runner {
     Process(Process),
     InProcess(in_process::InProcess),
 }
-
-/// How long an envelope may take to say it listens.
-pub const START_BOUND: Duration = Duration::from_secs(20);
 
 /// A running envelope (a [`Process`] from `testbed`'s launcher, with its log in
 /// `dir/envelope.log`, or the daemon in this test process); killed or stopped on drop.
@@ -118,127 +77,43 @@ pub fn envelope_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_envelope"))
 }
 
-/// The envelopectl binary beside the envelope binary (`cargo test --workspace`
-/// builds it), built on demand when only this package's tests were asked for.
+/// The envelopectl binary (`cargo test --workspace` builds it; with `-p
+/// envelope` alone, build it first: the test says so).
 pub fn envelopectl_bin() -> PathBuf {
-    let path = envelope_bin().with_file_name("envelopectl");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "envelopectl"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building envelopectl failed");
-    }
-    path
+    testbed::workspace_bin("envelopectl")
 }
 
-/// The command line [`Options`] stand for, with the daemon's files in `dir`.
-fn daemon_args(options: &Options, dir: &Path) -> Vec<String> {
-    let mut args = vec![format!("--listen-address={}", options.listen)];
-    if !options
-        .extra
-        .iter()
-        .any(|a| a.starts_with("--admin-socket"))
-    {
-        args.push(format!(
-            "--admin-socket={}",
-            dir.join("admin.sock").display()
-        ));
-    }
-    if !options.extra.iter().any(|a| a.starts_with("--log-format")) {
-        args.push("--log-format=text".into());
-    }
-    args.push(
-        if options.metrics {
-            "--metrics-address=127.0.0.1:0"
-        } else {
-            "--metrics-address=off"
-        }
-        .into(),
-    );
-    if options.tls {
-        args.push(format!(
-            "--cert={}",
-            testdata("insecure-test-server.pem").display()
-        ));
-        args.push(format!(
-            "--key={}",
-            testdata("insecure-test-server.key").display()
-        ));
-    }
-    if options.tokens {
-        args.push(format!(
-            "--verify-key={}",
-            testdata("insecure-test-eddsa.jwk.pub").display()
-        ));
-        args.push(format!("--machine={MACHINE}"));
-        args.push(format!("--subject={SUBJECT}"));
-    } else {
-        args.push("--token-required=false".into());
-    }
-    if options.record {
-        args.push("--firewall=record".into());
-        args.push(format!(
-            "--firewall-journal={}",
-            dir.join("journal").display()
-        ));
-        if options.fail_grants {
-            args.push("--firewall-journal-fail-grants".into());
-        }
-    }
-    args.extend(options.extra.iter().cloned());
-    args
-}
-
-/// The envelope binary with the environment every test wants: info logs, and no
-/// admin socket inherited from the caller's environment.
-fn launch_envelope(log: PathBuf) -> Launch {
-    Launch::new(envelope_bin(), log)
-        .env("RUST_LOG", "info")
-        .env_remove("ENVELOPE_ADMIN_SOCKET")
-}
-
-/// Spawns the envelope with `args(dir)` and `env`, logging to
-/// `dir/envelope.log`, in `netns` when given.
-fn spawn_in(
+/// Spawns the envelope with `args` and `env`, logging to `dir/envelope.log`.
+fn spawn_with(
     dir: &Path,
     args: Vec<String>,
     env: impl IntoIterator<Item = (impl AsRef<OsStr>, impl AsRef<OsStr>)>,
-    netns: Option<&str>,
 ) -> Process {
-    let mut launch = launch_envelope(dir.join("envelope.log")).args(args);
-    if let Some(ns) = netns {
-        launch = launch.in_netns(ns);
-    }
-    for (k, v) in env {
-        launch = launch.env(k, v);
-    }
-    launch
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn envelope: {e}"))
+    let mut cmd = envelope_command(&envelope_bin(), None);
+    cmd.args(args).envs(env);
+    Process::spawn(cmd, &dir.join("envelope.log")).unwrap_or_else(|e| panic!("spawn envelope: {e}"))
 }
 
 impl Daemon {
-    pub fn start(options: Options) -> Daemon {
-        Self::try_start(options)
+    pub fn start(cmd: EnvelopeCmd) -> Daemon {
+        Self::try_start(cmd)
             .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
 
     /// Starts the envelope and waits (bounded) until it listens; on failure, why
     /// (`exited with …` when it quit) and its logs.
-    pub fn try_start(options: Options) -> Result<Daemon, (String, String)> {
-        let (process, dir) = Daemon::spawn_unready(&options);
-        Daemon::await_listening(process, dir, options.tls, options.metrics)
+    pub fn try_start(cmd: EnvelopeCmd) -> Result<Daemon, (String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let process = Daemon::spawn_unready(&cmd, dir.path());
+        Daemon::await_listening(process, dir, cmd.tls, cmd.metrics)
     }
 
-    /// The envelope spawned and not waited for, with its files in the returned
-    /// directory: for tests of what happens during start-up.
-    pub fn spawn_unready(options: &Options) -> (Process, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let args = daemon_args(options, dir.path());
-        let env = options.env.iter().map(|(k, v)| (k, v));
-        let process = spawn_in(dir.path(), args, env, options.netns.as_deref());
-        (process, dir)
+    /// The envelope spawned with its files in `dir` and not waited for: for
+    /// tests of what happens during start-up.
+    pub fn spawn_unready(cmd: &EnvelopeCmd, dir: &Path) -> Process {
+        let log = dir.join("envelope.log");
+        Process::spawn(cmd.command(&envelope_bin(), dir), &log)
+            .unwrap_or_else(|e| panic!("spawn envelope: {e}"))
     }
 
     /// Waits (bounded) for the listening line, and for the metrics one too
@@ -249,13 +124,10 @@ impl Daemon {
         tls: bool,
         metrics: bool,
     ) -> Result<Daemon, (String, String)> {
-        let mut listening = |message| match process.wait_for_address(message, START_BOUND) {
-            Ok(addr) => Ok(addr),
-            Err(e) => Err((e.to_string(), process.logs())),
-        };
-        let addr = listening("listen-address listening")?;
+        let failed = |e: testbed::envelope::NotStarted| (e.why.to_string(), e.logs);
+        let addr = await_listening(&mut process).map_err(failed)?;
         let metrics_addr = if metrics {
-            Some(listening("metrics-address listening")?)
+            Some(await_address(&mut process, "metrics-address listening").map_err(failed)?)
         } else {
             None
         };
@@ -271,18 +143,18 @@ impl Daemon {
     /// The daemon in this test process (`daemon::bind` on port 0, then
     /// `daemon::run`), for tests that need no process of its own: no signals,
     /// no environment, no netns, no log to read.
-    pub fn in_process(options: Options) -> Daemon {
+    pub fn in_process(cmd: EnvelopeCmd) -> Daemon {
         assert!(
-            options.netns.is_none() && options.env.is_empty(),
+            cmd.netns.is_none() && cmd.env.is_empty(),
             "a namespace or an environment needs a process: use Daemon::start"
         );
         let dir = tempfile::tempdir().unwrap();
-        let (runner, listening) = in_process::InProcess::start(&daemon_args(&options, dir.path()));
+        let (runner, listening) = in_process::InProcess::start(&cmd.command_line(dir.path()));
         Daemon {
             runner: Runner::InProcess(runner),
             addr: listening.access,
             metrics_addr: listening.metrics,
-            tls: options.tls,
+            tls: cmd.tls,
             dir,
         }
     }
@@ -344,25 +216,54 @@ impl Daemon {
             .collect()
     }
 
-    /// Polls `check` every 10 ms for up to `within`; gives up at once, saying
-    /// so, if the daemon's process has exited.
-    pub fn wait_for(&self, within: Duration, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + within;
+    /// Waits ([`EVENTUALLY`]) until `check` holds; gives up at once, saying
+    /// so, if the daemon's process has exited. Blocks the thread: in async
+    /// tests use [`Daemon::eventually`].
+    pub fn wait_for(&self, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
+        let wait = Wait::new(EVENTUALLY, what);
         while !check(self) {
-            let exited = matches!(&self.runner, Runner::Process(p) if p.has_exited());
-            assert!(
-                !exited && Instant::now() < deadline,
-                "{} waiting for {what}\njournal: {:?}\nlogs:\n{}",
-                if exited {
-                    "the envelope exited"
-                } else {
-                    "timed out"
-                },
-                self.journal(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            self.assert_running(what);
+            wait.pause().unwrap_or_else(|e| self.timed_out(e));
         }
+    }
+
+    /// [`Daemon::wait_for`] with an async check, for async tests: the runtime
+    /// runs meanwhile.
+    pub async fn eventually<F: Future<Output = bool>>(
+        &self,
+        what: &str,
+        mut check: impl FnMut() -> F,
+    ) {
+        let wait = Wait::new(EVENTUALLY, what);
+        while !check().await {
+            self.assert_running(what);
+            wait.pause_async()
+                .await
+                .unwrap_or_else(|e| self.timed_out(e));
+        }
+    }
+
+    /// Waits ([`EVENTUALLY`]) until the journal holds `line` `count` times.
+    pub async fn await_journal(&self, line: &str, count: usize) {
+        let what = format!("{count}× {line:?} in the journal");
+        self.eventually(&what, || async {
+            self.journal().iter().filter(|l| *l == line).count() >= count
+        })
+        .await
+    }
+
+    fn assert_running(&self, what: &str) {
+        let exited = matches!(&self.runner, Runner::Process(p) if p.has_exited());
+        assert!(
+            !exited,
+            "the envelope exited waiting for {what}\njournal: {:?}\nlogs:\n{}",
+            self.journal(),
+            self.logs()
+        );
+    }
+
+    fn timed_out(&self, e: TimedOut) -> ! {
+        panic!("{e}\njournal: {:?}\nlogs:\n{}", self.journal(), self.logs())
     }
 
     /// Sends the signal named without its `SIG` (`"HUP"`, `"KILL"`, …).
@@ -569,8 +470,7 @@ impl Daemon {
         tls: bool,
     ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let env = env.iter().copied();
-        let process = spawn_in(dir.path(), args(dir.path()), env, None);
+        let process = spawn_with(dir.path(), args(dir.path()), env.iter().copied());
         Daemon::await_listening(process, dir, tls, false)
             .unwrap_or_else(|(e, logs)| panic!("envelope did not start: {e}\n{logs}"))
     }
@@ -580,10 +480,8 @@ impl Daemon {
 /// status and stderr (panics if it is still running after 15 s).
 pub fn run_expecting_exit(args: &[String]) -> (ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut process = launch_envelope(dir.path().join("envelope.log"))
-        .args(args)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn envelope: {e}"));
+    let no_env: [(&str, &str); 0] = [];
+    let mut process = spawn_with(dir.path(), args.to_vec(), no_env);
     match process.wait_exit(Duration::from_secs(15)) {
         Ok(status) => (status, process.logs()),
         Err(e) => panic!("envelope {args:?}: {e}\n{}", process.logs()),
@@ -593,7 +491,7 @@ pub fn run_expecting_exit(args: &[String]) -> (ExitStatus, String) {
 /// The shell lines (comments stripped) of the ```sh blocks in a doc under the
 /// workspace root: the first block after `heading`, or every block when `None`.
 pub fn doc_commands(doc: &str, heading: Option<&str>) -> Vec<String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(doc))
+    let text = std::fs::read_to_string(testbed::workspace().join(doc))
         .unwrap_or_else(|e| panic!("{doc}: {e}"));
     let text = match heading {
         Some(h) => &text[text.find(h).unwrap_or_else(|| panic!("{h} in {doc}"))..],

@@ -3,21 +3,18 @@
 
 use std::time::Duration;
 
-use common::admin::{Lifecycle, DRAIN_PATH, RESUME_PATH};
-use hyper::Method;
+use common::admin::Lifecycle;
+use envelopectl::{Client, CtlError};
 
 use super::human;
-use crate::client::{Client, CtlError};
 
 pub async fn drain(client: &Client) -> Result<(), CtlError> {
-    let state: Lifecycle = client.call(Method::POST, DRAIN_PATH).await?;
-    println!("{}", describe(&state));
+    println!("{}", describe(&client.drain().await?));
     Ok(())
 }
 
 pub async fn resume(client: &Client) -> Result<(), CtlError> {
-    let state: Lifecycle = client.call(Method::POST, RESUME_PATH).await?;
-    println!("{}", describe(&state));
+    println!("{}", describe(&client.resume().await?));
     Ok(())
 }
 

@@ -1,11 +1,10 @@
 //! `envelopectl list [--json]`.
 
 use common::admin::{Grant, GRANTS_PATH};
-use hyper::Method;
+use envelopectl::{Client, CtlError};
 use time::OffsetDateTime;
 
 use super::human;
-use crate::client::{Client, CtlError};
 
 pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
     if json {
@@ -13,7 +12,7 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
         println!("{value}");
         return Ok(());
     }
-    let grants: Vec<Grant> = client.call(Method::GET, GRANTS_PATH).await?;
+    let grants = client.grants().await?;
     print!("{}", table(&grants, OffsetDateTime::now_utc()));
     Ok(())
 }

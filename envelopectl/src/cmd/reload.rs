@@ -2,13 +2,10 @@
 //! again, each all or nothing; exit 0 with what is now in force, 1 with the
 //! reason when one was refused.
 
-use common::admin::{Reloaded, RELOAD_PATH};
-use hyper::Method;
-
-use crate::client::{Client, CtlError};
+use envelopectl::{Client, CtlError};
 
 pub async fn run(client: &Client) -> Result<(), CtlError> {
-    let reloaded: Reloaded = client.call(Method::POST, RELOAD_PATH).await?;
+    let reloaded = client.reload().await?;
     println!("reloaded; keys in force: {}", reloaded.kids.join(", "));
     if let Some(cert) = &reloaded.certificate {
         println!(

@@ -3,10 +3,8 @@
 
 use std::net::IpAddr;
 
-use common::admin::{Revoked, GRANTS_PATH};
-use hyper::Method;
-
-use crate::client::{Client, CtlError};
+use common::admin::GRANTS_PATH;
+use envelopectl::{Client, CtlError};
 
 pub async fn run(client: &Client, target: Option<&str>, all: bool) -> Result<(), CtlError> {
     let path = match (target, all) {
@@ -26,7 +24,7 @@ pub async fn run(client: &Client, target: Option<&str>, all: bool) -> Result<(),
             ))
         }
     };
-    let revoked: Revoked = client.call(Method::DELETE, &path).await?;
+    let revoked = client.revoke(&path).await?;
     if revoked.revoked.is_empty() {
         println!("no live grants to revoke");
     } else {

@@ -1,17 +1,16 @@
 //! `envelopectl status [--json]`.
 
-use common::admin::{Status, STATUS_PATH};
-use hyper::Method;
+use common::admin::STATUS_PATH;
+use envelopectl::{Client, CtlError};
 
 use super::human;
-use crate::client::{Client, CtlError};
 
 pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
     if json {
         println!("{}", client.get_json(STATUS_PATH).await?);
         return Ok(());
     }
-    let s: Status = client.call(Method::GET, STATUS_PATH).await?;
+    let s = client.status().await?;
     println!("version:          {}", s.version);
     println!("machine:          {}", s.machine.as_deref().unwrap_or("-"));
     println!("subject:          {}", s.subject.as_deref().unwrap_or("-"));

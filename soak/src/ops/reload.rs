@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use testbed::Wait;
 use tokio::time::Instant;
 
 use super::{Driver, Mismatch};
@@ -20,10 +21,11 @@ impl Driver<'_> {
                 .expect("running")
                 .signal(Signal::SIGHUP);
         } else {
-            self.lab.reload()?;
+            self.lab.reload().await?;
         }
         // SIGHUP (and the file watch) act asynchronously: poll, bounded.
-        let until = Instant::now() + Duration::from_secs(5);
+        let wait = Wait::new(Duration::from_secs(5), "the old key refused")
+            .every(Duration::from_millis(100));
         loop {
             let asked = unix_now();
             let sent = Instant::now();
@@ -40,9 +42,7 @@ impl Driver<'_> {
                         "an old key's token still accepted after POST /v1/reload",
                     ))
                 }
-                Some(101 | 503) if Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
+                Some(101 | 503) if wait.pause_async().await.is_ok() => {}
                 got => {
                     return Err(Mismatch::new(format!(
                         "old key after reload: answer {got:?}, want 401\n{}",

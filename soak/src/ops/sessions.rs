@@ -50,7 +50,7 @@ impl Driver<'_> {
             Upgrade::Refused(status) => return Ok(Some(status)),
             Upgrade::Session(ws) => ws,
         };
-        let grants = self.lab.grants()?;
+        let grants = self.lab.grants().await?;
         let known: Vec<u64> = self.model.sessions.iter().map(|s| s.id).collect();
         let Some(grant) = grants
             .iter()
@@ -89,13 +89,13 @@ impl Driver<'_> {
     }
 
     /// A revoke through the admin API of every model session `which` selects.
-    pub(super) fn revoke_where(
+    pub(super) async fn revoke_where(
         &mut self,
         path: &str,
         which: impl Fn(&Session) -> bool,
     ) -> Result<(), Mismatch> {
         let now = Instant::now();
-        let revoked = self.lab.revoke(path)?;
+        let revoked = self.lab.revoke(path).await?;
         let mut must = Vec::new();
         let mut may = Vec::new();
         for s in self.model.sessions.iter().filter(|s| which(s)) {
