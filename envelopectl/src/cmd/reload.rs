@@ -6,7 +6,11 @@ use envelopectl::{Client, CtlError};
 
 pub async fn run(client: &Client) -> Result<(), CtlError> {
     let reloaded = client.reload().await?;
-    println!("reloaded; keys in force: {}", reloaded.kids.join(", "));
+    if reloaded.kids.is_empty() {
+        println!("reloaded; no verify keys");
+    } else {
+        println!("reloaded; keys in force: {}", reloaded.kids.join(", "));
+    }
     if let Some(cert) = &reloaded.certificate {
         println!(
             "certificate in force: {}",
