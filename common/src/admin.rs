@@ -13,6 +13,8 @@ pub const GRANTS_PATH: &str = "/v1/grants";
 pub const STATUS_PATH: &str = "/v1/status";
 /// `POST` reloads the verify keys (all or nothing).
 pub const RELOAD_PATH: &str = "/v1/reload";
+/// `GET` reads the audit events (NDJSON): `?since=SEQ&follow=1&type=T,…&subnet=CIDR`.
+pub const EVENTS_PATH: &str = "/v1/events";
 /// `POST` stops taking new clients (lame duck) without stopping.
 pub const DRAIN_PATH: &str = "/v1/drain";
 /// `POST` takes new clients again after a drain.
@@ -81,6 +83,9 @@ pub struct Status {
     /// Whether new clients are taken, and while stopping how long is left.
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// This start's id, as every event carries it (`/v1/events`).
+    #[serde(default)]
+    pub boot: String,
 }
 
 /// `serving`, `draining` (an operator's drain) or `stopping` (a SIGTERM's
@@ -146,12 +151,16 @@ pub struct Reloaded {
 #[serde(deny_unknown_fields)]
 pub struct ApiError {
     pub errors: Vec<String>,
+    /// With `410 Gone` from `/v1/events`: the oldest seq still held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_seq: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(message: impl Into<String>) -> ApiError {
         ApiError {
             errors: vec![message.into()],
+            oldest_seq: None,
         }
     }
 
@@ -159,6 +168,7 @@ impl ApiError {
     pub fn from_chain(error: &(dyn std::error::Error + 'static)) -> ApiError {
         ApiError {
             errors: crate::chain::causes(error).map(|e| e.to_string()).collect(),
+            oldest_seq: None,
         }
     }
 }

@@ -340,6 +340,42 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
 /// The JOSE header. Derived, so a duplicate known member is an error; other
 /// members are ignored. Presence-only members use `IgnoredAny` so that any type
 /// (including `null`) counts as present.
+impl Rejection {
+    /// Whether the token's signature had been verified when it was refused:
+    /// its claims were read from a payload the key signed, so they can be
+    /// reported (see [`payload_ids`]).
+    pub fn after_signature(self) -> bool {
+        matches!(
+            self,
+            Rejection::Expired
+                | Rejection::NotYetValid
+                | Rejection::IssuedInFuture
+                | Rejection::WrongIssuer
+                | Rejection::WrongAudience
+        )
+    }
+}
+
+/// The `jti` and `sub` of a token's payload, read without any check: only for
+/// reporting on a token whose signature was verified (a token that passed, or
+/// one refused [`after_signature`](Rejection::after_signature)).
+pub fn payload_ids(token: &str) -> (Option<String>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Ids {
+        jti: Option<String>,
+        sub: Option<String>,
+    }
+    if token.len() > Verifier::MAX_TOKEN_BYTES {
+        return (None, None);
+    }
+    let ids = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|json| serde_json::from_slice::<Ids>(&json).ok());
+    ids.map_or((None, None), |ids| (ids.jti, ids.sub))
+}
+
 /// The `kid` a token's header names, as it says it (not verified): for
 /// metrics and logs that say which key a token used or asked for. `None` when
 /// the header cannot be read or has no string `kid`.

@@ -20,6 +20,8 @@
 //! - [`firewall`]: the policy-level firewall trait, its backends, and the
 //!   choice among them.
 //! - [`server`]: the one accept loop (TCP, TLS, unix socket) with its bounds.
+//! - [`events`]: one place where happenings become events: the log line, the
+//!   metrics, and the stream `/v1/events` serves.
 //! - Leaves: [`http`] (reply types, peer extensions, path matching),
 //!   [`lifecycle`] (serving, draining or stopping, shared by everyone who
 //!   asks), [`metrics`] (the registry), [`tls`], [`logging`].
@@ -31,6 +33,7 @@ pub mod access;
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod exporter;
 pub mod firewall;
 pub mod grants;

@@ -71,6 +71,12 @@ pub struct Metrics {
     pub verify_keys: Family<KeyLabels, Gauge>,
     pub tokens_accepted: Family<KidLabels, Counter>,
     pub certificate_expiry: Gauge,
+    pub events: Family<TypeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +189,12 @@ impl Metrics {
             "notAfter of the TLS leaf certificate in force, as a Unix time (0 when serving plain HTTP)",
             certificate_expiry.clone(),
         );
+        let events = Family::<TypeLabels, Counter>::default();
+        registry.register(
+            "envelope_events",
+            "Audit events by type (see GET /v1/events)",
+            events.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -199,6 +211,7 @@ impl Metrics {
             verify_keys,
             tokens_accepted,
             certificate_expiry,
+            events,
         }
     }
 
@@ -229,6 +242,12 @@ impl Metrics {
             .get_or_create(&KidLabels {
                 kid: kid.to_owned(),
             })
+            .inc();
+    }
+
+    pub fn count_event(&self, kind: &'static str) {
+        self.events
+            .get_or_create(&TypeLabels { r#type: kind })
             .inc();
     }
 

@@ -5,8 +5,9 @@
 //! what it belongs to. Each reload reads the files off the runtime under a
 //! time bound and puts the result in force only if it loaded whole in time: a
 //! file that hangs or fails keeps what is in force, and nothing else in the
-//! daemon ever waits on it. Every outcome is one log line and a count in
-//! `envelope_key_reloads_total{what,trigger,result}`.
+//! daemon ever waits on it. Every outcome is one event (`keys.reloaded`,
+//! `certificate.reloaded`: its log line, and a count in
+//! `envelope_key_reloads_total{what,trigger,result}`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Event, Events};
 use crate::keys::{KeySet, Keys};
 use crate::metrics::Metrics;
 use crate::tls::{Certificates, LoadedCert};
@@ -64,6 +66,7 @@ pub struct Reloader {
     keys: Option<Arc<Keys>>,
     certs: Option<Arc<Certificates>>,
     metrics: Arc<Metrics>,
+    events: Events,
     /// One reload at a time, so two triggers cannot race their swaps.
     one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
@@ -73,11 +76,13 @@ impl Reloader {
         keys: Option<Arc<Keys>>,
         certs: Option<Arc<Certificates>>,
         metrics: Arc<Metrics>,
+        events: Events,
     ) -> Reloader {
         Reloader {
             keys,
             certs,
             metrics,
+            events,
             one_at_a_time: Arc::default(),
         }
     }
@@ -99,22 +104,38 @@ impl Reloader {
         let _one = self.one_at_a_time.lock().await;
         let mut reloaded = Reloaded::default();
         if let Some(current) = self.keys.clone().filter(|_| keys) {
+            let before: Vec<String> = current
+                .current()
+                .keys
+                .iter()
+                .map(|k| k.kid.clone())
+                .collect();
             let loader = current.clone();
             let result = off_runtime(READ_BOUND, move || Ok(loader.load_again()?))
                 .await
                 .map(|set| current.install(set));
-            match &result {
-                Ok(set) => {
-                    tracing::info!(trigger = trigger.label(), kids = ?set.kids(), "verify keys reloaded");
-                }
-                Err(e) => tracing::warn!(
-                    trigger = trigger.label(),
-                    error = %format!("{e:#}"),
-                    "verify keys reload refused; the old keys stay in force"
-                ),
-            }
-            self.metrics
-                .count_reload("keys", trigger.label(), result.is_ok());
+            let kids: Vec<String> = current
+                .current()
+                .keys
+                .iter()
+                .map(|k| k.kid.clone())
+                .collect();
+            self.events.emit(Event::KeysReloaded {
+                trigger: trigger.label(),
+                result: if result.is_ok() { "success" } else { "refused" },
+                added: kids
+                    .iter()
+                    .filter(|k| !before.contains(k))
+                    .cloned()
+                    .collect(),
+                removed: before
+                    .iter()
+                    .filter(|k| !kids.contains(k))
+                    .cloned()
+                    .collect(),
+                kids,
+                error: result.as_ref().err().map(|e| format!("{e:#}")),
+            });
             reloaded.keys = Some(result);
         }
         if let Some(current) = self.certs.clone().filter(|_| certificate) {
@@ -122,24 +143,15 @@ impl Reloader {
             let result = off_runtime(READ_BOUND, move || files.load())
                 .await
                 .map(|loaded| current.install(loaded));
-            match &result {
-                Ok(loaded) => {
-                    tracing::info!(
-                        trigger = trigger.label(),
-                        subject = %loaded.leaf.subject,
-                        serial = %loaded.leaf.serial,
-                        not_after = %loaded.leaf.not_after,
-                        "certificate reloaded"
-                    );
-                }
-                Err(e) => tracing::warn!(
-                    trigger = trigger.label(),
-                    error = %format!("{e:#}"),
-                    "certificate reload refused; the old certificate stays in force"
-                ),
-            }
-            self.metrics
-                .count_reload("certificate", trigger.label(), result.is_ok());
+            let leaf = result.as_ref().ok().map(|loaded| loaded.leaf.clone());
+            self.events.emit(Event::CertificateReloaded {
+                trigger: trigger.label(),
+                result: if result.is_ok() { "success" } else { "refused" },
+                subject: leaf.as_ref().map(|l| l.subject.clone()),
+                serial: leaf.as_ref().map(|l| l.serial.clone()),
+                not_after: leaf.map(|l| l.not_after),
+                error: result.as_ref().err().map(|e| format!("{e:#}")),
+            });
             reloaded.certificate = Some(result);
         }
         self.publish();
@@ -282,6 +294,7 @@ mod tests {
             Some(keys(testdata("insecure-test-eddsa.jwk.pub"))),
             Some(Arc::new(certs)),
             metrics.clone(),
+            Events::new(16, metrics.clone()),
         );
         let reloaded = reloader.reload(Trigger::Admin).await;
         assert!(reloaded.keys.unwrap().is_ok() && reloaded.certificate.unwrap().is_ok());
@@ -292,7 +305,7 @@ mod tests {
             );
             assert!(text.contains(&line), "{line}\n{text}");
         }
-        let nothing = Reloader::new(None, None, metrics);
+        let nothing = Reloader::new(None, None, metrics.clone(), Events::new(16, metrics));
         assert!(nothing.reload(Trigger::Sighup).await.is_empty());
     }
 
@@ -309,7 +322,13 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        let reloader = Reloader::new(Some(keys.clone()), None, Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let reloader = Reloader::new(
+            Some(keys.clone()),
+            None,
+            metrics.clone(),
+            Events::new(16, metrics),
+        );
         let started = std::time::Instant::now();
         let err = reloader
             .reload(Trigger::File)

@@ -6,7 +6,7 @@
 //! polite close.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::events::{Event, Events};
+use crate::firewall::Subnet;
 use crate::grants::{EndReason, Lease};
 use crate::logging::chain;
 
@@ -24,13 +26,28 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The opcode of a Close frame (RFC 6455 §5.2), in a frame's first byte.
 const OPCODE_CLOSE: u8 = 0x8;
 
-pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
-    let started = Instant::now();
+/// Holds the session until it ends, then reports its `grant.closed` event.
+pub async fn hold(upgrade: OnUpgrade, lease: Lease, peer: SocketAddr, events: Events) {
+    let id = lease.id();
+    let (reason, held_for) = held(upgrade, lease, peer).await;
+    let ip = peer.ip().to_canonical();
+    events.emit(Event::GrantClosed {
+        grant: id,
+        peer: ip,
+        subnet: Subnet::of_client(ip).to_string(),
+        reason,
+        held_ms: held_for.as_millis() as u64,
+    });
+}
+
+/// The session itself: why it ended, as `grant.closed` names it, and how
+/// long the grant was held (until the lease was let go).
+async fn held(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) -> (&'static str, Duration) {
     let upgraded = match upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::warn!(%peer, grant = lease.id(), error = %chain(&e), "upgrade failed; grant released");
-            return;
+            return ("connection-error", lease.granted_at().elapsed());
         }
     };
     // Clients have nothing to send and any frame ends the session, so thousands of
@@ -49,16 +66,15 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
     let ending = tokio::select! {
         why = lease.ended() => Ending::Server(why),
         got = io.read(&mut first) => Ending::Client(match got {
-            Ok(0) => "connection lost",
+            Ok(0) | Err(_) => "connection-error",
             Ok(n) => {
                 read = n;
                 if first[0] & 0x0f == OPCODE_CLOSE {
-                    "client closed"
+                    "client-closed"
                 } else {
-                    "client sent a message"
+                    "client-sent-data"
                 }
             }
-            Err(_) => "connection error",
         }),
     };
     // What was read goes back in front of the stream for the close handshake.
@@ -69,14 +85,15 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
         Some(config),
     )
     .await;
-    let id = lease.id();
+    let held_for = lease.granted_at().elapsed();
     drop(lease);
     let reason = match ending {
         Ending::Server(why) => {
-            let (code, text) = match why {
-                EndReason::Deadline => (CloseCode::Normal, "deadline"),
-                EndReason::Revoked => (CloseCode::Policy, "revoked"),
-                EndReason::Shutdown => (CloseCode::Away, "going away"),
+            let (code, text, reason) = match why {
+                EndReason::Deadline => (CloseCode::Normal, "deadline", "deadline"),
+                EndReason::Revoked => (CloseCode::Policy, "revoked", "revoked"),
+                EndReason::Shutdown => (CloseCode::Away, "going away", "shutdown"),
+                EndReason::DrainTimeout => (CloseCode::Away, "going away", "drain-timeout"),
             };
             let frame = CloseFrame {
                 code,
@@ -92,7 +109,7 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
                 Ok::<(), tokio_tungstenite::tungstenite::Error>(())
             })
             .await;
-            text
+            reason
         }
         Ending::Client(what) => {
             // Reading on drives tungstenite's queued answer to the client's Close
@@ -105,7 +122,7 @@ pub async fn hold(upgrade: OnUpgrade, mut lease: Lease, peer: SocketAddr) {
             what
         }
     };
-    tracing::info!(%peer, grant = id, reason, held_ms = started.elapsed().as_millis() as u64, "session ended");
+    (reason, held_for)
 }
 
 enum Ending {

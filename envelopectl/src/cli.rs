@@ -45,6 +45,25 @@ pub enum Command {
     Drain,
     /// Take new clients again after a drain.
     Resume,
+    /// Show the audit events (a table, or NDJSON with --json); -f follows.
+    Events {
+        /// Keep following new events until interrupted (resuming across
+        /// reconnects; a restarted envelope is said to have lost the history).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events after this seq.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// Only these event types (comma-separated, e.g. grant.opened,access.refused).
+        #[arg(long = "type", value_name = "T,…")]
+        kinds: Option<String>,
+        /// Only events about a subnet inside this network (e.g. 198.18.7.0/24).
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<String>,
+        /// Print NDJSON (for scripts) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the envelope's version, configuration summary and occupancy.
     Status {
         /// Print JSON (for scripts) instead of text.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use common::admin::{
-    ApiError, Grant, Lifecycle, Reloaded, Revoked, Status, DRAIN_PATH, GRANTS_PATH, RELOAD_PATH,
-    RESUME_PATH, STATUS_PATH,
+    ApiError, Grant, Lifecycle, Reloaded, Revoked, Status, DRAIN_PATH, EVENTS_PATH, GRANTS_PATH,
+    RELOAD_PATH, RESUME_PATH, STATUS_PATH,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
@@ -139,8 +139,66 @@ impl Client {
         Ok(String::from_utf8_lossy(&body).trim_end().to_owned())
     }
 
+    /// `GET /v1/events?QUERY`: calls `line` with each NDJSON line as it
+    /// arrives (while following, until the envelope ends the stream); stops
+    /// early when `line` says so.
+    pub async fn events(
+        &self,
+        query: &str,
+        mut line: impl FnMut(&str) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), CtlError> {
+        let path = format!("{EVENTS_PATH}?{query}");
+        let response = self.send(Method::GET, &path).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| CtlError::Protocol(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CtlError::Protocol(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let text: Vec<u8> = pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&text[..end]);
+                if line(&text).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends one request; a non-2xx answer becomes [`CtlError::Api`].
     async fn call_raw(&self, method: Method, path_and_query: &str) -> Result<Bytes, CtlError> {
+        let response = self.send(method, path_and_query).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CtlError::Protocol(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(body)
+    }
+
+    /// Sends one request over a fresh connection; the answer's head.
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CtlError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -163,28 +221,22 @@ impl Client {
             .header(hyper::header::HOST, "envelope")
             .body(Empty::<Bytes>::new())
             .map_err(|e| CtlError::Protocol(e.to_string()))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .map_err(|e| CtlError::Protocol(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| CtlError::Protocol(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let errors = serde_json::from_slice::<ApiError>(&body)
-                .map(|e| e.errors)
-                .unwrap_or_else(|_| {
-                    vec![format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    )]
-                });
-            return Err(CtlError::Api { status, errors });
-        }
-        Ok(body)
+            .map_err(|e| CtlError::Protocol(e.to_string()))
     }
+}
+
+/// A refusal's body as the error an operator reads.
+fn api_error(status: StatusCode, body: &[u8]) -> CtlError {
+    let errors = serde_json::from_slice::<ApiError>(body)
+        .map(|e| e.errors)
+        .unwrap_or_else(|_| {
+            vec![format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            )]
+        });
+    CtlError::Api { status, errors }
 }

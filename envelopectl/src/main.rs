@@ -35,6 +35,22 @@ fn main() -> ExitCode {
             Command::Reload => cmd::reload::run(&client).await,
             Command::Drain => cmd::lifecycle::drain(&client).await,
             Command::Resume => cmd::lifecycle::resume(&client).await,
+            Command::Events {
+                follow,
+                since,
+                kinds,
+                subnet,
+                json,
+            } => {
+                let ask = cmd::events::Ask {
+                    follow,
+                    since,
+                    kinds,
+                    subnet,
+                    json,
+                };
+                cmd::events::run(&client, ask).await
+            }
         }
     });
     match result {

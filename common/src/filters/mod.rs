@@ -42,8 +42,8 @@ pub use custom::NoCustomClaims;
 pub use denied::{handle_rejection, Denied};
 pub use replay::{ReplayCache, Reservation, DEFAULT_CAP as DEFAULT_REPLAY_CAP};
 pub use token::{
-    access_token, optional_access_token, raw_query, AccessPolicy, Verified, VerifierSource,
-    MONITORING_SUBJECT,
+    access_token, optional_access_token, raw_query, token_in_query, AccessPolicy, Verified,
+    VerifierSource, MONITORING_SUBJECT,
 };
 pub use txrate::{
     read_tx_bytes, transmit_rate, transmit_rate_unless_exempt, TxError, TxExempt, TxGate,

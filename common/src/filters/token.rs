@@ -165,6 +165,12 @@ pub fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallibl
         .unify()
 }
 
+/// The `access_token` of a raw query, if there is exactly one: for reports
+/// about a request the filters refused (its kid, and its ids once verified).
+pub fn token_in_query(query: Option<&str>) -> Option<String> {
+    single_access_token(query).ok().flatten()
+}
+
 /// The one `access_token` value of a query string; refused when it appears twice
 /// (under any percent-encoding of its name).
 fn single_access_token(query: Option<&str>) -> Result<Option<String>, Denied> {

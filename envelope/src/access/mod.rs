@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::filters::{
-    self, AccessPolicy, NoCustomClaims, ReplayCache, Reservation, TxExempt, TxGate, Verified,
-    VerifierSource,
+    self, AccessPolicy, Denied, NoCustomClaims, ReplayCache, Reservation, TxExempt, TxGate,
+    Verified, VerifierSource,
 };
 use common::Clock as _;
 use tokio_util::task::TaskTracker;
@@ -22,6 +22,8 @@ use warp::http::Method;
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
+use crate::events::{client_text, Counted, Event, Events, TokenFacts};
+use crate::firewall::Subnet;
 use crate::grants::{GrantRequest, Grants};
 use crate::http::{exact_path, peer, PeerAddr, Reply};
 use crate::keys::Keys;
@@ -58,6 +60,7 @@ pub struct Access {
     pub tx_gate: Option<Arc<TxGate>>,
     pub tls: bool,
     pub sessions: TaskTracker,
+    pub events: Events,
 }
 
 /// The reloadable verify keys as the token filter's source: each request
@@ -112,15 +115,59 @@ pub fn routes(app: Arc<Access>) -> impl Filter<Extract = (Reply,), Error = Infal
             handshake,
         });
     let (admit_app, refuse_app) = (app.clone(), app.clone());
+    // Every outcome is reported once: `admit` reports grants and the refusals
+    // of the grant owner; a filter's refusal is reported here, with what the
+    // token said as far as it got.
     let access = filters::transmit_rate_unless_exempt(app.tx_gate.clone(), checked)
         .and(peer())
         .then(move |checked, peer| admit(admit_app.clone(), checked, peer))
+        .map(Ok)
         .recover(|rejection| std::future::ready(Ok::<_, Infallible>(Err(Refusal::from(rejection)))))
-        .unify()
-        .map(move |answer: Result<Reply, Refusal>| {
-            answer.unwrap_or_else(|refusal| refusal.respond(&refuse_app.metrics, refuse_app.tls))
-        });
+        .unify();
+    let access = warp::ext::optional::<PeerAddr>()
+        .and(filters::raw_query())
+        .and(access)
+        .map(
+            move |peer: Option<PeerAddr>, query: Option<String>, answer: Result<Reply, Refusal>| {
+                answer.unwrap_or_else(|refusal| {
+                    if let Some(peer) = peer {
+                        let token = filters::token_in_query(query.as_deref());
+                        refuse_app.report_refusal(
+                            &refusal,
+                            peer.0,
+                            filter_facts(&refusal, token.as_deref()),
+                        );
+                    }
+                    refusal.respond()
+                })
+            },
+        );
     logged(app.metrics.clone(), access)
+}
+
+/// What a refused token said, as far as it got: the kid its header names,
+/// and its `jti` and `sub` once its signature was verified.
+fn filter_facts(refusal: &Refusal, token: Option<&str>) -> (TokenFacts, Counted) {
+    let Some(token) = token else {
+        return (TokenFacts::default(), refusal.counted_by_filters());
+    };
+    let verified = match refusal {
+        Refusal::Denied(Denied::InvalidToken(rejection)) => rejection.after_signature(),
+        Refusal::Denied(
+            Denied::WrongSubject | Denied::Replayed | Denied::MissingJti | Denied::ReplayCacheFull,
+        ) => true,
+        _ => false,
+    };
+    let kid = common::verify::token_kid(token);
+    let (jti, sub) = if verified {
+        common::verify::payload_ids(token)
+    } else {
+        (None, None)
+    };
+    (
+        TokenFacts::new(kid.as_deref(), jti.as_deref(), sub.as_deref()),
+        refusal.counted_by_filters(),
+    )
 }
 
 /// With `--single-use-tokens`, reserves the token's `jti` right after the token
@@ -139,44 +186,66 @@ fn single_use(
     }
 }
 
-/// Every check passed: take a slot, put the grant in the kernel, then answer 101.
-async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Result<Reply, Refusal> {
+/// Every check passed: take a slot, put the grant in the kernel, then answer
+/// 101. Reports the grant, or the grant owner's refusal.
+async fn admit(app: Arc<Access>, checked: Checked, peer: SocketAddr) -> Reply {
     let Checked {
         token,
         reservation,
         handshake,
     } = checked;
-    if let Some(token) = &token {
-        app.metrics.count_token(PATH, true, "valid");
-        app.metrics.count_token_accepted(&token.kid);
-    }
-    if app.tx_gate.is_some() {
-        app.metrics.count_tx(true, app.tls);
-    }
+    let counted = Counted {
+        token: token.as_ref().map(|_| "valid"),
+        tx: app.tx_gate.as_ref().map(|_| true),
+        tls: app.tls,
+    };
+    let facts = token.as_ref().map_or_else(TokenFacts::default, |v| {
+        TokenFacts::new(Some(&v.kid), v.claims.jti.as_deref(), Some(&v.claims.sub))
+    });
     let monitoring = token.as_ref().is_some_and(Verified::is_monitoring);
     let (subject, exp) = match token {
         Some(v) => (v.claims.sub, Some(v.claims.exp)),
         None => (String::new(), None),
     };
+    let hold = app.hold_for(exp);
     let request = GrantRequest {
         peer: peer.ip().to_canonical(),
-        subject,
+        subject: subject.clone(),
         monitoring,
-        deadline: tokio::time::Instant::now() + app.hold_for(exp),
+        deadline: tokio::time::Instant::now() + hold,
     };
-    let lease = app.grants.acquire(request).await?;
+    let lease = match app.grants.acquire(request).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            let refusal = Refusal::Grant(e);
+            app.report_refusal(&refusal, peer, (facts, counted));
+            return refusal.respond();
+        }
+    };
     // Granted: a single-use token is now used for good.
     if let Some(reservation) = reservation {
         reservation.commit();
     }
+    let ip = peer.ip().to_canonical();
+    app.events.emit(Event::GrantOpened {
+        grant: lease.id(),
+        peer: ip,
+        subnet: Subnet::of_client(ip).to_string(),
+        subject: client_text(&subject),
+        monitoring,
+        token: facts,
+        deadline: time::OffsetDateTime::now_utc() + hold,
+        counted,
+    });
     // The upgrade completes after this response is written; if it never does,
     // the session drops the lease and the grant is released.
-    app.sessions
-        .spawn(session::hold(handshake.upgrade, lease, peer));
-    Ok(upgrade::switching_protocols(
-        &handshake.accept_key,
-        handshake.subprotocol,
-    ))
+    app.sessions.spawn(session::hold(
+        handshake.upgrade,
+        lease,
+        peer,
+        app.events.clone(),
+    ));
+    upgrade::switching_protocols(&handshake.accept_key, handshake.subprotocol)
 }
 
 /// One log line and one status count per request; the query (token) is never logged.
@@ -216,6 +285,27 @@ where
 }
 
 impl Access {
+    /// One `access.refused` event (its log line and its counts).
+    fn report_refusal(
+        &self,
+        refusal: &Refusal,
+        peer: SocketAddr,
+        (token, counted): (TokenFacts, Counted),
+    ) {
+        let ip = peer.ip().to_canonical();
+        self.events.emit(Event::AccessRefused {
+            reason: refusal.label(),
+            status: refusal.status().as_u16(),
+            peer: ip,
+            subnet: Subnet::of_client(ip).to_string(),
+            token,
+            counted: Counted {
+                tls: self.tls,
+                ..counted
+            },
+        });
+    }
+
     /// max(exp − now, timeout), capped by max-hold; exact to the sub-second, so
     /// a token-set deadline falls on `exp` itself.
     fn hold_for(&self, exp: Option<i64>) -> Duration {
@@ -251,11 +341,13 @@ mod tests {
 
     fn access(timeout: u64, max_hold: u64) -> Access {
         let metrics = Arc::new(Metrics::new());
+        let events = crate::events::Events::new(16, metrics.clone());
         let (grants, _) = crate::grants::Grants::spawn(
             Arc::new(crate::firewall::NoopFirewall),
             1,
             metrics.clone(),
             crate::lifecycle::Lifecycle::new(metrics.clone()),
+            events.clone(),
         );
         Access {
             tokens: Tokens::default(),
@@ -266,6 +358,7 @@ mod tests {
             tx_gate: None,
             tls: false,
             sessions: TaskTracker::new(),
+            events,
         }
     }
 

@@ -13,11 +13,11 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
 use warp::Rejection;
 
-use super::{NotAnUpgrade, PATH};
+use super::NotAnUpgrade;
+use crate::events::Counted;
 use crate::grants::AcquireError;
 use crate::http::{json_as, Reply};
 use crate::logging::chain;
-use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -107,18 +107,27 @@ impl Refusal {
         }
     }
 
-    /// Counts the refusal and answers it: status, the problem body, `Allow`
-    /// for 405 and `Retry-After` for 503.
-    pub fn respond(&self, metrics: &Metrics, tls: bool) -> Reply {
+    /// What the request counters count a refusal by the filters as: a
+    /// token refusal under its label, a transmit-rate refusal as such.
+    pub fn counted_by_filters(&self) -> Counted {
         match self {
-            Refusal::Denied(denied) if denied.is_token() => {
-                metrics.count_token(PATH, false, denied.label())
-            }
-            Refusal::Denied(_) => metrics.count_tx(false, tls),
-            Refusal::Grant(AcquireError::Firewall { .. }) => {
-                tracing::warn!(error = %chain(self), "grant refused")
-            }
-            _ => {}
+            Refusal::Denied(denied) if denied.is_token() => Counted {
+                token: Some(denied.label()),
+                ..Counted::default()
+            },
+            Refusal::Denied(_) => Counted {
+                tx: Some(false),
+                ..Counted::default()
+            },
+            _ => Counted::default(),
+        }
+    }
+
+    /// Answers the refusal: status, the problem body, `Allow` for 405 and
+    /// `Retry-After` for 503. (The caller reports it as an event.)
+    pub fn respond(&self) -> Reply {
+        if let Refusal::Grant(AcquireError::Firewall { .. }) = self {
+            tracing::warn!(error = %chain(self), "grant refused");
         }
         let problem = Problem {
             kind: format!("urn:envelope:problem:{}", self.label()),
@@ -244,7 +253,7 @@ mod tests {
     #[test]
     fn the_client_reads_one_line_and_the_firewall_cause_stays_in_the_chain() {
         let refusal = firewall_failure();
-        let response = refusal.respond(&Metrics::new(), false);
+        let response = refusal.respond();
         assert_eq!(response.status(), 500);
         let cause = std::error::Error::source(&refusal).expect("firewall cause");
         assert_eq!(cause.to_string(), "ipset add failed: kernel says no");
@@ -253,14 +262,16 @@ mod tests {
 
     #[test]
     fn token_refusals_count_under_their_label_and_405_names_get() {
-        let metrics = Metrics::new();
-        Refusal::Denied(Denied::Replayed).respond(&metrics, false);
-        assert!(
-            metrics.encode().contains("reason=\"replayed\""),
-            "{}",
-            metrics.encode()
+        let counted = Refusal::Denied(Denied::Replayed).counted_by_filters();
+        assert_eq!(counted.token, Some("replayed"));
+        assert_eq!(counted.tx, None);
+        let counted = Refusal::Denied(Denied::TxOverLimit).counted_by_filters();
+        assert_eq!((counted.token, counted.tx), (None, Some(false)));
+        assert_eq!(
+            Refusal::NotAnUpgrade.counted_by_filters(),
+            Counted::default()
         );
-        let response = Refusal::MethodNotAllowed.respond(&metrics, false);
+        let response = Refusal::MethodNotAllowed.respond();
         assert_eq!(response.headers()[header::ALLOW], "GET");
         assert_eq!(
             Refusal::Denied(Denied::WrongSubject).label(),
@@ -276,12 +287,11 @@ mod tests {
 
     #[tokio::test]
     async fn every_refusal_is_a_problem_a_program_can_read_and_503s_say_when_to_return() {
-        let metrics = Metrics::new();
         let full = Refusal::Grant(AcquireError::Full {
             max: 2,
             retry_after: Duration::from_secs(37),
         });
-        let response = full.respond(&metrics, false);
+        let response = full.respond();
         assert_eq!(response.status(), 503);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
@@ -298,7 +308,7 @@ mod tests {
             })
         );
         let expired = Refusal::Denied(Denied::InvalidToken(common::Rejection::Expired));
-        let response = expired.respond(&metrics, false);
+        let response = expired.respond();
         assert_eq!(response.status(), 401);
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
         let problem = body(response).await;
@@ -313,7 +323,7 @@ mod tests {
                 retry_after: Duration::from_secs(90),
             }),
         ] {
-            let response = refusal.respond(&metrics, false);
+            let response = refusal.respond();
             assert_eq!(response.status(), 503, "{refusal:?}");
             assert!(
                 response.headers().contains_key(header::RETRY_AFTER),

@@ -12,8 +12,9 @@ use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
 use super::{error, method_not_allowed, query, AdminResponse, AdminState};
+use crate::events::Event;
 use crate::grants::{GrantInfo, RevokeError, Selector};
-use crate::http::{exact_path, json, Reply};
+use crate::http::{exact_path, json, PeerCred, Reply};
 
 const ONE_PREFIX: &str = "/v1/grants/";
 
@@ -27,7 +28,8 @@ pub fn routes(
             .then(move |_| list(list_state.clone()))
             .or(warp::delete()
                 .and(query(&["ip"]))
-                .then(move |pairs| revoke_matching(revoke_state.clone(), pairs)))
+                .and(caller())
+                .then(move |pairs, caller| revoke_matching(revoke_state.clone(), pairs, caller)))
             .unify()
             .or(method_not_allowed("GET, DELETE"))
             .unify(),
@@ -35,12 +37,18 @@ pub fn routes(
     let one = one_grant()
         .and(warp::delete())
         .and(query(&[]))
-        .then(move |id: String, _| revoke_one(one_state.clone(), id))
+        .and(caller())
+        .then(move |id: String, _, caller| revoke_one(one_state.clone(), id, caller))
         .or(one_grant()
             .and(method_not_allowed("DELETE"))
             .map(|_, reply: Reply| reply))
         .unify();
     all.or(one).unify()
+}
+
+/// Who is asking: the connection's kernel credentials.
+fn caller() -> impl Filter<Extract = (Option<PeerCred>,), Error = std::convert::Infallible> + Copy {
+    warp::ext::optional::<PeerCred>()
 }
 
 /// `/v1/grants/{id}`: extracts the (still encoded) id text.
@@ -59,11 +67,18 @@ async fn list(state: Arc<AdminState>) -> AdminResponse {
     json(StatusCode::OK, &wire)
 }
 
-async fn revoke_matching(state: Arc<AdminState>, pairs: Vec<(String, String)>) -> AdminResponse {
+async fn revoke_matching(
+    state: Arc<AdminState>,
+    pairs: Vec<(String, String)>,
+    caller: Option<PeerCred>,
+) -> AdminResponse {
     match pairs.as_slice() {
-        [] => revoke(&state, Selector::All, "every grant".into()).await,
+        [] => revoke(&state, Selector::All, "every grant".into(), caller).await,
         [(_, text)] => match text.parse::<IpAddr>() {
-            Ok(ip) => revoke(&state, Selector::Ip(ip), format!("no grant covers {ip}")).await,
+            Ok(ip) => {
+                let none = format!("no grant covers {ip}");
+                revoke(&state, Selector::Ip(ip), none, caller).await
+            }
             Err(_) => error(
                 StatusCode::BAD_REQUEST,
                 format!("ip={text:?} is not an IP address"),
@@ -73,19 +88,49 @@ async fn revoke_matching(state: Arc<AdminState>, pairs: Vec<(String, String)>) -
     }
 }
 
-async fn revoke_one(state: Arc<AdminState>, text: String) -> AdminResponse {
+async fn revoke_one(
+    state: Arc<AdminState>,
+    text: String,
+    caller: Option<PeerCred>,
+) -> AdminResponse {
     match text.parse::<u64>() {
-        Ok(id) => revoke(&state, Selector::Id(id), format!("no grant with id {id}")).await,
+        Ok(id) => {
+            let none = format!("no grant with id {id}");
+            revoke(&state, Selector::Id(id), none, caller).await
+        }
         Err(_) => error(StatusCode::NOT_FOUND, format!("no grant with id {text:?}")),
     }
 }
 
-async fn revoke(state: &AdminState, selector: Selector, none_matched: String) -> AdminResponse {
+async fn revoke(
+    state: &AdminState,
+    selector: Selector,
+    none_matched: String,
+    caller: Option<PeerCred>,
+) -> AdminResponse {
     match state.grants.revoke(selector).await {
-        Ok(ids) if ids.is_empty() && selector != Selector::All => {
+        Ok(revoked) if revoked.is_empty() && selector != Selector::All => {
             error(StatusCode::NOT_FOUND, none_matched)
         }
-        Ok(ids) => json(StatusCode::OK, &Revoked { revoked: ids }),
+        Ok(revoked) => {
+            let ids: Vec<u64> = revoked.iter().map(|(id, _)| *id).collect();
+            if !ids.is_empty() {
+                let mut subnets: Vec<String> = revoked.iter().map(|(_, s)| s.to_string()).collect();
+                subnets.dedup();
+                state.events.emit(Event::GrantRevoked {
+                    grants: ids.clone(),
+                    target: match selector {
+                        Selector::All => "all".to_owned(),
+                        Selector::Id(id) => format!("id={id}"),
+                        Selector::Ip(ip) => format!("ip={ip}"),
+                    },
+                    subnets,
+                    by_uid: caller.map(|c| c.uid),
+                    by_pid: caller.and_then(|c| c.pid),
+                });
+            }
+            json(StatusCode::OK, &Revoked { revoked: ids })
+        }
         Err(e) => {
             let status = match e {
                 RevokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

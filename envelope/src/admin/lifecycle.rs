@@ -9,6 +9,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::{error, method_not_allowed, query, AdminResponse, AdminState};
+use crate::events::Event;
 use crate::http::{exact_path, json, Reply};
 use crate::lifecycle::Mode;
 
@@ -34,19 +35,29 @@ pub fn routes(
 }
 
 async fn drain(state: Arc<AdminState>) -> AdminResponse {
-    if state.lifecycle.drain() {
-        tracing::info!("drain: new clients get 503 until resumed; held sessions go on");
+    let changed = state.lifecycle.drain();
+    let now = wire(&state).await;
+    if changed {
+        state.events.emit(Event::DrainStarted {
+            by: "operator",
+            timeout_s: None,
+            held: now.active_grants,
+        });
     }
-    json(StatusCode::OK, &wire(&state).await)
+    json(StatusCode::OK, &now)
 }
 
 async fn resume(state: Arc<AdminState>) -> AdminResponse {
     match state.lifecycle.resume() {
         Ok(changed) => {
+            let now = wire(&state).await;
             if changed {
-                tracing::info!("resume: new clients are taken again");
+                state.events.emit(Event::DrainEnded {
+                    how: "resumed",
+                    held: now.active_grants,
+                });
             }
-            json(StatusCode::OK, &wire(&state).await)
+            json(StatusCode::OK, &now)
         }
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }

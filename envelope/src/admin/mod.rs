@@ -4,6 +4,7 @@
 //! grant-owner commands and answers into JSON; one file per resource. Every
 //! refusal is an [`AdminError`] rejection, answered as JSON in one place.
 
+mod events;
 mod grants;
 mod lifecycle;
 mod reload;
@@ -23,6 +24,7 @@ use warp::{Buf, Filter, Rejection};
 
 pub use socket::{AdminLock, AdminSocket, PeerPolicy};
 
+use crate::events::{Event, Events};
 use crate::grants::Grants;
 use crate::http::{json, PeerCred, Reply};
 use crate::lifecycle::Lifecycle;
@@ -39,6 +41,10 @@ pub struct AdminState {
     pub reloader: Reloader,
     /// Serving, draining or stopping, for `/v1/drain`, `/v1/resume` and the status.
     pub lifecycle: Lifecycle,
+    /// Where admin requests, revokes and drains are reported, and what `/v1/events` reads.
+    pub events: Events,
+    /// Fires at shutdown: `/v1/events` followers end.
+    pub stop: tokio_util::sync::CancellationToken,
     pub grants: Grants,
     pub machine: Option<String>,
     pub subject: Option<String>,
@@ -91,10 +97,13 @@ pub fn routes(
     state: Arc<AdminState>,
     policy: PeerPolicy,
 ) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone {
+    let events = state.events.clone();
     let resources = status::routes(state.clone())
         .or(reload::routes(state.clone()))
         .unify()
         .or(lifecycle::routes(state.clone()))
+        .unify()
+        .or(events::routes(state.clone()))
         .unify()
         .or(grants::routes(state))
         .unify()
@@ -105,20 +114,22 @@ pub fn routes(
         .and(resources)
         .recover(|rejection: Rejection| std::future::ready(Ok::<_, Infallible>(refusal(rejection))))
         .unify();
+    // Every request is an `admin.request` event: who asked (the kernel's
+    // word), for what, and the answer.
     warp::any()
-        .map(Instant::now)
+        .and(warp::ext::optional::<PeerCred>())
         .and(warp::method())
         .and(warp::path::full())
         .and(api)
         .map(
-            |started: Instant, method: Method, path: FullPath, response: Reply| {
-                tracing::info!(
-                    method = %method,
-                    path = %escaped(path.as_str()),
-                    status = response.status().as_u16(),
-                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "admin request"
-                );
+            move |caller: Option<PeerCred>, method: Method, path: FullPath, response: Reply| {
+                events.emit(Event::AdminRequest {
+                    uid: caller.map(|c| c.uid),
+                    pid: caller.and_then(|c| c.pid),
+                    method: method.to_string(),
+                    path: escaped(path.as_str()).into_owned(),
+                    status: response.status().as_u16(),
+                });
                 response
             },
         )

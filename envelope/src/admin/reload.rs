@@ -33,7 +33,8 @@ async fn post(state: Arc<AdminState>) -> AdminResponse {
             "no --verify-key or --cert is configured: there is nothing to reload",
         );
     }
-    let mut refused = ApiError { errors: Vec::new() };
+    let mut refused = ApiError::new("");
+    refused.errors.clear();
     let mut answer = Reloaded {
         kids: Vec::new(),
         loaded_at: OffsetDateTime::now_utc(),

@@ -41,6 +41,7 @@ async fn get(state: Arc<AdminState>) -> AdminResponse {
             .certs()
             .map(|certs| certificate(&certs.current())),
         lifecycle: super::lifecycle::wire(&state).await,
+        boot: state.events.boot().to_owned(),
     };
     if let Some(keys) = state.reloader.keys() {
         let set = keys.current();

@@ -129,6 +129,12 @@ pub struct Flags {
           value_name = "DURATION")]
     pub drain_timeout: Duration,
 
+    /// How many audit events the envelope keeps for `envelopectl events`
+    /// (`GET /v1/events`); older ones are dropped.
+    #[arg(long, env = "ENVELOPE_EVENTS_BUFFER", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub events_buffer: u32,
+
     /// Firewall backend [default: iptables when tokens are required, else none].
     #[arg(
         long,

@@ -42,6 +42,8 @@ pub struct Config {
     pub max_hold: Duration,
     /// `--drain-timeout`: zero stops at once on SIGTERM.
     pub drain_timeout: Duration,
+    /// `--events-buffer`: audit events kept for `/v1/events`.
+    pub events_buffer: usize,
     pub firewall: FirewallChoice,
     pub admin_socket: PathBuf,
     pub admin_group: Option<String>,
@@ -74,6 +76,7 @@ impl Flags {
             timeout: self.timeout,
             max_hold: self.max_hold,
             drain_timeout: self.drain_timeout,
+            events_buffer: self.events_buffer as usize,
             firewall,
             admin_socket: self.admin_socket,
             admin_group: self.admin_group,

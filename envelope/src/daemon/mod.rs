@@ -36,8 +36,9 @@ use self::supervise::{finalize, Supervisor};
 use crate::access::{self, Access, Tokens};
 use crate::admin::{self, AdminSocket, AdminState};
 use crate::config::Config;
+use crate::events::{Event, Events};
 use crate::firewall::Firewall;
-use crate::grants::Grants;
+use crate::grants::{EndReason, Grants};
 use crate::lifecycle::Lifecycle;
 use crate::logging::chain;
 use crate::metrics::Metrics;
@@ -192,12 +193,14 @@ pub async fn run(
     let listening = local_addrs(&access);
     let metrics_listening = local_addrs(&metrics_listeners);
     let metrics = Arc::new(Metrics::new());
+    let events = Events::new(config.events_buffer, metrics.clone());
     let lifecycle = Lifecycle::new(metrics.clone());
     let (grants, owner) = Grants::spawn(
         firewall.clone(),
         config.max_clients,
         metrics.clone(),
         lifecycle.clone(),
+        events.clone(),
     );
     let stop = CancellationToken::new();
     let mut tasks = Supervisor::default();
@@ -209,6 +212,7 @@ pub async fn run(
         &grants,
         &metrics,
         &lifecycle,
+        &events,
         &stop,
         &mut tasks,
     ) {
@@ -216,11 +220,16 @@ pub async fn run(
         Err(e) => {
             // Nothing may stay behind when start-up fails half way.
             stop.cancel();
-            let _ = grants.shutdown().await;
+            let _ = grants.shutdown(EndReason::Shutdown).await;
             return Err(e);
         }
     };
-    let reloader = Reloader::new(loaded.keys.clone(), loaded.certs.clone(), metrics.clone());
+    let reloader = Reloader::new(
+        loaded.keys.clone(),
+        loaded.certs.clone(),
+        metrics.clone(),
+        events.clone(),
+    );
     reloader.publish();
     let watch = reloader.clone().watch(hangup, stop.clone());
     tasks.spawn("reload watcher", async move {
@@ -230,6 +239,8 @@ pub async fn run(
     let admin_state = Arc::new(AdminState {
         reloader,
         lifecycle: lifecycle.clone(),
+        events: events.clone(),
+        stop: stop.clone(),
         grants: grants.clone(),
         machine: config.machine.clone(),
         subject: config.tokens.subject.clone(),
@@ -260,10 +271,18 @@ pub async fn run(
         ),
     );
 
-    let cause = serve_until_stopped(&config, &lifecycle, &grants, &mut signals, &mut tasks).await;
+    let (cause, why) = serve_until_stopped(
+        &config,
+        &lifecycle,
+        &grants,
+        &events,
+        &mut signals,
+        &mut tasks,
+    )
+    .await;
     let began = Instant::now();
     stop.cancel();
-    let revoked = grants.shutdown().await;
+    let revoked = grants.shutdown(why).await;
     serving.sessions.close();
     let _ = tokio::time::timeout(SESSION_CLOSE_GRACE, serving.sessions.wait()).await;
     serving.conns.close();
@@ -293,16 +312,22 @@ pub fn termination_signals() -> anyhow::Result<impl Stream<Item = StopSignal> + 
 }
 
 /// Waits for the word to stop: a signal (after a drain, when one is set and
-/// the signal allows it) or a failed task, whose error is returned.
+/// the signal allows it) or a failed task, whose error is returned, with what
+/// the sessions still held are told.
 async fn serve_until_stopped(
     config: &Config,
     lifecycle: &Lifecycle,
     grants: &Grants,
+    events: &Events,
     signals: &mut (impl Stream<Item = StopSignal> + Unpin),
     tasks: &mut Supervisor,
-) -> Option<anyhow::Error> {
+) -> (Option<anyhow::Error>, EndReason) {
     let mut signals_open = true;
     let mut drain_until: Option<tokio::time::Instant> = None;
+    let drain_ended = |how| {
+        let held = grants.held();
+        events.emit(Event::DrainEnded { how, held });
+    };
     loop {
         tokio::select! {
             signal = signals.next(), if signals_open => match signal {
@@ -312,25 +337,35 @@ async fn serve_until_stopped(
                         drain_timeout_s = config.drain_timeout.as_secs_f64(),
                         "SIGTERM: draining; new clients get 503, held sessions keep their grants"
                     );
+                    events.emit(Event::DrainStarted {
+                        by: "sigterm",
+                        timeout_s: Some(config.drain_timeout.as_secs()),
+                        held: grants.held(),
+                    });
                 }
                 Some(signal) => {
                     tracing::info!("{}: shutting down", signal.name());
-                    return None;
+                    if drain_until.is_some() {
+                        drain_ended("signal");
+                    }
+                    return (None, EndReason::Shutdown);
                 }
                 // No more signals can come; serve until something else says stop.
                 None => signals_open = false,
             },
             failure = tasks.first_failure() => {
                 tracing::error!(error = %format!("{failure:#}"), "shutting down after a failure");
-                return Some(failure);
+                return (Some(failure), EndReason::Shutdown);
             }
             () = grants.idle(), if drain_until.is_some() => {
                 tracing::info!("drained: the last session ended; shutting down");
-                return None;
+                drain_ended("drained");
+                return (None, EndReason::Shutdown);
             }
             () = sleep_until_opt(drain_until) => {
                 tracing::info!("drain timeout: closing the sessions left; shutting down");
-                return None;
+                drain_ended("timeout");
+                return (None, EndReason::DrainTimeout);
             }
         }
     }
@@ -358,6 +393,7 @@ fn serve(
     grants: &Grants,
     metrics: &Arc<Metrics>,
     lifecycle: &Lifecycle,
+    events: &Events,
     stop: &CancellationToken,
     tasks: &mut Supervisor,
 ) -> anyhow::Result<Serving> {
@@ -389,6 +425,7 @@ fn serve(
         tx_gate,
         tls: loaded.tls.is_some(),
         sessions: sessions.clone(),
+        events: events.clone(),
     });
     if loaded.tls.is_none() {
         tracing::warn!(

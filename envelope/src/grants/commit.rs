@@ -3,13 +3,15 @@
 //! subnet never takes others down, counts what happened, and backs off before a
 //! failed revoke is tried again.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::table::{Outcome, Table};
-use crate::firewall::{Change, Firewall, FirewallError};
+use crate::events::{Event, Events};
+use crate::firewall::{Change, Firewall, FirewallError, Subnet};
 use crate::lifecycle::Lifecycle;
 use crate::logging::chain;
 use crate::metrics::Metrics;
@@ -23,6 +25,9 @@ pub(super) struct Committer {
     firewall: Arc<dyn Firewall>,
     metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
+    events: Events,
+    /// Subnets whose last change failed, to report when one goes through.
+    failing: BTreeSet<Subnet>,
     retry_at: Option<Instant>,
     retry_backoff: Duration,
 }
@@ -32,11 +37,14 @@ impl Committer {
         firewall: Arc<dyn Firewall>,
         metrics: Arc<Metrics>,
         lifecycle: Lifecycle,
+        events: Events,
     ) -> Committer {
         Committer {
             firewall,
             metrics,
             lifecycle,
+            events,
+            failing: BTreeSet::new(),
             retry_at: None,
             retry_backoff: RETRY_FIRST,
         }
@@ -79,22 +87,50 @@ impl Committer {
     }
 
     /// The whole change in one transaction; if that fails and it has more than
-    /// one subnet, one transaction per subnet.
-    async fn apply_isolated(&self, change: &Change) -> Outcome {
+    /// one subnet, one transaction per subnet. Each subnet that fails is
+    /// reported (`firewall.failed`), and each that went through after failing
+    /// before (`firewall.recovered`).
+    async fn apply_isolated(&mut self, change: &Change) -> Outcome {
         let mut outcome = Outcome::default();
-        let error = match self.apply(change).await {
-            Ok(()) => return outcome,
-            Err(e) => Arc::new(e),
-        };
-        let singles = change.per_subnet();
-        if singles.len() == 1 {
-            outcome.record(&singles[0], error);
-            return outcome;
-        }
-        for single in &singles {
-            if let Err(e) = self.apply(single).await {
-                outcome.record(single, Arc::new(e));
+        let failed: Vec<(Change, Arc<FirewallError>)> = match self.apply(change).await {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                let mut singles = change.per_subnet();
+                if singles.len() == 1 {
+                    vec![(singles.remove(0), Arc::new(e))]
+                } else {
+                    let mut failed = Vec::new();
+                    for single in singles {
+                        if let Err(e) = self.apply(&single).await {
+                            failed.push((single, Arc::new(e)));
+                        }
+                    }
+                    failed
+                }
             }
+        };
+        for (single, error) in failed {
+            let subnets = subnets(&single);
+            self.failing.extend(subnets.iter().copied());
+            self.events.emit(Event::FirewallFailed {
+                operation: operation(&single),
+                subnets: subnets.iter().map(ToString::to_string).collect(),
+                error: chain(error.as_ref()).to_string(),
+            });
+            outcome.record(&single, error);
+        }
+        let recovered: Vec<Subnet> = subnets(change)
+            .into_iter()
+            .filter(|s| self.failing.contains(s) && !outcome.failed(s))
+            .collect();
+        if !recovered.is_empty() {
+            for subnet in &recovered {
+                self.failing.remove(subnet);
+            }
+            self.events.emit(Event::FirewallRecovered {
+                operation: operation(change),
+                subnets: recovered.iter().map(ToString::to_string).collect(),
+            });
         }
         outcome
     }
@@ -102,23 +138,8 @@ impl Committer {
     async fn apply(&self, change: &Change) -> Result<(), FirewallError> {
         let started = std::time::Instant::now();
         let result = self.firewall.apply(change).await;
-        let opens = !change.grant.is_empty() || !change.refresh.is_empty();
-        let op = match (opens, change.revoke.is_empty()) {
-            (false, _) => "revoke",
-            (true, true) => "grant",
-            (true, false) => "mixed",
-        };
         self.metrics
-            .observe_firewall(op, started.elapsed(), result.is_ok());
-        if let Err(e) = &result {
-            tracing::error!(
-                grant = ?change.granted().map(|s| s.to_string()).collect::<Vec<_>>(),
-                refresh = ?change.refresh.iter().map(|o| o.subnet.to_string()).collect::<Vec<_>>(),
-                revoke = ?change.revoke.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                error = %chain(e),
-                "firewall change failed"
-            );
-        }
+            .observe_firewall(operation(change), started.elapsed(), result.is_ok());
         result
     }
 
@@ -142,4 +163,26 @@ impl Committer {
         self.retry_at = Some(Instant::now() + self.retry_backoff);
         self.retry_backoff = (self.retry_backoff * 2).min(RETRY_MAX);
     }
+}
+
+/// How a change is named in metrics and events: `grant` (opening or
+/// refreshing subnets), `revoke`, or `mixed`.
+fn operation(change: &Change) -> &'static str {
+    let opens = !change.grant.is_empty() || !change.refresh.is_empty();
+    match (opens, change.revoke.is_empty()) {
+        (false, _) => "revoke",
+        (true, true) => "grant",
+        (true, false) => "mixed",
+    }
+}
+
+fn subnets(change: &Change) -> Vec<Subnet> {
+    let mut all: Vec<Subnet> = change
+        .granted()
+        .chain(change.refresh.iter().map(|o| o.subnet))
+        .chain(change.revoke.iter().copied())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::events::Events;
 use crate::firewall::{Firewall, FirewallError, Subnet};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub enum EndReason {
     Deadline,
     Revoked,
     Shutdown,
+    /// The drain timeout passed with the session still held.
+    DrainTimeout,
 }
 
 /// What a handler asks for once every check has passed.
@@ -163,12 +166,14 @@ enum Command {
     },
     Revoke {
         selector: Selector,
-        reply: oneshot::Sender<Result<Vec<GrantId>, RevokeError>>,
+        reply: oneshot::Sender<Result<Vec<(GrantId, Subnet)>, RevokeError>>,
     },
     List {
         reply: oneshot::Sender<(Vec<GrantInfo>, Occupancy)>,
     },
     Shutdown {
+        /// What the sessions still held are told.
+        why: EndReason,
         reply: oneshot::Sender<Result<(), FirewallError>>,
     },
 }
@@ -178,6 +183,8 @@ enum Command {
 #[derive(Debug)]
 pub struct Lease {
     id: GrantId,
+    /// When the owner granted it.
+    granted_at: Instant,
     ended: Option<oneshot::Receiver<EndReason>>,
     owner: mpsc::UnboundedSender<Command>,
 }
@@ -198,6 +205,10 @@ impl AcquireError {
 impl Lease {
     pub fn id(&self) -> GrantId {
         self.id
+    }
+
+    pub fn granted_at(&self) -> Instant {
+        self.granted_at
     }
 
     /// Resolves when the owner ends the session (deadline, revoke, shutdown).
@@ -233,19 +244,24 @@ impl Grants {
         max_clients: usize,
         metrics: Arc<Metrics>,
         lifecycle: Lifecycle,
+        events: Events,
     ) -> (Grants, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sessions_tx, sessions) = watch::channel(0);
         let owner = owner::Owner::new(
             table::Table::new(max_clients),
-            commit::Committer::new(firewall, metrics.clone(), lifecycle.clone()),
-            metrics,
+            commit::Committer::new(firewall, metrics, lifecycle.clone(), events),
             lifecycle,
             sessions_tx,
             tx.clone(),
         );
         let task = tokio::spawn(owner.run(rx));
         (Grants { tx, sessions }, task)
+    }
+
+    /// How many sessions hold a grant, as of the owner's last change.
+    pub fn held(&self) -> usize {
+        *self.sessions.borrow()
     }
 
     /// Resolves once no session holds a grant (at once when none does).
@@ -262,8 +278,9 @@ impl Grants {
         rx.await.unwrap_or(Err(AcquireError::ShuttingDown))
     }
 
-    /// Ends the selected sessions; returns once their rules are gone.
-    pub async fn revoke(&self, selector: Selector) -> Result<Vec<GrantId>, RevokeError> {
+    /// Ends the selected sessions; returns once their rules are gone, with
+    /// each revoked grant's subnet.
+    pub async fn revoke(&self, selector: Selector) -> Result<Vec<(GrantId, Subnet)>, RevokeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Revoke { selector, reply })
@@ -286,10 +303,11 @@ impl Grants {
         rx.await.unwrap_or(empty)
     }
 
-    /// Ends every session, revokes every grant and tears the firewall down.
-    pub async fn shutdown(&self) -> Result<(), FirewallError> {
+    /// Ends every session (telling each `why`), revokes every grant and tears
+    /// the firewall down.
+    pub async fn shutdown(&self, why: EndReason) -> Result<(), FirewallError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Shutdown { reply }).is_err() {
+        if self.tx.send(Command::Shutdown { why, reply }).is_err() {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(()))

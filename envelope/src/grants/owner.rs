@@ -3,7 +3,6 @@
 //! into the next change: group commit), wakes for the earliest deadline or a
 //! revoke retry, runs the commit step, and only then replies.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,7 +17,6 @@ use super::{
 use crate::firewall::{FirewallError, Subnet};
 use crate::lifecycle::Lifecycle;
 use crate::logging::chain;
-use crate::metrics::Metrics;
 
 /// Most commands folded into one firewall transaction.
 const MAX_BATCH: usize = 1024;
@@ -26,7 +24,7 @@ const MAX_BATCH: usize = 1024;
 const KERNEL_READ_LIMIT: Duration = Duration::from_millis(500);
 
 type AcquireReply = oneshot::Sender<Result<Lease, AcquireError>>;
-type RevokeReply = oneshot::Sender<Result<Vec<GrantId>, RevokeError>>;
+type RevokeReply = oneshot::Sender<Result<Vec<(GrantId, Subnet)>, RevokeError>>;
 type ListReply = oneshot::Sender<(Vec<GrantInfo>, Occupancy)>;
 type ShutdownReply = oneshot::Sender<Result<(), FirewallError>>;
 
@@ -42,7 +40,6 @@ struct Pending {
 pub(super) struct Owner {
     table: Table,
     committer: Committer,
-    metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
     /// The session count the daemon waits on while it drains.
     sessions: watch::Sender<usize>,
@@ -54,7 +51,6 @@ impl Owner {
     pub fn new(
         table: Table,
         committer: Committer,
-        metrics: Arc<Metrics>,
         lifecycle: Lifecycle,
         sessions: watch::Sender<usize>,
         me: mpsc::UnboundedSender<Command>,
@@ -62,7 +58,6 @@ impl Owner {
         Owner {
             table,
             committer,
-            metrics,
             lifecycle,
             sessions,
             me,
@@ -147,22 +142,21 @@ impl Owner {
                 pending.revokes.push((chosen, reply));
             }
             Command::List { reply } => pending.lists.push(reply),
-            Command::Shutdown { reply } => {
+            Command::Shutdown { why, reply } => {
                 for session in self.table.shut_down() {
-                    self.end(session, Some(EndReason::Shutdown));
+                    self.end(session, Some(why));
                 }
                 pending.shutdown = Some(reply);
             }
         }
     }
 
-    /// A session left the table; `why` tells it why, when it did not end itself.
+    /// A session left the table; `why` tells it why, when it did not end
+    /// itself. (Its `grant.closed` event, with how long it was held, is the
+    /// session's to report.)
     fn end(&self, session: Session, why: Option<EndReason>) {
         if let (Some(end), Some(why)) = (session.end, why) {
             let _ = end.send(why);
-        }
-        if let Ok(held) = session.info.started.elapsed() {
-            self.metrics.grant_duration.observe(held.as_secs_f64());
         }
     }
 
@@ -193,6 +187,7 @@ impl Owner {
             session.end = Some(end_tx);
             let lease = Lease {
                 id,
+                granted_at: Instant::now(),
                 ended: Some(end_rx),
                 owner: self.me.clone(),
             };
@@ -257,7 +252,7 @@ fn reply_revokes(revokes: Vec<(Vec<(GrantId, Subnet)>, RevokeReply)>, outcome: &
         stuck.sort_unstable();
         stuck.dedup();
         let result = if stuck.is_empty() {
-            Ok(chosen.iter().map(|(id, _)| *id).collect())
+            Ok(chosen)
         } else {
             Err(RevokeError::Stuck {
                 failures: SubnetFailures(

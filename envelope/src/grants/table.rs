@@ -49,6 +49,11 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// Whether the change of `subnet` failed.
+    pub fn failed(&self, subnet: &Subnet) -> bool {
+        self.failed_grants.contains_key(subnet) || self.failed_revokes.contains_key(subnet)
+    }
+
     /// Records that a change of one subnet failed: an opening or refresh
     /// counts as a failed grant, a close as a failed revoke.
     pub fn record(&mut self, single: &Change, error: Arc<FirewallError>) {

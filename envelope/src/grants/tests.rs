@@ -72,11 +72,13 @@ fn subnet(ip: &str) -> Subnet {
 
 fn spawn(firewall: &Arc<FakeFirewall>, max: usize) -> Grants {
     let metrics = Arc::new(Metrics::new());
+    let events = crate::events::Events::new(64, metrics.clone());
     Grants::spawn(
         firewall.clone(),
         max,
         metrics.clone(),
         Lifecycle::new(metrics),
+        events,
     )
     .0
 }
@@ -299,7 +301,10 @@ async fn revoke_by_ip_ends_every_session_of_the_subnet_after_the_rule_is_gone() 
         .revoke(Selector::Ip("192.0.2.77".parse().unwrap()))
         .await
         .unwrap();
-    assert_eq!(ids, vec![a.id(), b.id()]);
+    assert_eq!(
+        ids,
+        vec![(a.id(), subnet("192.0.2.1")), (b.id(), subnet("192.0.2.1"))]
+    );
     assert_eq!(
         firewall.changes.lock().unwrap().last().unwrap().revoke,
         vec![subnet("192.0.2.1")]

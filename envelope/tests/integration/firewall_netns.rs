@@ -391,7 +391,9 @@ async fn firewall_faults_fail_safe() {
         d.logs()
             .lines()
             .filter(|l| {
-                l.contains("firewall change failed") && l.contains("revoke=[\"192.0.2.0/24\"]")
+                l.contains("firewall.failed")
+                    && l.contains("operation=\"revoke\"")
+                    && l.contains("subnets=[\"192.0.2.0/24\"]")
             })
             .count()
     };

@@ -400,8 +400,8 @@ async fn a_first_non_final_fragment_ends_the_session() {
         .await;
     daemon
         .eventually("the session's end", || async {
-            daemon.logs().contains("session ended")
-                && daemon.logs().contains("client sent a message")
+            daemon.logs().contains("grant.closed")
+                && daemon.logs().contains("reason=\"client-sent-data\"")
         })
         .await;
 }

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod events;
 pub mod lifecycle;
 pub mod list;
 pub mod reload;
