@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::admin::ApiError;
 use tokio::sync::mpsc;
-use warp::http::header::{HeaderValue, CONTENT_TYPE};
+use warp::http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply as _};
 
@@ -114,9 +114,13 @@ fn get(state: &AdminState, pairs: Vec<(String, String)>) -> AdminResponse {
         };
         Reply::new(lines.concat().into())
     };
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    if ask.follow {
+        // A follower's stream ends only when it is let go: then so does the
+        // connection.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 

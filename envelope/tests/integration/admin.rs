@@ -307,7 +307,7 @@ async fn every_command_in_the_admin_api_doc_works() {
         }
     }
     let ctls = support::doc_commands("docs/admin-api.md", Some("## With envelopectl"));
-    assert_eq!(ctls.len(), 6);
+    assert_eq!(ctls.len(), 9);
     for line in &ctls {
         let out = run(line);
         // 0 done, 1 nothing matched: both mean the command was understood and answered.

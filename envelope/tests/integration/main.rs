@@ -16,6 +16,7 @@ mod browser;
 mod client_recipes;
 mod daemon;
 mod deploy_recipes;
+mod events;
 mod firewall_netns;
 mod fleet;
 mod hardening;
