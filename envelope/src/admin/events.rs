@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::admin::ApiError;
@@ -23,8 +22,6 @@ use crate::http::{exact_path, json, Reply};
 const NDJSON: &str = "application/x-ndjson";
 /// Lines queued for a follower's connection before it must read them.
 const QUEUE: usize = 64;
-/// How long a lost follower is given to take its last line.
-const LAST_LINE: Duration = Duration::from_secs(1);
 
 pub fn routes(
     state: Arc<AdminState>,
@@ -131,17 +128,21 @@ fn gone_response(gone: Gone) -> AdminResponse {
 }
 
 /// Feeds one follower's connection until it goes away, falls behind, or the
-/// daemon stops.
+/// daemon stops. One place in its queue is kept for the `stream.lost` line,
+/// so a follower that stopped reading still gets it when it reads again.
 async fn follow(
     mut follower: Follower,
     tx: mpsc::Sender<Bytes>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let Ok(last_line) = tx.clone().reserve_owned().await else {
+        return;
+    };
     loop {
         let lines = match follower.read() {
             Ok(lines) => lines,
             Err(lost) => {
-                let _ = tokio::time::timeout(LAST_LINE, tx.send(lost.line())).await;
+                last_line.send(lost.line());
                 return;
             }
         };
@@ -149,7 +150,7 @@ async fn follow(
             tokio::select! {
                 sent = tx.send(line) => if sent.is_err() { return },
                 lost = follower.fell_behind() => {
-                    let _ = tokio::time::timeout(LAST_LINE, tx.send(lost.line())).await;
+                    last_line.send(lost.line());
                     return;
                 }
                 () = stop.cancelled() => return,

@@ -987,6 +987,11 @@ async fn grafana_dashboard_queries_only_metrics_the_envelope_exports() {
         "controller_access_token_requests_total",
         "controller_access_txcontroller_requests_total",
         "envelope_firewall_revoke_failures_total",
+        "envelope_verify_key_info",
+        "envelope_tokens_accepted_total",
+        "envelope_lame_duck",
+        "envelope_tls_certificate_expiry_seconds",
+        "envelope_connections_refused_total",
     ] {
         assert!(
             queried.contains(promised),
