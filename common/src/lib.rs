@@ -13,10 +13,13 @@
 //!   verifier: aws-lc, with EdDSA verified by ed25519-dalek's `verify_strict`.
 //! - [`goflags`]: Go-style single-dash flags and Go durations, for drop-in CLIs.
 //! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
+//! - [`build_info`]: the version, commit and compiler of this build (`build.rs`),
+//!   shown by every binary.
 //! - `filters` (feature `warp`): the access checks as warp filters other services
 //!   can mount — token, custom claims, transmit-rate gate (see `docs/library.md`).
 
 pub mod admin;
+pub mod build_info;
 pub mod claims;
 #[cfg(feature = "warp")]
 pub mod filters;
