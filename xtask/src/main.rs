@@ -7,10 +7,14 @@
 //! - `completions/{bash,zsh,fish}/…`: shell completions ([`completions`]);
 //! - `systemd/envelope.service`: the unit with the packaged paths ([`unit`]).
 //!
+//! `licenses [--check]` writes (or checks) `THIRD-PARTY-LICENSES.txt`, the
+//! licences of every crate compiled into the shipped binaries ([`licenses`]).
+//!
 //! The binaries are listed once, in [`binaries`].
 
 mod binaries;
 mod completions;
+mod licenses;
 mod man;
 mod unit;
 
@@ -37,6 +41,12 @@ enum Task {
         /// Output directory [default: dist/ at the workspace root].
         outdir: Option<PathBuf>,
     },
+    /// Write THIRD-PARTY-LICENSES.txt from Cargo.lock (needs cargo-about).
+    Licenses {
+        /// Compare with the committed file instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +54,7 @@ fn main() -> ExitCode {
         Task::DistDocs { outdir } => {
             dist_docs(&outdir.unwrap_or_else(|| workspace_root().join("dist")))
         }
+        Task::Licenses { check } => licenses::run(&workspace_root(), check),
     };
     match result {
         Ok(files) => {
