@@ -5,7 +5,7 @@
 //! as a clone does), and only when this crate's own manifest is tracked by the
 //! repository git finds: a release tarball unpacked inside some other checkout
 //! (a distribution's packaging repository) must not take that one's commit.
-//! Without git the revision is `unknown`, or what `ENVELOPE_BUILD_REVISION`
+//! Without git the revision is `unknown`, or what `SOURCE_REVISION`
 //! says (for builds from a tarball that know their commit).
 //!
 //! Reruns only when HEAD, the branch it names or the index change, so an
@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const OVERRIDE: &str = "ENVELOPE_BUILD_REVISION";
+const OVERRIDE: &str = "SOURCE_REVISION";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -296,20 +296,17 @@ mod tests {
     #[test]
     fn crates_under_one_text_share_it() {
         let mut listing = Listing::default();
-        listing
-            .add(run_of("tokio", "1.0.0", "MIT", "MIT text (c) Tokio"))
-            .unwrap();
-        listing
-            .add(run_of("tokio", "1.0.0", "MIT", "MIT text (c) Tokio"))
-            .unwrap();
-        listing
-            .add(run_of("bytes", "1.2.0", "MIT", "MIT text (c) Tokio"))
-            .unwrap();
-        listing
-            .add(run_of("rand", "0.8.5", "MIT", "MIT text (c) Rand"))
-            .unwrap();
+        for (name, version, text) in [
+            ("tokio", "1.0.0", "MIT text (c) Tokio"),
+            ("tokio", "1.0.0", "MIT text (c) Tokio"),
+            ("bytes", "1.2.0", "MIT text (c) Tokio"),
+            ("rand", "0.8.5", "MIT text (c) Rand"),
+        ] {
+            listing.add(run_of(name, version, "MIT", text)).unwrap();
+        }
         let text = listing.render();
-        assert!(text.contains("with the 3 Rust crates below"), "{text}");
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(words.contains("with the 3 Rust crates below"), "{text}");
         assert!(
             text.contains("Used by: bytes 1.2.0, tokio 1.0.0\n"),
             "{text}"

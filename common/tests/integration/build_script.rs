@@ -1,7 +1,8 @@
 //! `common/build.rs`, compiled on its own and run as cargo would run it,
 //! against throw-away repositories: the commit of a clone and of a git
 //! worktree, `-dirty`, the fall-back of a tarball (no git, or someone else's
-//! repository around it), and the files it asks cargo to watch.
+//! repository around it, or `SOURCE_REVISION`), and the files it asks cargo
+//! to watch.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,13 +36,21 @@ struct Said(String);
 
 impl Said {
     fn of(manifest_dir: &Path) -> Said {
-        let out = Command::new(script())
+        Said::with_override(manifest_dir, None)
+    }
+
+    /// With `SOURCE_REVISION` set to `given`.
+    fn with_override(manifest_dir: &Path, given: Option<&str>) -> Said {
+        let mut script = Command::new(script());
+        script
             .current_dir(manifest_dir)
             .env("CARGO_MANIFEST_DIR", manifest_dir)
             .env("RUSTC", rustc())
-            .env_remove("ENVELOPE_BUILD_REVISION")
-            .output()
-            .unwrap();
+            .env_remove("SOURCE_REVISION");
+        if let Some(given) = given {
+            script.env("SOURCE_REVISION", given);
+        }
+        let out = script.output().unwrap();
         assert!(out.status.success(), "{out:?}");
         Said(String::from_utf8(out.stdout).unwrap())
     }
@@ -163,6 +172,10 @@ fn a_tarball_falls_back_to_unknown_even_inside_another_repository() {
     std::fs::create_dir(&unpacked).unwrap();
     std::fs::write(unpacked.join("Cargo.toml"), "[package]\n").unwrap();
     assert_eq!(Said::of(&unpacked).env("BUILD_INFO_REVISION"), "unknown");
+
+    // A packager who knows the commit says so.
+    let told = Said::with_override(&unpacked, Some("1a2b3c4"));
+    assert_eq!(told.env("BUILD_INFO_REVISION"), "1a2b3c4");
 }
 
 #[test]
@@ -188,7 +201,7 @@ fn this_build_names_the_commit_it_was_built_from() {
     let tracked = git(&["ls-files", "--error-unmatch", "Cargo.toml"]).is_some();
     let revision = common::build_info::REVISION;
     match git(&["rev-parse", "--short", "HEAD"]) {
-        _ if option_env!("ENVELOPE_BUILD_REVISION").is_some() => {}
+        _ if option_env!("SOURCE_REVISION").is_some() => {}
         Some(hash) if tracked => {
             let hash = String::from_utf8(hash).unwrap();
             assert_eq!(revision.trim_end_matches("-dirty"), hash.trim());
