@@ -247,13 +247,18 @@ fn shipped_crates(root: &Path) -> Result<BTreeSet<Package>> {
 /// Writes the listing, or with `check` compares it with the committed file.
 pub fn run(root: &Path, check: bool) -> Result<Vec<PathBuf>> {
     let path = root.join(LISTING);
-    let text = generate(root)?.render();
+    let listing = generate(root)?;
+    let text = listing.render();
     if check {
         let committed = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         ensure!(
             committed == text,
             "{LISTING} does not match Cargo.lock: run `cargo run -p xtask -- licenses` and commit it"
+        );
+        eprintln!(
+            "xtask: {LISTING} matches Cargo.lock ({} crates)",
+            listing.crates.len()
         );
         return Ok(Vec::new());
     }
