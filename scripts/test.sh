@@ -26,13 +26,11 @@ command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
 # The dependency policy (deny.toml) and the third-party licence listing
 # (THIRD-PARTY-LICENSES.txt, xtask licenses): cargo-deny and cargo-about, at
-# the versions those files were written for. Built without their own release
-# profiles' LTO (a checker does not need it; it halves the install).
-tool_build=(env CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16)
+# the versions those files were written for.
 [ "$(cargo deny --version 2>/dev/null)" = "cargo-deny 0.20.2" ] \
-    || "${tool_build[@]}" cargo install -q --locked --force cargo-deny@0.20.2
+    || cargo install -q --locked --force cargo-deny@0.20.2
 [ "$(cargo about --version 2>/dev/null)" = "cargo-about 0.9.3" ] \
-    || "${tool_build[@]}" cargo install -q --locked --force --features cli cargo-about@0.9.3
+    || cargo install -q --locked --force --features cli cargo-about@0.9.3
 command -v man >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db; }
 command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
 
