@@ -72,11 +72,23 @@ installed=1
 dpkg --path-include='*' -i "$deb" >"$work/dpkg-i.log" 2>&1 || { cat "$work/dpkg-i.log" >&2; fail "dpkg -i failed"; }
 dpkg-query -L "$PACKAGE" | grep -v '^/\.$' | sort >"$work/installed"
 
+# The package's version is the crate's, and every binary names its commit
+# (common/build.rs): `NAME 0.2.0 (1a2b3c4)`, `-dirty` after the hash when the
+# tree was changed; the version alone when built without git.
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+deb_version=$(dpkg-query -W -f='${Version}' "$PACKAGE")
+[[ "$deb_version" == "$version" || "$deb_version" == "$version"-* ]] \
+    || fail "the package's version is $deb_version, the crate's $version"
+commit=$(git rev-parse --short HEAD 2>/dev/null || true)
 for bin in "${BINARIES[@]}"; do
     [ "$(command -v "$bin")" = "/usr/bin/$bin" ] || fail "$bin is not /usr/bin/$bin on PATH"
     out=$("/usr/bin/$bin" --version)
-    [ "$out" = "$bin $version" ] || fail "$bin --version printed '$out', expected '$bin $version'"
+    if [ -n "$commit" ]; then
+        [[ "$out" =~ ^"$bin $version ($commit"(-dirty)?")"$ ]] \
+            || fail "$bin --version printed '$out', expected '$bin $version ($commit)'"
+    else
+        [ "$out" = "$bin $version" ] || fail "$bin --version printed '$out', expected '$bin $version'"
+    fi
     [ -f "/usr/share/man/man1/$bin.1.gz" ] || fail "no man page for $bin"
     for completion in "/usr/share/bash-completion/completions/$bin" \
         "/usr/share/zsh/vendor-completions/_$bin" "/usr/share/fish/vendor_completions.d/$bin.fish"; do
@@ -94,6 +106,16 @@ while read -r page; do
     grep -q '^NAME' "$work/page.txt" || fail "man -l $page has no NAME section"
     pages=$((pages + 1))
 done < <(grep '^/usr/share/man/man1/.*\.1\.gz$' "$work/installed")
+
+# The licences: the package's own copyright file names the third-party
+# listing, which names every crate compiled in (tokio among them), and the
+# changelog has this version's section.
+doc=/usr/share/doc/$PACKAGE
+grep -q '^License: Apache-2.0$' "$doc/copyright" || fail "$doc/copyright does not give the licence"
+grep -q "$doc/THIRD-PARTY-LICENSES.txt" "$doc/copyright" || fail "$doc/copyright does not name the third-party listing"
+cmp -s "$doc/THIRD-PARTY-LICENSES.txt" THIRD-PARTY-LICENSES.txt || fail "$doc/THIRD-PARTY-LICENSES.txt is not the committed listing"
+grep -q '^Used by: .*\btokio [0-9]' "$doc/THIRD-PARTY-LICENSES.txt" || fail "the third-party listing does not name tokio"
+zgrep -q "^## \[$version\]" "$doc/changelog.gz" || fail "$doc/changelog.gz has no section for $version"
 
 unit=/usr/lib/systemd/system/envelope.service
 [ -f "$unit" ] || fail "no unit at $unit"

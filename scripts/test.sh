@@ -1,8 +1,9 @@
 #!/bin/bash
 # The whole test suite (the README's "run every test" command; .ci/run calls it):
-# formatting, lints, every crate's tests (the firewall tests run real iptables
-# inside network namespaces they create, so this runs as root), the demo script,
-# a tiny benchmark run, the Debian package and a short firewall soak.
+# formatting, the dependency policy, lints, every crate's tests (the firewall
+# tests run real iptables inside network namespaces they create, so this runs
+# as root), the demo script, a tiny benchmark run, the Debian package, its
+# licence listing and a short firewall soak.
 # Installs what the tests need only when it is missing, so a bare machine works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,18 @@ command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 # The Debian package (scripts/package-test.sh): cargo-deb (3.8.0 builds with rustc
 # 1.85+), man for `man -l` of its pages, systemd-analyze to verify its unit.
 command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
+# The dependency policy (deny.toml): cargo-deny, at the version it was written
+# for. (The licence listing is regenerated with cargo-about by whoever changes
+# the dependencies; CI only checks it covers them, with cargo tree.)
+[ "$(cargo deny --version 2>/dev/null)" = "cargo-deny 0.20.2" ] \
+    || cargo install -q --locked --force cargo-deny@0.20.2
 command -v man >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db; }
 command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
 
 cargo fmt --all -- --check
+# Licences, duplicate versions and sources of every dependency (deny.toml). The
+# advisory check needs its database from GitHub, which CI cannot reach.
+cargo deny --locked check licenses bans sources
 cargo clippy --workspace --all-targets -- -D warnings
 # Layers point down: no import cycle among envelope/src's top-level modules.
 cargo run -q -p xtask -- layers >/dev/null
@@ -39,6 +48,9 @@ cargo build -q -p envelope -p envelope-bench
 target/debug/envelope-bench --sessions 3 --burst 4 --poisson-secs 1 --crash-held 4 --flood-secs 1 --flood-conns 4 --held 100
 # The Debian package: built from the debug build above, installed, checked, removed.
 bash scripts/package-test.sh
+# The committed licence listing names exactly the crates the binaries compile
+# in now (the package test built the checker).
+target/debug/xtask licenses --check
 # The firewall soak, short (docs/soak.md): a fixed seed, then a fresh one (printed).
 cargo build -q -p envelope-soak
 target/debug/envelope-soak --seed 13 --ops 200

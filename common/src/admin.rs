@@ -56,7 +56,15 @@ pub struct Revoked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Status {
+    /// The daemon's version (`0.2.0`).
     pub version: String,
+    /// The commit it was built from (`1a2b3c4`, `-dirty` appended when the tree
+    /// was; `unknown` for a tarball build); empty from a daemon before 0.2.0.
+    #[serde(default)]
+    pub revision: String,
+    /// The compiler that built it (`1.95.0`); empty from a daemon before 0.2.0.
+    #[serde(default)]
+    pub rustc: String,
     pub machine: Option<String>,
     pub subject: Option<String>,
     pub firewall: String,

@@ -16,10 +16,13 @@
 //!   files only, bounded, never blocking on a FIFO).
 //! - [`chain`]: an error and its causes on one line, for logs and API errors.
 //! - [`admin`]: wire types of the admin API, shared by `envelope` and `envelopectl`.
+//! - [`build_info`]: the version, commit and compiler of this build (`build.rs`),
+//!   shown by every binary.
 //! - `filters` (feature `warp`): the access checks as warp filters other services
 //!   can mount — token, custom claims, transmit-rate gate (see `docs/library.md`).
 
 pub mod admin;
+pub mod build_info;
 pub mod chain;
 pub mod claims;
 pub mod files;

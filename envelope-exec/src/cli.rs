@@ -18,7 +18,7 @@ pub const DEFAULT_ENVELOPE_KEY: &str = "wss://:4443/v0/envelope/access";
 /// envelope-exec itself fails (Locate, no envelope accepted, the envelope ended the
 /// session first, timeout); 2 on a usage error; 126/127 when COMMAND cannot be run.
 #[derive(Debug, Parser)]
-#[command(name = "envelope-exec", version, about, long_about = None)]
+#[command(name = "envelope-exec", version = common::build_info::long_version(), about, long_about = None)]
 pub struct Flags {
     /// Locate API v2 URL prefix; the service name is appended to its path.
     #[arg(long, env = "ENVELOPE_EXEC_LOCATE_URL", default_value = DEFAULT_LOCATE_URL, value_name = "URL")]

@@ -51,6 +51,14 @@ pub struct FirewallLabels {
     pub result: &'static str,
 }
 
+/// `envelope_build_info`'s labels: which build runs here.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub revision: &'static str,
+    pub rustc: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the envelope exports, registered once at start-up.
@@ -104,6 +112,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "envelope_build_info",
+            "The running build: version, commit and compiler (always 1)",
+            build_info.clone(),
+        );
+        let build = BuildLabels {
+            version: common::build_info::VERSION,
+            revision: common::build_info::REVISION,
+            rustc: common::build_info::RUSTC,
+        };
+        build_info.get_or_create(&build).set(1);
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register(
             "envelope_requests",

@@ -7,7 +7,7 @@ use common::admin::{DEFAULT_SOCKET, SOCKET_ENV};
 
 /// List and revoke the envelope's live grants over its admin socket.
 #[derive(Debug, Parser)]
-#[command(name = "envelopectl", version, about)]
+#[command(name = "envelopectl", version = common::build_info::long_version(), about)]
 pub struct Cli {
     /// The envelope's admin socket.
     #[arg(long, global = true, env = SOCKET_ENV, default_value = DEFAULT_SOCKET, value_name = "PATH")]

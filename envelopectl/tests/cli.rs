@@ -54,3 +54,13 @@ fn the_socket_comes_from_the_environment_too() {
         .code(3)
         .stderr(predicate::str::contains("/nonexistent/from-env.sock"));
 }
+
+#[test]
+fn version_names_the_commit() {
+    let version = common::build_info::long_version();
+    ctl()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(format!("envelopectl {version}\n"));
+}

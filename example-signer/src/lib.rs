@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "example-signer",
-    version,
+    version = common::build_info::long_version(),
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]

@@ -20,3 +20,18 @@ pub const BINARIES: &[Binary] = &[
     Binary { name: "example-signer", command: example_signer::command, go_flags: true },
     Binary { name: "envelope-exec", command: envelope_exec::command, go_flags: true },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `NAME --version` prints, from the definition each binary parses.
+    #[test]
+    fn every_binary_names_its_version_and_commit() {
+        let version = common::build_info::long_version();
+        for binary in BINARIES {
+            let shown = (binary.command)().render_version();
+            assert_eq!(shown, format!("{} {version}\n", binary.name));
+        }
+    }
+}

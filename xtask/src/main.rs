@@ -7,6 +7,9 @@
 //! - `completions/{bash,zsh,fish}/…`: shell completions ([`completions`]);
 //! - `systemd/envelope.service`: the unit with the packaged paths ([`unit`]).
 //!
+//! `licenses [--check]` writes (or checks) `THIRD-PARTY-LICENSES.txt`, the
+//! licences of every crate compiled into the shipped binaries ([`licenses`]).
+//!
 //! The binaries are listed once, in [`binaries`].
 //!
 //! `layers [SRC]` (default `envelope/src`) prints a crate's top-level module
@@ -15,6 +18,7 @@
 mod binaries;
 mod completions;
 mod layers;
+mod licenses;
 mod man;
 mod unit;
 
@@ -46,6 +50,12 @@ enum Task {
         /// The crate's src/ [default: envelope/src].
         src: Option<PathBuf>,
     },
+    /// Write THIRD-PARTY-LICENSES.txt from Cargo.lock (needs cargo-about).
+    Licenses {
+        /// Compare with the committed file instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +66,7 @@ fn main() -> ExitCode {
         Task::Layers { src } => {
             return layers_task(&src.unwrap_or_else(|| workspace_root().join("envelope/src")))
         }
+        Task::Licenses { check } => licenses::run(&workspace_root(), check),
     };
     match result {
         Ok(files) => {

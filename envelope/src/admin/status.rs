@@ -24,7 +24,9 @@ pub fn routes(
 async fn get(state: Arc<AdminState>) -> AdminResponse {
     let (_, occupancy) = state.grants.list().await;
     let mut status = common::admin::Status {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: common::build_info::VERSION.to_owned(),
+        revision: common::build_info::REVISION.to_owned(),
+        rustc: common::build_info::RUSTC.to_owned(),
         machine: state.machine.clone(),
         subject: state.subject.clone(),
         firewall: state.firewall.clone(),

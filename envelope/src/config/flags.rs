@@ -29,7 +29,7 @@ pub enum FirewallKind {
 /// Opens the firewall for a client's subnet while it holds a WebSocket
 /// authorised by a signed access token, and closes it again afterwards.
 #[derive(Debug, Parser)]
-#[command(name = "envelope", version, about, max_term_width = 100)]
+#[command(name = "envelope", version = common::build_info::long_version(), about, max_term_width = 100)]
 pub struct Flags {
     /// Address to serve on; `:PORT` means every interface, IPv4 and IPv6.
     #[arg(

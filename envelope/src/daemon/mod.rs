@@ -108,6 +108,12 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
             None
         }
     };
+    tracing::info!(
+        version = common::build_info::VERSION,
+        revision = common::build_info::REVISION,
+        rustc = common::build_info::RUSTC,
+        "envelope starting"
+    );
     let loaded = Loaded::from_config(config)?;
     raise_fd_limit();
     let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;

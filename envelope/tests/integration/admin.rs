@@ -163,7 +163,9 @@ async fn status_reports_configuration_and_occupancy() {
     let _ws = hold(&daemon).await;
     let status: serde_json::Value =
         serde_json::from_str(&stdout(&ctl(&socket, &["status", "--json"]))).unwrap();
-    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["version"], common::build_info::VERSION);
+    assert_eq!(status["revision"], common::build_info::REVISION);
+    assert_eq!(status["rustc"], common::build_info::RUSTC);
     assert_eq!(status["machine"], support::MACHINE);
     assert_eq!(status["subject"], support::SUBJECT);
     assert_eq!(status["firewall"], "record");
@@ -179,6 +181,11 @@ async fn status_reports_configuration_and_occupancy() {
     assert_eq!(status["metrics_listening"], serde_json::json!([]));
     let human = stdout(&ctl(&socket, &["status"]));
     assert!(human.contains("clients:          1 of 3"), "{human}");
+    let version = common::build_info::long_version();
+    assert!(
+        human.starts_with(&format!("version:          {version}\n")),
+        "{human}"
+    );
     assert!(
         human.contains(&format!("listening:        {}\n", daemon.addr)),
         "{human}"

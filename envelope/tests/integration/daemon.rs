@@ -1216,6 +1216,19 @@ mod observability {
                 "{name} missing:\n{text}"
             );
         }
+        let build = format!(
+            r#"envelope_build_info{{version="{}",revision="{}",rustc="{}"}}"#,
+            common::build_info::VERSION,
+            common::build_info::REVISION,
+            common::build_info::RUSTC
+        );
+        assert_eq!(metric(&text, &build), Some(1.0), "{text}");
+        let started = format!(
+            r#"envelope starting version="{}" revision="{}""#,
+            common::build_info::VERSION,
+            common::build_info::REVISION
+        );
+        assert!(daemon.logs().contains(&started), "{}", daemon.logs());
         assert_eq!(
             metric(&text, r#"envelope_requests_total{status="401"}"#),
             Some(1.0),

@@ -387,6 +387,17 @@ fn other_go_flags_the_migration_note_lists_are_accepted_and_unknown_ones_refused
     }
 }
 
+#[test]
+fn version_names_the_commit() {
+    let output = run_envelope(&["--version"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let version = common::build_info::long_version();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("envelope {version}\n")
+    );
+}
+
 /// Registered metric names in metrics.rs, as Prometheus exposes them
 /// (counters get `_total`).
 fn exposed_metrics() -> BTreeMap<String, &'static str> {

@@ -11,7 +11,8 @@ pub async fn run(client: &Client, json: bool) -> Result<(), CtlError> {
         return Ok(());
     }
     let s = client.status().await?;
-    println!("version:          {}", s.version);
+    let version = common::build_info::describe(&s.version, &s.revision);
+    println!("version:          {version}");
     println!("machine:          {}", s.machine.as_deref().unwrap_or("-"));
     println!("subject:          {}", s.subject.as_deref().unwrap_or("-"));
     println!("firewall:         {}", s.firewall);
