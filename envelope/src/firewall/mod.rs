@@ -2,7 +2,9 @@
 //! client subnets, tear everything down. Backends: `iptables+ipset` (the real
 //! one: static rules, grants as kernel set members with timeouts), `iptables`
 //! (one rule per grant through `iptables-restore`, where the kernel has no
-//! ipset), `none` (no-op), and `record` (a journal file, for tests of the daemon).
+//! ipset), `nftables` (the same policy in an nf_tables table of its own, grants
+//! as set elements with timeouts, each change one kernel transaction), `none`
+//! (no-op), and `record` (a journal file, for tests of the daemon).
 //! [`FirewallChoice`] names one with its settings, builds it, and cleans up
 //! after every backend.
 
@@ -11,6 +13,7 @@ mod family;
 pub mod ipset;
 pub mod iptables;
 mod journal;
+pub mod nftables;
 mod noop;
 mod subnet;
 
@@ -25,6 +28,7 @@ pub use family::{Family, PerFamily};
 pub use ipset::{IpsetFirewall, NetlinkFault};
 pub use iptables::{IptablesConfig, IptablesFirewall};
 pub use journal::JournalFirewall;
+pub use nftables::{NftablesConfig, NftablesFirewall};
 pub use noop::NoopFirewall;
 pub use subnet::Subnet;
 

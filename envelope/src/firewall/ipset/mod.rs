@@ -29,6 +29,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 pub use self::fault::NetlinkFault;
+pub(crate) use self::fault::{FaultAction, FaultCounter};
 pub use self::socket::{IpsetError, IpsetSocket};
 use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
 use super::iptables::rules;
