@@ -3,6 +3,7 @@
 //! namespace over a veth pair, and the kernel's rules are read with
 //! iptables-save inside the server namespace. Nothing runs in the host's own
 //! network namespace. Needs root and iproute2; fails (never skips) without them.
+//! The session helpers here serve `nftables_netns` too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -15,10 +16,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const PROXY_PORT: u16 = 8080;
-const LIFETIME: Duration = Duration::from_secs(90);
+pub(crate) const PROXY_PORT: u16 = 8080;
+pub(crate) const LIFETIME: Duration = Duration::from_secs(90);
 
-fn addr(ip: &str, port: u16) -> SocketAddr {
+pub(crate) fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
@@ -27,7 +28,7 @@ fn options(ns: &NetPair, extra: &[&str]) -> Options {
     options_with(ns, "iptables", extra)
 }
 
-fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
+pub(crate) fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
     let mut all = vec![
         format!("--firewall={backend}"),
         format!("--device={DEVICE}"),
@@ -44,7 +45,7 @@ fn options_with(ns: &NetPair, backend: &str, extra: &[&str]) -> Options {
 }
 
 /// A WebSocket session over TLS from the client namespace (optionally from `local`).
-async fn ws_from(
+pub(crate) async fn ws_from(
     ns: &NetPair,
     local: Option<IpAddr>,
     server_ip: &str,
@@ -93,7 +94,11 @@ async fn ws_from(
 }
 
 /// The HTTP status of an upgrade attempt: 101, or the refusal's status.
-async fn status_from(ns: &NetPair, local: Option<IpAddr>, server_ip: &str) -> (u16, Option<Ws>) {
+pub(crate) async fn status_from(
+    ns: &NetPair,
+    local: Option<IpAddr>,
+    server_ip: &str,
+) -> (u16, Option<Ws>) {
     match ws_from(ns, local, server_ip, &support::token()).await {
         Ok((ws, response)) => (response.status().as_u16(), Some(ws)),
         Err(e) => match e.strip_prefix("HTTP ") {
@@ -103,7 +108,7 @@ async fn status_from(ns: &NetPair, local: Option<IpAddr>, server_ip: &str) -> (u
     }
 }
 
-async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
+pub(crate) async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
     match ws_from(ns, None, server_ip, &support::token()).await {
         Ok((ws, response)) => {
             assert_eq!(response.status().as_u16(), 101);
@@ -113,12 +118,12 @@ async fn session(ns: &NetPair, server_ip: &str, daemon: &Daemon) -> Ws {
     }
 }
 
-async fn close(mut ws: Ws) {
+pub(crate) async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     drop(ws);
 }
 
-fn lo_works(ns: &NetPair) {
+pub(crate) fn lo_works(ns: &NetPair) {
     ns.connect_in_server(addr("127.0.0.1", SERVICE_PORT))
         .expect("lo inside the server namespace must stay open");
 }
@@ -826,7 +831,7 @@ fn envelopectl_output(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> std::proc
 }
 
 /// `envelopectl` in the server namespace against `daemon`, returning stdout.
-fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> String {
+pub(crate) fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> String {
     let out = envelopectl_output(ns, daemon, args);
     assert!(
         out.status.success(),

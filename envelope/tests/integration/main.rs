@@ -15,4 +15,5 @@ mod client_recipes;
 mod daemon;
 mod deploy_recipes;
 mod firewall_netns;
+mod nftables_netns;
 mod reload;
