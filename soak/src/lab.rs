@@ -34,8 +34,27 @@ pub const FIREWALL_TIMEOUT: &str = "5s";
 const V4_SUBNETS: u8 = 5;
 const V6_SUBNETS: u16 = 3;
 
+/// The `--firewall` backend the soak drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// `iptables`: the guard's rules, grants as ipset members.
+    Iptables,
+    /// `nftables`: the table `inet envelope`, grants as set elements.
+    Nftables,
+}
+
+impl Backend {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
+
 pub struct Lab {
     pub ns: NetPair,
+    pub backend: Backend,
     pub dir: tempfile::TempDir,
     pub envelope_bin: PathBuf,
     pub testdata: PathBuf,
@@ -49,7 +68,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new(envelope_bin: PathBuf, testdata: PathBuf) -> anyhow::Result<Lab> {
+    pub fn new(envelope_bin: PathBuf, testdata: PathBuf, backend: Backend) -> anyhow::Result<Lab> {
         let ns = NetPair::new();
         let lifetime = Duration::from_secs(6 * 3600);
         let service = ns.listener(SERVICE_PORT, lifetime);
@@ -80,6 +99,7 @@ impl Lab {
         )?;
         Ok(Lab {
             ns,
+            backend,
             dir,
             envelope_bin,
             testdata,
@@ -138,7 +158,7 @@ impl Lab {
             .append_log()
             .in_netns(&self.ns.server)
             .arg(format!("--listen-address=:{ENVELOPE_PORT}"))
-            .arg("--firewall=iptables")
+            .arg(format!("--firewall={}", self.backend.flag()))
             .arg(format!("--device={DEVICE}"))
             .arg(format!("--proxy-ports={PROXY_PORT}"))
             .arg(format!(
@@ -219,6 +239,14 @@ impl Lab {
     pub fn ipset_save(&self) -> String {
         let out = self.ns.server_cmd(&["/usr/sbin/ipset", "save"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `nft -j -s list ruleset` of the server namespace: its objects (tables,
+    /// chains, sets with their elements, rules), without counters.
+    pub fn nft_objects(&self) -> Vec<serde_json::Value> {
+        let out = self.ns.server_cmd(&["nft", "-j", "-s", "list", "ruleset"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json["nftables"].as_array().cloned().unwrap_or_default()
     }
 
     /// A shell command inside the server namespace (for tampering by hand).

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::lab::Lab;
+use crate::lab::{Backend, Lab};
 use crate::model::Model;
 use crate::ops::{Driver, Mismatch, Op};
 
@@ -41,6 +41,9 @@ struct Args {
     /// Print every operation as it runs.
     #[arg(long, short)]
     verbose: bool,
+    /// The envelope's `--firewall` backend under test.
+    #[arg(long, value_enum, default_value = "iptables")]
+    backend: Backend,
 }
 
 /// How a run ended.
@@ -70,9 +73,14 @@ fn main() -> anyhow::Result<()> {
         envelope.display()
     );
     let testdata = find_testdata()?;
-    println!("soak: seed {seed}, {} operations", args.ops);
+    let backend = args.backend;
+    println!(
+        "soak: seed {seed}, {} operations, --firewall {}",
+        args.ops,
+        backend.flag()
+    );
     let started = Instant::now();
-    match run(seed, args.ops, &envelope, &testdata, args.verbose)? {
+    match run(seed, args.ops, &envelope, &testdata, backend, args.verbose)? {
         Outcome::Passed { counts, skipped } => {
             println!(
                 "soak: seed {seed}: {} operations, 0 mismatches, nothing left behind, {:.1}s",
@@ -105,10 +113,11 @@ fn main() -> anyhow::Result<()> {
                 println!("    {line}");
             }
             if !args.no_shrink {
-                let shortest = shrink(seed, step + 1, &envelope, &testdata)?;
+                let shortest = shrink(seed, step + 1, &envelope, &testdata, backend)?;
                 println!(
                     "soak: shortest reproducing prefix: --seed {seed} --ops {shortest} \
-                     (keep it in soak/tests/regressions.rs)"
+                     --backend {} (keep it in soak/tests/regressions.rs)",
+                    backend.flag()
                 );
             }
             println!("soak: seed {seed}: mismatch at step {step}");
@@ -118,12 +127,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Bisects for the shortest prefix of the sequence that still mismatches.
-fn shrink(seed: u64, failing: usize, envelope: &Path, testdata: &Path) -> anyhow::Result<usize> {
+fn shrink(
+    seed: u64,
+    failing: usize,
+    envelope: &Path,
+    testdata: &Path,
+    backend: Backend,
+) -> anyhow::Result<usize> {
     let (mut good, mut bad) = (0, failing);
     while bad - good > 1 {
         let mid = (good + bad) / 2;
         print!("soak: replaying the first {mid} operations: ");
-        match run(seed, mid, envelope, testdata, false)? {
+        match run(seed, mid, envelope, testdata, backend, false)? {
             Outcome::Passed { .. } => {
                 println!("passes");
                 good = mid;
@@ -143,9 +158,10 @@ fn run(
     count: usize,
     envelope: &Path,
     testdata: &Path,
+    backend: Backend,
     verbose: bool,
 ) -> anyhow::Result<Outcome> {
-    let lab = Lab::new(envelope.to_owned(), testdata.to_owned())?;
+    let lab = Lab::new(envelope.to_owned(), testdata.to_owned(), backend)?;
     let client_ns = lab.ns.client.clone();
     std::thread::scope(|scope| {
         scope

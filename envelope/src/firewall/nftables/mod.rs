@@ -362,10 +362,12 @@ impl Firewall for NftablesFirewall {
             let mut out = BTreeMap::new();
             for family in Family::ALL {
                 let set = grants_set(family);
-                let listed = socket
-                    .list(set)
-                    .await
-                    .map_err(|e| failed(&format!("list set {set}"), &e))?;
+                let listed = match socket.list(set).await {
+                    Ok(listed) => listed,
+                    // The set (or the table) deleted by hand: nothing of it is open.
+                    Err(NftError::Refused(r)) if r.iter().all(|r| r.code == ENOENT) => Vec::new(),
+                    Err(e) => return Err(failed(&format!("list set {set}"), &e)),
+                };
                 out.extend(granted_subnets(&listed));
             }
             Ok(Some(out))
