@@ -65,6 +65,27 @@ impl Change {
         self.grant.iter().map(|o| o.subnet)
     }
 
+    /// What the change does, for error messages: `grant A,B refresh C revoke D`.
+    pub fn describe(&self) -> String {
+        let list = |s: &mut dyn Iterator<Item = Subnet>| {
+            s.map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        };
+        let mut parts = Vec::new();
+        if !self.grant.is_empty() {
+            parts.push(format!("grant {}", list(&mut self.granted())));
+        }
+        if !self.refresh.is_empty() {
+            parts.push(format!(
+                "refresh {}",
+                list(&mut self.refresh.iter().map(|o| o.subnet))
+            ));
+        }
+        if !self.revoke.is_empty() {
+            parts.push(format!("revoke {}", list(&mut self.revoke.iter().copied())));
+        }
+        parts.join(" ")
+    }
+
     /// The same change as one change per subnet (to isolate a failure).
     pub fn per_subnet(&self) -> Vec<Change> {
         let grants = self.grant.iter().map(|&o| Change {

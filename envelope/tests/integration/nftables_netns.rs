@@ -396,50 +396,16 @@ async fn the_proxy_ports_come_and_go_in_the_transaction_of_the_first_and_last_gr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_element_deleted_by_hand_shows_in_list_and_frees_the_slot() {
-    let ns = NetPair::new();
-    let _service = ns.listener(SERVICE_PORT, LIFETIME);
-    let service = addr(SERVER_V4, SERVICE_PORT);
-    let daemon = Daemon::start(options(&ns, &["--max-clients=1"]));
-    let ws = session(&ns, SERVER_V4, &daemon).await;
-    let json = envelopectl(&ns, &daemon, &["list", "--json"]);
-    let grants: Vec<common::admin::Grant> = serde_json::from_str(&json).unwrap();
-    let left = grants[0].kernel_remaining_seconds.unwrap();
-    assert!(
-        (60..=130).contains(&left),
-        "kernel time left: {left} s\n{json}"
-    );
-    nft(
-        &ns,
-        &[
-            "delete",
-            "element",
-            "inet",
-            "envelope",
-            "grants-v4",
-            "{ 192.0.2.0/24 }",
-        ],
-    );
-    assert!(!ns.client_can_reach(service));
-    let json = envelopectl(&ns, &daemon, &["list", "--json"]);
-    let grants: Vec<common::admin::Grant> = serde_json::from_str(&json).unwrap();
-    assert_eq!(grants[0].kernel_remaining_seconds, Some(0), "{json}");
-    assert!(envelopectl(&ns, &daemon, &["list"]).contains("gone"));
-    close(ws).await;
-    // The revoke of a vanished element succeeds: the next client is served.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ws = loop {
-        match status_from(&ns, None, SERVER_V4).await {
-            (101, Some(ws)) => break ws,
-            (status, _) => assert!(
-                Instant::now() < deadline,
-                "slot not freed after a hand-deleted element: {status}\n{}",
-                daemon.logs()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(ns.client_can_reach(service));
-    close(ws).await;
+    let delete = [
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "envelope",
+        "grants-v4",
+        "{ 192.0.2.0/24 }",
+    ];
+    crate::firewall_netns::hand_deleted_grant_frees_the_slot("nftables", &delete).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

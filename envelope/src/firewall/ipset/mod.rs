@@ -286,29 +286,6 @@ fn failed(operation: String, error: IpsetError) -> FirewallError {
     }
 }
 
-fn describe(change: &Change) -> String {
-    let list = |s: &mut dyn Iterator<Item = Subnet>| {
-        s.map(|s| s.to_string()).collect::<Vec<_>>().join(",")
-    };
-    let mut parts = Vec::new();
-    if !change.grant.is_empty() {
-        parts.push(format!("grant {}", list(&mut change.granted())));
-    }
-    if !change.refresh.is_empty() {
-        parts.push(format!(
-            "refresh {}",
-            list(&mut change.refresh.iter().map(|o| o.subnet))
-        ));
-    }
-    if !change.revoke.is_empty() {
-        parts.push(format!(
-            "revoke {}",
-            list(&mut change.revoke.iter().copied())
-        ));
-    }
-    parts.join(" ")
-}
-
 impl Firewall for IpsetFirewall {
     fn backend(&self) -> String {
         format!("iptables+ipset ({})", self.guard.mode())
@@ -407,7 +384,7 @@ impl Firewall for IpsetFirewall {
                 }
             }
             Err(FirewallError::Failed {
-                operation: describe(change),
+                operation: change.describe(),
                 message,
             })
         })

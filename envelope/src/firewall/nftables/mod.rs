@@ -249,29 +249,6 @@ fn failed(operation: &str, error: &NftError) -> FirewallError {
     }
 }
 
-fn describe(change: &Change) -> String {
-    let list = |s: &mut dyn Iterator<Item = Subnet>| {
-        s.map(|s| s.to_string()).collect::<Vec<_>>().join(",")
-    };
-    let mut parts = Vec::new();
-    if !change.grant.is_empty() {
-        parts.push(format!("grant {}", list(&mut change.granted())));
-    }
-    if !change.refresh.is_empty() {
-        parts.push(format!(
-            "refresh {}",
-            list(&mut change.refresh.iter().map(|o| o.subnet))
-        ));
-    }
-    if !change.revoke.is_empty() {
-        parts.push(format!(
-            "revoke {}",
-            list(&mut change.revoke.iter().copied())
-        ));
-    }
-    parts.join(" ")
-}
-
 impl Firewall for NftablesFirewall {
     fn backend(&self) -> String {
         "nftables".into()
@@ -327,7 +304,7 @@ impl Firewall for NftablesFirewall {
                         tracing::error!(error = %chain(&undo), "undoing a change of unknown outcome");
                     }
                 }
-                return Err(failed(&describe(change), &e));
+                return Err(failed(&change.describe(), &e));
             }
             for family in Family::ALL {
                 let held = state.family(family);
