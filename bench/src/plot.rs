@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use plotters::coord::ranged1d::{BindKeyPoints, IntoLogRange};
 use plotters::prelude::*;
 
 use crate::stats::Sample;

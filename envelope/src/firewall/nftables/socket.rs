@@ -1,9 +1,10 @@
 //! One netlink socket to the kernel's nf_tables subsystem, kept open for the
 //! life of the daemon: a change is one transaction in one send, no process.
-//! After a transaction the socket asks for the ruleset's generation id; that
-//! answer comes after every answer to the transaction, so once it is in, the
-//! refusals (if any) are all known. A refused transaction was applied not at
-//! all: the kernel aborts it whole. Every exchange is bounded by a timeout.
+//! The kernel processes a batch within the send and queues a message only for
+//! a refused request (no request asks for an acknowledgement), so the answers
+//! are read without waiting: none means committed. A refused transaction was
+//! applied not at all: the kernel aborts it whole. Dumps and the start-up
+//! probe wait for their answers, bounded by a timeout.
 
 use std::fmt;
 use std::io;
@@ -17,6 +18,9 @@ use crate::firewall::ipset::{FaultAction, FaultCounter, NetlinkFault};
 
 /// Socket buffers big enough for the largest group commit in one datagram.
 const BUFFER_BYTES: usize = 4 << 20;
+/// The largest answer to a transaction: an error carries only the refused
+/// request's header (NETLINK_CAP_ACK).
+const RECEIVE_BYTES: usize = 64 << 10;
 
 /// One request the kernel refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +110,7 @@ impl NftSocket {
         // change that does not fit fails with EMSGSIZE and the owner retries
         // it subnet by subnet.
         let _ = socket.socket_ref().set_rx_buf_sz(BUFFER_BYTES);
+        socket.socket_ref().set_cap_ack(true)?;
         let _ = nix::sys::socket::setsockopt(
             socket.socket_ref(),
             nix::sys::socket::sockopt::SndBufForce,
@@ -154,24 +159,26 @@ impl NftSocket {
         self.socket
             .send(&wire::transaction(requests, first))
             .await?;
-        let marker = self.next_seq();
-        self.socket.send(&wire::generation(marker)).await?;
         if fault == Some(FaultAction::Stall) {
-            // The kernel has applied it; the late answers carry old
+            // The kernel has applied it; its answers (if any) carry old
             // sequence numbers, which later exchanges skip.
             tokio::time::sleep(self.timeout).await;
             return Err(NftError::Timeout(self.timeout));
         }
+        // nf_tables handles a batch inside the send itself (`nft` relies on
+        // this too): by now every refusal is queued on the socket, and an
+        // empty queue means the kernel committed the whole transaction.
         let mut refused = Vec::new();
-        self.answers(|message| {
-            let Answer::Status(code) = reply::answer(message)? else {
-                return Ok(None);
-            };
-            if message.seq == marker {
-                return Ok(Some(()));
-            }
-            let offset = message.seq.wrapping_sub(first) as usize;
-            if code != 0 && offset <= requests.len() + 1 {
+        while let Some(datagram) = self.try_receive()? {
+            for message in reply::messages(&datagram) {
+                let message = message?;
+                let Answer::Status(code) = reply::answer(&message)? else {
+                    continue;
+                };
+                let offset = message.seq.wrapping_sub(first) as usize;
+                if code == 0 || offset > requests.len() + 1 {
+                    continue;
+                }
                 // Offset 0 is BEGIN: the commit itself failed.
                 let request = offset
                     .checked_sub(1)
@@ -189,13 +196,22 @@ impl NftSocket {
                     },
                 });
             }
-            Ok(None)
-        })
-        .await?;
+        }
         if refused.is_empty() {
             Ok(())
         } else {
             Err(NftError::Refused(refused))
+        }
+    }
+
+    /// One datagram already queued on the socket, without waiting.
+    fn try_receive(&self) -> Result<Option<Vec<u8>>, NftError> {
+        let mut datagram = Vec::with_capacity(RECEIVE_BYTES);
+        let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT.bits();
+        match self.socket.socket_ref().recv_from(&mut datagram, flags) {
+            Ok(_) => Ok(Some(datagram)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 

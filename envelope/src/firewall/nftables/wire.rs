@@ -112,7 +112,7 @@ fn nftables(message: NfTablesMessage) -> NetfilterMessage {
 /// The bytes of one transaction: BEGIN at `first_seq`, the requests at the
 /// following sequence numbers, END after them. No message asks for an
 /// acknowledgement: the kernel reports every refused request (and a failed
-/// commit, on BEGIN's sequence number) by itself.
+/// commit, on BEGIN's sequence number) by itself, and nothing else.
 pub fn transaction(requests: &[Request], first_seq: u32) -> Vec<u8> {
     let mut buf = Vec::new();
     append(&mut buf, control(ControlMessage::BatchBegin), 0, first_seq);
@@ -135,8 +135,8 @@ pub fn transaction(requests: &[Request], first_seq: u32) -> Vec<u8> {
     buf
 }
 
-/// A request for the ruleset's generation id, acknowledged: sent after a
-/// transaction, its answer arrives after every answer to the transaction.
+/// A request for the ruleset's generation id, acknowledged: whether the
+/// kernel answers for nf_tables at all.
 pub fn generation(seq: u32) -> Vec<u8> {
     let mut buf = Vec::new();
     let message = NfTablesMessage::GetGen(GenMessage { attributes: vec![] });
