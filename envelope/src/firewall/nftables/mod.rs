@@ -227,8 +227,9 @@ async fn commit(socket: &mut NftSocket, mut requests: Vec<Request>) -> Result<()
         let gone: Option<BTreeSet<usize>> = refusals
             .iter()
             .map(|r| {
-                r.index
-                    .filter(|&i| r.code == ENOENT && requests[i].deletes_element())
+                r.index.filter(|&i| {
+                    r.code == ENOENT && requests.get(i).is_some_and(Request::deletes_element)
+                })
             })
             .collect();
         let Some(gone) = gone else {
