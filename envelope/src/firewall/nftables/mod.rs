@@ -11,8 +11,9 @@
 //! deadlines (delete and re-add), revokes and the proxy ports all apply, or
 //! none does; no rollback of our own is needed. A refusal names each refused
 //! request; deleting an element that is already gone (deleted by hand, or
-//! expired) is refused with ENOENT, so the transaction is sent again without
-//! those deletes: a revoke of a vanished grant succeeds and frees its slot.
+//! expired), or re-adding one whose set is gone, is refused with ENOENT, so
+//! the transaction is sent again without those requests: a revoke of a
+//! vanished grant succeeds and frees its slot.
 
 mod reply;
 mod ruleset;
@@ -93,11 +94,13 @@ struct Plan {
     ports_until: PerFamily<Option<Instant>>,
 }
 
-/// One set's part of a plan: keys to delete, then keys to add.
+/// One set's part of a plan: keys to delete, keys to add, and keys to add
+/// back with a new timeout (deleted and re-added: a refresh).
 #[derive(Debug, Default)]
 struct SetEdit {
     delete: Vec<Key>,
     add: Vec<(Key, Duration)>,
+    readd: Vec<(Key, Duration)>,
 }
 
 impl SetEdit {
@@ -111,20 +114,26 @@ impl SetEdit {
         if !self.add.is_empty() {
             out.push(wire::add_elements(set, &self.add));
         }
+        if !self.readd.is_empty() {
+            out.push(wire::readd_elements(set, &self.readd));
+        }
     }
 
     /// Moves `key` from `old` (its kernel timeout before, if it was there)
     /// to `new`, recording the inverse in `undo`.
     fn edit(&mut self, undo: &mut SetEdit, key: Key, old: Option<Duration>, new: Option<Duration>) {
-        if old.is_some() {
+        self.change(key, old, new);
+        undo.change(key, new, old);
+    }
+
+    fn change(&mut self, key: Key, from: Option<Duration>, to: Option<Duration>) {
+        if from.is_some() {
             self.delete.push(key);
         }
-        if let Some(new) = new {
-            self.add.push((key, new));
-            undo.delete.push(key);
-        }
-        if let Some(old) = old {
-            undo.add.push((key, old));
+        match (from, to) {
+            (Some(_), Some(to)) => self.readd.push((key, to)),
+            (None, Some(to)) => self.add.push((key, to)),
+            (_, None) => {}
         }
     }
 }
@@ -216,8 +225,9 @@ impl NftablesConfig {
     }
 }
 
-/// Sends `requests` as one transaction; while the only refusals are deletes
-/// of elements that are already gone, sends it again without them.
+/// Sends `requests` as one transaction; while the only refusals say that
+/// what a delete or a re-add touches is gone already (ENOENT), sends it again
+/// without those requests.
 async fn commit(socket: &mut NftSocket, mut requests: Vec<Request>) -> Result<(), NftError> {
     for _ in 0..MAX_ROUNDS {
         let refusals = match socket.transact(&requests).await {
@@ -227,9 +237,8 @@ async fn commit(socket: &mut NftSocket, mut requests: Vec<Request>) -> Result<()
         let gone: Option<BTreeSet<usize>> = refusals
             .iter()
             .map(|r| {
-                r.index.filter(|&i| {
-                    r.code == ENOENT && requests.get(i).is_some_and(Request::deletes_element)
-                })
+                r.index
+                    .filter(|&i| r.code == ENOENT && requests.get(i).is_some_and(Request::gone_ok))
             })
             .collect();
         let Some(gone) = gone else {

@@ -40,6 +40,10 @@ pub struct Request {
     message: NfTablesMessage,
     flags: u16,
     what: String,
+    /// An ENOENT refusal means that what this request touches is gone already
+    /// (deleted by hand, expired, its set deleted): the transaction can go
+    /// without it.
+    gone_ok: bool,
 }
 
 impl Request {
@@ -49,6 +53,7 @@ impl Request {
             message,
             flags: NLM_F_CREATE,
             what: what.into(),
+            gone_ok: false,
         }
     }
 
@@ -58,6 +63,7 @@ impl Request {
             message,
             flags: 0,
             what: what.into(),
+            gone_ok: false,
         }
     }
 
@@ -70,9 +76,9 @@ impl Request {
         &self.what
     }
 
-    /// Whether this request deletes a set element.
-    pub fn deletes_element(&self) -> bool {
-        matches!(self.message, NfTablesMessage::DeleteSetElement(_))
+    /// Whether an ENOENT refusal of this request means "already gone".
+    pub fn gone_ok(&self) -> bool {
+        self.gone_ok
     }
 
     /// Whether this request adds or deletes set elements (the fault hook counts these).
@@ -246,6 +252,20 @@ fn element_message(
 
 /// Adds every key to `set`, each with its kernel timeout, in one message.
 pub fn add_elements(set: &str, keys: &[(Key, Duration)]) -> Request {
+    adding(set, keys, "add")
+}
+
+/// Adds back keys just deleted in the same transaction, with new timeouts
+/// (a refresh). Where their set is gone, so are they: that refusal does not
+/// fail the transaction.
+pub fn readd_elements(set: &str, keys: &[(Key, Duration)]) -> Request {
+    Request {
+        gone_ok: true,
+        ..adding(set, keys, "re-add")
+    }
+}
+
+fn adding(set: &str, keys: &[(Key, Duration)], verb: &str) -> Request {
     let elements = keys
         .iter()
         .flat_map(|&(key, timeout)| entries(key, Some(timeout)))
@@ -257,17 +277,20 @@ pub fn add_elements(set: &str, keys: &[(Key, Duration)]) -> Request {
         .join(", ");
     Request::create(
         NfTablesMessage::NewSetElement(element_message(set, elements)),
-        format!("add {list} to {set}"),
+        format!("{verb} {list} to {set}"),
     )
 }
 
 /// Deletes one key from `set`: one message per key, so that a refusal
 /// (ENOENT: the element is already gone) names exactly that key.
 pub fn delete_element(set: &str, key: Key) -> Request {
-    Request::plain(
-        NfTablesMessage::DeleteSetElement(element_message(set, entries(key, None))),
-        format!("delete {key} from {set}"),
-    )
+    Request {
+        gone_ok: true,
+        ..Request::plain(
+            NfTablesMessage::DeleteSetElement(element_message(set, entries(key, None))),
+            format!("delete {key} from {set}"),
+        )
+    }
 }
 
 #[cfg(test)]
