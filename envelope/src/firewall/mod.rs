@@ -86,6 +86,21 @@ impl Change {
         parts.join(" ")
     }
 
+    /// Each subnet the change touches, by family, with its new deadline
+    /// (`None`: closed): what a kernel-facing backend edits.
+    pub fn edits(&self) -> PerFamily<BTreeMap<Subnet, Option<tokio::time::Instant>>> {
+        let mut edits = PerFamily::<BTreeMap<_, _>>::default();
+        for opening in self.grant.iter().chain(&self.refresh) {
+            edits
+                .family(Family::of(&opening.subnet))
+                .insert(opening.subnet, Some(opening.until));
+        }
+        for subnet in &self.revoke {
+            edits.family(Family::of(subnet)).insert(*subnet, None);
+        }
+        edits
+    }
+
     /// The same change as one change per subnet (to isolate a failure).
     pub fn per_subnet(&self) -> Vec<Change> {
         let grants = self.grant.iter().map(|&o| Change {

@@ -313,15 +313,7 @@ impl Firewall for IpsetFirewall {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            let mut edits = PerFamily::<BTreeMap<Subnet, Option<Instant>>>::default();
-            for opening in change.grant.iter().chain(&change.refresh) {
-                edits
-                    .family(Family::of(&opening.subnet))
-                    .insert(opening.subnet, Some(opening.until));
-            }
-            for subnet in &change.revoke {
-                edits.family(Family::of(subnet)).insert(*subnet, None);
-            }
+            let mut edits = change.edits();
             let now = Instant::now();
             let mut socket = self.socket.lock().await;
             let protocol = socket.protocol();
