@@ -4,8 +4,9 @@
 # as ratios against the Go original's firewall sequence measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v iptables-save >/dev/null && command -v ip >/dev/null && command -v ipset >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset iproute2
+command -v iptables-save >/dev/null && command -v ip >/dev/null && command -v ipset >/dev/null &&
+    command -v nft >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset nftables iproute2
 }
 cargo build -q --release -p envelope -p envelope-bench
 exec target/release/envelope-bench "$@"

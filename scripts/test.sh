@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in iptables-save:iptables ipset:ipset ip:iproute2 curl:curl setpriv:util-linux; do
+for tool in iptables-save:iptables ipset:ipset nft:nftables ip:iproute2 curl:curl setpriv:util-linux; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -55,3 +55,5 @@ target/debug/xtask licenses --check
 cargo build -q -p envelope-soak
 target/debug/envelope-soak --seed 13 --ops 200
 target/debug/envelope-soak --ops 60
+# The same against --firewall nftables (nft delete element/table, foreign tables).
+target/debug/envelope-soak --seed 13 --ops 120 --backend nftables

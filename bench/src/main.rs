@@ -10,6 +10,8 @@
 //! - a burst of clients from distinct /24s upgrading at once, both ways;
 //! - SIGKILL with grants held and no restart: time until the kernel has closed
 //!   every one of them on its own (set-member timeouts);
+//! - the grant figures (back to back, Poisson, burst, SIGKILL) once more with
+//!   `--firewall nftables`, beside the ipset path's;
 //! - invalid-token rejections per second from a second process (keep-alive HTTP)
 //!   and the latency a valid client sees meanwhile;
 //! - resident memory idle and with thousands of held sessions.
@@ -238,6 +240,7 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
 
     println!("\n== back to back: {n} sessions, each starting as the last one ends (no pause)");
     let ours = back_to_back(lab, "iptables", n)?;
+    let nft = back_to_back(lab, "nftables", n)?;
     let rules = back_to_back(lab, "iptables-restore", n)?;
     let one = vec![subnet_of(&testbed::CLIENT_V4.parse()?)];
     let go = go_baseline::with_guard(&server, ports, move || go_baseline::back_to_back(&one, n))?;
@@ -278,6 +281,21 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         go.revoke.pct(50),
         f64::NAN,
     );
+    // The nftables backend beside the ipset path, same run (goal: p50 ≤ 1.1×).
+    for (what, theirs, ipset) in [
+        ("grant p50", nft.grant.pct(50), ours.grant.pct(50)),
+        ("grant p99", nft.grant.pct(99), ours.grant.pct(99)),
+        ("revoke p50", nft.revoke.pct(50), ours.revoke.pct(50)),
+        ("revoke p99", nft.revoke.pct(99), ours.revoke.pct(99)),
+    ] {
+        let goal = if what.ends_with("p50") { 1.1 } else { f64::NAN };
+        report.ratio(
+            &format!("  nftables back-to-back {what} vs ipset"),
+            theirs,
+            ipset,
+            goal,
+        );
+    }
     report.ratio(
         "  fallback (iptables-restore) grant p50",
         rules.grant.pct(50),
@@ -299,23 +317,9 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         cli.poisson_secs,
         subnets.len()
     );
-    let envelope = lab.envelope(
-        "poisson",
-        true,
-        Firewall::Kernel("iptables"),
-        &["--max-clients=1024", "--proxy-ports=80,443"],
-    )?;
     let tls = client::tls_connector(&testbed::testdata("insecure-test-ca.pem"))?;
-    let ours_schedule: Vec<_> = plan
-        .iter()
-        .map(|&(at, source, hold)| (at, lab.client_addrs[source], hold))
-        .collect();
-    let (addr, token, connector) = (lab.envelope_addr(), lab.token(), tls.clone());
-    let poisson = measure::in_ns(&lab.ns.client, move || {
-        Box::pin(async move { measure::arrivals(addr, connector, ours_schedule, token).await })
-    })
-    .with_context(|| format!("poisson\n{}", envelope.logs()))?;
-    envelope.stop()?;
+    let poisson = poisson_round(lab, &plan, "iptables", &tls)?;
+    let nft_poisson = poisson_round(lab, &plan, "nftables", &tls)?;
     let go_schedule: Vec<_> = plan
         .iter()
         .map(|(at, source, hold)| (*at, subnets[*source].clone(), *hold))
@@ -323,9 +327,11 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
     let go_poisson =
         go_baseline::with_guard(&server, ports, move || go_baseline::arrivals(&go_schedule))?;
     println!(
-        "   ours: grant p50 {} p99 {} | go sequence: grant p50 {} p99 {}",
+        "   ours: grant p50 {} p99 {} | nftables: p50 {} p99 {} | go sequence: grant p50 {} p99 {}",
         ms(poisson.pct(50)),
         ms(poisson.pct(99)),
+        ms(nft_poisson.pct(50)),
+        ms(nft_poisson.pct(99)),
         ms(go_poisson.grant.pct(50)),
         ms(go_poisson.grant.pct(99))
     );
@@ -347,24 +353,20 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         go_poisson.grant.pct(99),
         f64::NAN,
     );
+    report.ratio(
+        "  nftables Poisson grant p99 vs ipset",
+        nft_poisson.pct(99),
+        poisson.pct(99),
+        f64::NAN,
+    );
 
     println!(
         "\n== burst: {} clients from distinct /24s upgrading at once",
         subnets.len()
     );
-    let envelope = lab.envelope(
-        "burst",
-        true,
-        Firewall::Kernel("iptables"),
-        &["--max-clients=256", "--proxy-ports=80,443"],
-    )?;
-    let (sources, token, connector) = (lab.client_addrs.clone(), lab.token(), tls.clone());
+    let burst = burst_round(lab, "iptables", &tls)?;
+    let nft_burst = burst_round(lab, "nftables", &tls)?;
     let addr = lab.envelope_addr();
-    let burst = measure::in_ns(&lab.ns.client, move || {
-        Box::pin(async move { measure::burst(addr, SERVICE_PORT, connector, sources, token).await })
-    })
-    .with_context(|| format!("burst\n{}", envelope.logs()))?;
-    envelope.stop()?;
     // The same burst with no firewall at all: what HTTP, TLS and the token
     // checks of 64 requests cost on their own (the floor under our figure).
     let envelope = lab.envelope("burst-floor", true, Firewall::None, &["--max-clients=256"])?;
@@ -397,15 +399,29 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         go_revoked,
         f64::NAN,
     );
+    report.ratio(
+        "  nftables burst: all granted vs ipset",
+        nft_burst.all_granted,
+        burst.all_granted,
+        f64::NAN,
+    );
+    report.ratio(
+        "  nftables burst: all revoked vs ipset",
+        nft_burst.all_revoked,
+        burst.all_revoked,
+        f64::NAN,
+    );
 
     std::fs::create_dir_all(&cli.plots)?;
     let ipset = "envelope (iptables+ipset)";
+    let nftables = "envelope (nftables)";
     let plots = [
         (
             "back-to-back.svg",
             format!("Grant latency, {n} sessions back to back"),
             vec![
                 (ipset, &ours.grant),
+                (nftables, &nft.grant),
                 ("envelope (iptables-restore)", &rules.grant),
                 ("Go sequence", &go.grant),
             ],
@@ -416,12 +432,20 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
                 "Grant latency, Poisson arrivals ({}/s for {} s)",
                 cli.poisson_rate, cli.poisson_secs
             ),
-            vec![(ipset, &poisson), ("Go sequence", &go_poisson.grant)],
+            vec![
+                (ipset, &poisson),
+                (nftables, &nft_poisson),
+                ("Go sequence", &go_poisson.grant),
+            ],
         ),
         (
             "burst.svg",
             format!("Grant latency of each client, {} at once", subnets.len()),
-            vec![(ipset, &burst.grants), ("Go sequence", &go_burst)],
+            vec![
+                (ipset, &burst.grants),
+                (nftables, &nft_burst.grants),
+                ("Go sequence", &go_burst),
+            ],
         ),
     ];
     for (file, title, series) in plots {
@@ -430,7 +454,56 @@ fn firewall_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<
         println!("   plot: {}", path.display());
     }
 
-    crash_round(lab, cli, &tls, report)
+    crash_round(lab, cli, &tls, report, "iptables")?;
+    crash_round(lab, cli, &tls, report, "nftables")
+}
+
+/// The Poisson schedule against one backend: every grant's latency.
+fn poisson_round(
+    lab: &Lab,
+    plan: &[(Duration, usize, Duration)],
+    backend: &'static str,
+    tls: &tokio_rustls::TlsConnector,
+) -> anyhow::Result<Sample> {
+    let envelope = lab.envelope(
+        &format!("poisson-{backend}"),
+        true,
+        Firewall::Kernel(backend),
+        &["--max-clients=1024", "--proxy-ports=80,443"],
+    )?;
+    let schedule: Vec<_> = plan
+        .iter()
+        .map(|&(at, source, hold)| (at, lab.client_addrs[source], hold))
+        .collect();
+    let (addr, token, connector) = (lab.envelope_addr(), lab.token(), tls.clone());
+    let poisson = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move { measure::arrivals(addr, connector, schedule, token).await })
+    })
+    .with_context(|| format!("poisson, {backend}\n{}", envelope.logs()))?;
+    envelope.stop()?;
+    Ok(poisson)
+}
+
+/// Every client from its own /24 at once against one backend.
+fn burst_round(
+    lab: &Lab,
+    backend: &'static str,
+    tls: &tokio_rustls::TlsConnector,
+) -> anyhow::Result<measure::Burst> {
+    let envelope = lab.envelope(
+        &format!("burst-{backend}"),
+        true,
+        Firewall::Kernel(backend),
+        &["--max-clients=256", "--proxy-ports=80,443"],
+    )?;
+    let (sources, token, connector) = (lab.client_addrs.clone(), lab.token(), tls.clone());
+    let addr = lab.envelope_addr();
+    let burst = measure::in_ns(&lab.ns.client, move || {
+        Box::pin(async move { measure::burst(addr, SERVICE_PORT, connector, sources, token).await })
+    })
+    .with_context(|| format!("burst, {backend}\n{}", envelope.logs()))?;
+    envelope.stop()?;
+    Ok(burst)
 }
 
 struct Sequential {
@@ -477,15 +550,18 @@ fn crash_round(
     cli: &Cli,
     tls: &tokio_rustls::TlsConnector,
     report: &mut Report,
+    backend: &'static str,
 ) -> anyhow::Result<()> {
     const HOLD: Duration = Duration::from_secs(3);
     const MARGIN: Duration = Duration::from_secs(5);
     let held = cli.crash_held.min(lab.client_addrs.len());
-    println!("\n== SIGKILL with {held} grants held (sessions capped at {HOLD:?}), no restart");
+    println!(
+        "\n== SIGKILL with {held} grants held (sessions capped at {HOLD:?}), no restart, --firewall {backend}"
+    );
     let envelope = lab.envelope(
-        "crash",
+        &format!("crash-{backend}"),
         true,
-        Firewall::Kernel("iptables"),
+        Firewall::Kernel(backend),
         &[
             "--max-clients=256",
             "--timeout=1s",
@@ -529,7 +605,7 @@ fn crash_round(
     );
     let bound = HOLD + MARGIN + Duration::from_secs(1);
     report.line(
-        &format!("SIGKILL, {held} held: kernel closed all (from grant)"),
+        &format!("SIGKILL, {held} held: kernel closed all (from grant), {backend}"),
         &format!("{} (Go original: never)", ms(after_grant)),
         &format!("≤ {} (hold + margin + 1 s)", ms(bound)),
         after_grant <= bound,

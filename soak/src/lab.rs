@@ -41,8 +41,27 @@ const V6_SUBNETS: u16 = 3;
 /// How long one admin request may take.
 const ADMIN_BOUND: Duration = Duration::from_secs(10);
 
+/// The `--firewall` backend the soak drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// `iptables`: the guard's rules, grants as ipset members.
+    Iptables,
+    /// `nftables`: the table `inet envelope`, grants as set elements.
+    Nftables,
+}
+
+impl Backend {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
+
 pub struct Lab {
     pub ns: NetPair,
+    pub backend: Backend,
     pub dir: tempfile::TempDir,
     pub envelope_bin: PathBuf,
     /// Every client source address, IPv4 first.
@@ -56,7 +75,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new(envelope_bin: PathBuf) -> anyhow::Result<Lab> {
+    pub fn new(envelope_bin: PathBuf, backend: Backend) -> anyhow::Result<Lab> {
         let ns = NetPair::new();
         let lifetime = Duration::from_secs(6 * 3600);
         let service = ns.listener(SERVICE_PORT, lifetime);
@@ -85,6 +104,7 @@ impl Lab {
         Ok(Lab {
             ns,
             admin: Client::new(dir.path().join("admin.sock")),
+            backend,
             dir,
             envelope_bin,
             sources,
@@ -120,7 +140,7 @@ impl Lab {
     pub fn envelope(&self, fault: Option<&str>) -> anyhow::Result<Envelope> {
         let mut cmd = EnvelopeCmd {
             listen: format!(":{ENVELOPE_PORT}"),
-            firewall: Firewall::Kernel("iptables"),
+            firewall: Firewall::Kernel(self.backend.flag()),
             tokens: self.issuer.lock().unwrap().checks(),
             netns: Some(self.ns.server.clone()),
             ..EnvelopeCmd::default()
@@ -165,6 +185,14 @@ impl Lab {
     pub fn ipset_save(&self) -> String {
         let out = self.ns.server_cmd(&["/usr/sbin/ipset", "save"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `nft -j -s list ruleset` of the server namespace: its objects (tables,
+    /// chains, sets with their elements, rules), without counters.
+    pub fn nft_objects(&self) -> Vec<serde_json::Value> {
+        let out = self.ns.server_cmd(&["nft", "-j", "-s", "list", "ruleset"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json["nftables"].as_array().cloned().unwrap_or_default()
     }
 
     /// A shell command inside the server namespace (for tampering by hand).

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::lab::Lab;
+use crate::lab::{Backend, Lab};
 use crate::model::Model;
 use crate::ops::{Driver, Mismatch, Op};
 
@@ -41,6 +41,9 @@ struct Args {
     /// Print every operation as it runs.
     #[arg(long, short)]
     verbose: bool,
+    /// The envelope's `--firewall` backend under test.
+    #[arg(long, value_enum, default_value = "iptables")]
+    backend: Backend,
 }
 
 /// How a run ended.
@@ -69,9 +72,14 @@ fn main() -> anyhow::Result<()> {
         "no envelope binary at {}",
         envelope.display()
     );
-    println!("soak: seed {seed}, {} operations", args.ops);
+    let backend = args.backend;
+    println!(
+        "soak: seed {seed}, {} operations, --firewall {}",
+        args.ops,
+        backend.flag()
+    );
     let started = Instant::now();
-    match run(seed, args.ops, &envelope, args.verbose)? {
+    match run(seed, args.ops, &envelope, backend, args.verbose)? {
         Outcome::Passed { counts, skipped } => {
             println!(
                 "soak: seed {seed}: {} operations, 0 mismatches, nothing left behind, {:.1}s",
@@ -104,10 +112,11 @@ fn main() -> anyhow::Result<()> {
                 println!("    {line}");
             }
             if !args.no_shrink {
-                let shortest = shrink(seed, step + 1, &envelope)?;
+                let shortest = shrink(seed, step + 1, &envelope, backend)?;
                 println!(
                     "soak: shortest reproducing prefix: --seed {seed} --ops {shortest} \
-                     (keep it in soak/tests/regressions.rs)"
+                     --backend {} (keep it in soak/tests/regressions.rs)",
+                    backend.flag()
                 );
             }
             println!("soak: seed {seed}: mismatch at step {step}");
@@ -117,12 +126,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Bisects for the shortest prefix of the sequence that still mismatches.
-fn shrink(seed: u64, failing: usize, envelope: &Path) -> anyhow::Result<usize> {
+fn shrink(seed: u64, failing: usize, envelope: &Path, backend: Backend) -> anyhow::Result<usize> {
     let (mut good, mut bad) = (0, failing);
     while bad - good > 1 {
         let mid = (good + bad) / 2;
         print!("soak: replaying the first {mid} operations: ");
-        match run(seed, mid, envelope, false)? {
+        match run(seed, mid, envelope, backend, false)? {
             Outcome::Passed { .. } => {
                 println!("passes");
                 good = mid;
@@ -137,8 +146,14 @@ fn shrink(seed: u64, failing: usize, envelope: &Path) -> anyhow::Result<usize> {
 }
 
 /// One run in fresh namespaces: the first `count` operations of `seed`.
-fn run(seed: u64, count: usize, envelope: &Path, verbose: bool) -> anyhow::Result<Outcome> {
-    let lab = Lab::new(envelope.to_owned())?;
+fn run(
+    seed: u64,
+    count: usize,
+    envelope: &Path,
+    backend: Backend,
+    verbose: bool,
+) -> anyhow::Result<Outcome> {
+    let lab = Lab::new(envelope.to_owned(), backend)?;
     let client_ns = lab.ns.client.clone();
     std::thread::scope(|scope| {
         scope

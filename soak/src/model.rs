@@ -127,6 +127,9 @@ pub struct Model {
     /// The set rule deleted by hand, per family (v4, v6): grants of that family
     /// stop working until the next start (the envelope does not repair rules).
     pub rule_cut: [Option<String>; 2],
+    /// The nftables backend's whole table deleted by hand: nothing guards the
+    /// device and grants fail until the next start.
+    pub table_cut: bool,
     /// The envelope's static lines when it is up (dump order), from the first start.
     pub static_lines: Vec<String>,
     /// Everything not the envelope's in the three dumps (dump order).
@@ -141,6 +144,7 @@ impl Model {
             tampered: BTreeMap::new(),
             orphans: BTreeMap::new(),
             rule_cut: [None, None],
+            table_cut: false,
             static_lines: Vec::new(),
             foreign,
         }
@@ -251,6 +255,7 @@ impl Model {
         self.orphans.clear();
         self.tampered.clear();
         self.rule_cut = [None, None];
+        self.table_cut = false;
         self.phase = Phase::Up;
     }
 }

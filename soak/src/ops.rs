@@ -59,7 +59,9 @@ pub enum Op {
     SigkillDown {
         ms: u64,
     },
-    /// `ipset del` of a held subnet's member by hand.
+    /// `ipset del` (`nft delete element`) of a held subnet's member by hand;
+    /// with `--backend nftables`, one in eight (`pick % 8 == 7`) is `nft
+    /// delete table inet envelope` instead.
     TamperMember {
         pick: usize,
     },
@@ -70,6 +72,7 @@ pub enum Op {
     ForeignRule {
         v6: bool,
     },
+    /// A foreign ipset set (with `--backend nftables`: a foreign nft table).
     ForeignSet,
     /// A new verify key, loaded by SIGHUP or `POST /v1/reload`: tokens of the
     /// old key are refused from then on, held sessions stay.
@@ -234,15 +237,24 @@ impl Driver<'_> {
             Op::Grant { src, exp } => {
                 let source = sources[src];
                 let (yes, either) = (self.model.yes_count(now), self.model.either_count(now));
+                // With the nftables table deleted by hand a grant fails (500),
+                // unless its subnet is held already and nothing needs changing.
+                let cut = self.model.table_cut;
+                let shared = self.model.held(&subnet_of(source), now) != crate::model::Tri::No;
                 let got = self.grant(source, exp).await?;
                 let want = if yes >= MAX_CLIENTS {
                     Some(503)
+                } else if cut && (shared || yes + either >= MAX_CLIENTS) {
+                    None
+                } else if cut {
+                    Some(500)
                 } else if yes + either < MAX_CLIENTS {
                     Some(101)
                 } else {
                     None
                 };
-                if want.is_some() && got != want || !matches!(got, Some(101 | 503)) {
+                let answered = matches!(got, Some(101 | 503)) || cut && got == Some(500);
+                if want.is_some() && got != want || !answered {
                     return Err(Mismatch::new(format!(
                         "grant from {source}: answer {got:?}, model wants {want:?} \
                          ({yes} held, {either} ending, --max-clients {MAX_CLIENTS})\n{}",
@@ -264,8 +276,15 @@ impl Driver<'_> {
                 let gb = self.admit(sb, 8, asked, sent, ub?).await?;
                 let wins = [ga, gb].iter().filter(|g| **g == Some(101)).count();
                 let free = MAX_CLIENTS.saturating_sub(yes);
-                let least = MAX_CLIENTS.saturating_sub(yes + either).min(2);
-                let ok = [ga, gb].iter().all(|g| matches!(g, Some(101 | 503)))
+                let cut = self.model.table_cut;
+                let least = if cut {
+                    0
+                } else {
+                    MAX_CLIENTS.saturating_sub(yes + either).min(2)
+                };
+                let ok = [ga, gb]
+                    .iter()
+                    .all(|g| matches!(g, Some(101 | 503)) || cut && *g == Some(500))
                     && wins >= least
                     && wins <= free.min(2);
                 if !ok {

@@ -1,7 +1,8 @@
 //! The three views the soak checks after every step — the admin API's grants,
-//! the kernel (`ipset save`, `iptables-save`, `ip6tables-save`) and packets (a
-//! TCP connect from each source) — read now and compared with the model, with
-//! bounded polling because the envelope acts asynchronously.
+//! the kernel (`ipset save`, `iptables-save`, `ip6tables-save`, and `nft list
+//! ruleset` with `--backend nftables`) and packets (a TCP connect from each
+//! source) — read now and compared with the model, with bounded polling
+//! because the envelope acts asynchronously.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +14,7 @@ use testbed::Wait;
 use tokio::time::Instant;
 
 use crate::client::{probe, PROBE_PORTS};
-use crate::lab::{Lab, PROXY_PORT, SERVICE_PORT};
+use crate::lab::{Backend, Lab, PROXY_PORT, SERVICE_PORT};
 use crate::model::{family, subnet_of, Model, Phase};
 
 /// Longest the envelope may take to settle after a step (a failed revoke is
@@ -117,9 +118,72 @@ pub fn read_kernel(lab: &Lab, views: &mut Views) {
                 .insert(words[2].to_owned(), timeout);
         }
     }
+    if lab.backend == Backend::Nftables {
+        read_nft(lab, views, &mut static_lines, &mut foreign);
+    }
     // Dump order is kept: a rule in the wrong place is a different firewall.
     views.static_lines = static_lines;
     views.foreign = foreign;
+}
+
+/// The nftables backend's side of the kernel, from `nft -j -s list ruleset`:
+/// the elements of `inet envelope`'s sets as members (under the ipset names
+/// the model uses: `grants-v4` is read as `envelope-v4`, `proxy-v4` as
+/// `envelope-proxy-v4`), every other object of that table a static line, every
+/// object of another table a foreign line. Handles are left out: they number
+/// objects, they are not policy.
+fn read_nft(
+    lab: &Lab,
+    views: &mut Views,
+    static_lines: &mut Vec<String>,
+    foreign: &mut Vec<String>,
+) {
+    for mut object in lab.nft_objects() {
+        let Some((kind, body)) = object.as_object_mut().and_then(|o| o.iter_mut().next()) else {
+            continue;
+        };
+        if kind == "metainfo" {
+            continue;
+        }
+        let kind = kind.clone();
+        let Some(body) = body.as_object_mut() else {
+            continue;
+        };
+        body.remove("handle");
+        let ours = body["family"] == "inet"
+            && (body.get("table").is_some_and(|t| t == "envelope")
+                || (kind == "table" && body["name"] == "envelope"));
+        if ours && kind == "set" {
+            let name = match body["name"].as_str().unwrap_or_default() {
+                "grants-v4" => "envelope-v4",
+                "grants-v6" => "envelope-v6",
+                "proxy-v4" => "envelope-proxy-v4",
+                "proxy-v6" => "envelope-proxy-v6",
+                other => other,
+            }
+            .to_owned();
+            let elements = body.remove("elem").unwrap_or_default();
+            for element in elements.as_array().into_iter().flatten() {
+                let element = &element["elem"];
+                let value = &element["val"];
+                let text = match value["prefix"].as_object() {
+                    Some(p) => format!("{}/{}", p["addr"].as_str().unwrap_or_default(), p["len"]),
+                    None => value.to_string(),
+                };
+                views
+                    .members
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(text, element["expires"].as_u64());
+            }
+        }
+        let line = format!("n {object}");
+        if ours {
+            static_lines.push(line);
+        } else {
+            foreign.push(line);
+        }
+    }
 }
 
 /// Reads everything.

@@ -1,7 +1,8 @@
 //! The firewall flags validated into one [`FirewallChoice`]: the backend
 //! (`iptables` by default when tokens are required, else `none`), and for each
 //! backend only the settings it uses — the journal for `record`; device, service
-//! and proxy ports, binary directory and command timeout for the iptables ones.
+//! and proxy ports, binary directory and command timeout for the iptables ones;
+//! device, ports, kernel margin and netlink timeout for `nftables`.
 //! The Go original's `-address.iptables*` paths stand for `--iptables-dir`.
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::{FirewallKind, Flags};
-use crate::firewall::{FirewallChoice, IpsetMode, IptablesConfig};
+use crate::firewall::{FirewallChoice, IpsetMode, IptablesConfig, NftablesConfig};
 
 /// `--iptables-dir`, or the one directory the `-address.iptables*` paths share.
 pub(super) fn iptables_dir(flags: &Flags) -> anyhow::Result<PathBuf> {
@@ -74,6 +75,14 @@ pub(super) fn firewall_choice(
         FirewallKind::IptablesRestore => {
             FirewallChoice::IptablesRestore(iptables_rules(flags, bin_dir, listen)?)
         }
+        FirewallKind::Nftables => FirewallChoice::Nftables(NftablesConfig {
+            device: flags.device.clone(),
+            service_ports: listen.iter().map(SocketAddr::port).collect(),
+            proxy_ports: proxy_ports(flags)?,
+            kernel_margin: flags.kernel_margin,
+            timeout: flags.firewall_timeout,
+            fault_netlink: flags.hooks.fault_netlink,
+        }),
     })
 }
 
@@ -211,7 +220,7 @@ mod tests {
 
     #[test]
     fn bad_proxy_ports_fail_whatever_the_firewall() {
-        for firewall in ["none", "iptables", "iptables-restore"] {
+        for firewall in ["none", "iptables", "iptables-restore", "nftables"] {
             let err =
                 choice(&[&format!("--firewall={firewall}"), "--proxy-ports=80,x"]).unwrap_err();
             assert_eq!(err.to_string(), "--proxy-ports", "{firewall}");
@@ -248,6 +257,30 @@ mod tests {
             IpsetMode::Probe {
                 fault_netlink: None
             }
+        );
+        assert_eq!(chosen.device(), Some("eth3"));
+    }
+
+    #[test]
+    fn the_nftables_choice_carries_only_what_its_backend_uses() {
+        let flags = parse(&[
+            "--firewall=nftables",
+            "--device=eth3",
+            "--proxy-ports=443",
+            "--kernel-margin=2s",
+            "--fault-netlink=fail:1",
+        ]);
+        let chosen = firewall_choice(&flags, "/usr/sbin".into(), &listen()).unwrap();
+        assert_eq!(
+            chosen,
+            FirewallChoice::Nftables(NftablesConfig {
+                device: "eth3".into(),
+                service_ports: vec![8880],
+                proxy_ports: vec![443],
+                kernel_margin: Duration::from_secs(2),
+                timeout: Duration::from_secs(5),
+                fault_netlink: Some("fail:1".parse().unwrap()),
+            })
         );
         assert_eq!(chosen.device(), Some("eth3"));
     }

@@ -19,6 +19,10 @@ pub enum FirewallKind {
     Iptables,
     /// The same guard with one rule per grant through iptables-restore.
     IptablesRestore,
+    /// The same policy in an nf_tables table of its own (`inet envelope`);
+    /// grants are set elements with kernel timeouts, each change one
+    /// transaction over netlink.
+    Nftables,
     /// Touch nothing (for development, or when another layer guards the host).
     None,
     /// Test backend: append each operation to --firewall-journal.

@@ -15,8 +15,8 @@ use anyhow::Context;
 
 use super::ipset::{NetlinkFault, NewError};
 use super::{
-    ipset, iptables, Firewall, FirewallError, IpsetFirewall, IptablesConfig, IptablesFirewall,
-    JournalFirewall, NoopFirewall,
+    ipset, iptables, nftables, Firewall, FirewallError, IpsetFirewall, IptablesConfig,
+    IptablesFirewall, JournalFirewall, NftablesConfig, NftablesFirewall, NoopFirewall,
 };
 
 /// The validated `--firewall` choice.
@@ -41,6 +41,9 @@ pub enum FirewallChoice {
     },
     /// `iptables-restore`: the same guard with one rule per grant.
     IptablesRestore(IptablesConfig),
+    /// `nftables`: the same policy in a table of its own, grants as set
+    /// elements with kernel timeouts, each change one transaction.
+    Nftables(NftablesConfig),
 }
 
 /// How the `iptables` choice finds ipset.
@@ -62,6 +65,7 @@ impl FirewallChoice {
             FirewallChoice::Iptables { rules, .. } | FirewallChoice::IptablesRestore(rules) => {
                 Some(&rules.device)
             }
+            FirewallChoice::Nftables(config) => Some(&config.device),
             FirewallChoice::None | FirewallChoice::Record { .. } => None,
         }
     }
@@ -95,10 +99,17 @@ impl FirewallChoice {
                         return Err(anyhow::Error::new(e).context("--firewall iptables"))
                     }
                     Err(NewError::NoIpset(e)) => {
+                        let alternative = if nftables::available(rules.command_timeout).await {
+                            "; the kernel has nf_tables: --firewall nftables is the fast \
+                             alternative (set elements with kernel timeouts, one transaction \
+                             per change)"
+                        } else {
+                            ""
+                        };
                         tracing::warn!(
                             error = %crate::logging::chain(&e),
                             "the kernel offers no ipset: grants fall back to one iptables rule each \
-                             (iptables-restore per change, no kernel timeouts)"
+                             (iptables-restore per change, no kernel timeouts){alternative}"
                         );
                         Arc::new(
                             IptablesFirewall::new(rules.clone())
@@ -113,6 +124,11 @@ impl FirewallChoice {
                     .await
                     .context("--firewall iptables-restore")?,
             ),
+            FirewallChoice::Nftables(config) => Arc::new(
+                NftablesFirewall::new(config.clone())
+                    .await
+                    .context("--firewall nftables")?,
+            ),
         })
     }
 
@@ -122,7 +138,8 @@ impl FirewallChoice {
     /// references cannot be destroyed.
     pub async fn cleanup(bin_dir: &Path, timeout: Duration) -> Result<(), FirewallError> {
         iptables::cleanup(bin_dir, timeout).await?;
-        ipset::cleanup(timeout).await
+        ipset::cleanup(timeout).await?;
+        nftables::cleanup(timeout).await
     }
 }
 

@@ -2,7 +2,9 @@
 //! client subnets, tear everything down. Backends: `iptables+ipset` (the real
 //! one: static rules, grants as kernel set members with timeouts), `iptables`
 //! (one rule per grant through `iptables-restore`, where the kernel has no
-//! ipset), `none` (no-op), and `record` (a journal file, for tests of the daemon).
+//! ipset), `nftables` (the same policy in an nf_tables table of its own, grants
+//! as set elements with timeouts, each change one kernel transaction), `none`
+//! (no-op), and `record` (a journal file, for tests of the daemon).
 //! [`FirewallChoice`] names one with its settings, builds it, and cleans up
 //! after every backend.
 
@@ -11,6 +13,7 @@ mod family;
 pub mod ipset;
 pub mod iptables;
 mod journal;
+pub mod nftables;
 mod noop;
 mod subnet;
 
@@ -25,6 +28,7 @@ pub use family::{Family, PerFamily};
 pub use ipset::{IpsetFirewall, NetlinkFault};
 pub use iptables::{IptablesConfig, IptablesFirewall};
 pub use journal::JournalFirewall;
+pub use nftables::{NftablesConfig, NftablesFirewall};
 pub use noop::NoopFirewall;
 pub use subnet::Subnet;
 
@@ -59,6 +63,42 @@ impl Change {
     /// The subnets newly opened.
     pub fn granted(&self) -> impl Iterator<Item = Subnet> + '_ {
         self.grant.iter().map(|o| o.subnet)
+    }
+
+    /// What the change does, for error messages: `grant A,B refresh C revoke D`.
+    pub fn describe(&self) -> String {
+        let list = |s: &mut dyn Iterator<Item = Subnet>| {
+            s.map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        };
+        let mut parts = Vec::new();
+        if !self.grant.is_empty() {
+            parts.push(format!("grant {}", list(&mut self.granted())));
+        }
+        if !self.refresh.is_empty() {
+            parts.push(format!(
+                "refresh {}",
+                list(&mut self.refresh.iter().map(|o| o.subnet))
+            ));
+        }
+        if !self.revoke.is_empty() {
+            parts.push(format!("revoke {}", list(&mut self.revoke.iter().copied())));
+        }
+        parts.join(" ")
+    }
+
+    /// Each subnet the change touches, by family, with its new deadline
+    /// (`None`: closed): what a kernel-facing backend edits.
+    pub fn edits(&self) -> PerFamily<BTreeMap<Subnet, Option<tokio::time::Instant>>> {
+        let mut edits = PerFamily::<BTreeMap<_, _>>::default();
+        for opening in self.grant.iter().chain(&self.refresh) {
+            edits
+                .family(Family::of(&opening.subnet))
+                .insert(opening.subnet, Some(opening.until));
+        }
+        for subnet in &self.revoke {
+            edits.family(Family::of(subnet)).insert(*subnet, None);
+        }
+        edits
     }
 
     /// The same change as one change per subnet (to isolate a failure).

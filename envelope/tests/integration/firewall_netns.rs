@@ -3,6 +3,7 @@
 //! namespace over a veth pair, and the kernel's rules are read with
 //! iptables-save inside the server namespace. Nothing runs in the host's own
 //! network namespace. Needs root and iproute2; fails (never skips) without them.
+//! The session helpers here serve `nftables_netns` too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -122,7 +123,7 @@ pub(crate) async fn close(mut ws: Ws) {
     drop(ws);
 }
 
-fn lo_works(ns: &NetPair) {
+pub(crate) fn lo_works(ns: &NetPair) {
     ns.connect_in_server(addr("127.0.0.1", SERVICE_PORT))
         .expect("lo inside the server namespace must stay open");
 }
@@ -806,7 +807,7 @@ fn envelopectl_output(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> std::proc
 }
 
 /// `envelopectl` in the server namespace against `daemon`, returning stdout.
-fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> String {
+pub(crate) fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> String {
     let out = envelopectl_output(ns, daemon, args);
     assert!(
         out.status.success(),
@@ -892,10 +893,18 @@ async fn two_sessions_in_one_subnet_the_later_deadline_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_deleted_by_hand_shows_in_list_and_frees_the_slot() {
+    let delete = ["/usr/sbin/ipset", "del", "envelope-v4", "192.0.2.0/24"];
+    hand_deleted_grant_frees_the_slot("iptables", &delete).await;
+}
+
+/// A held grant's member deleted by hand (`delete`, run in the server
+/// namespace) closes the subnet at once, shows as gone in `envelopectl list`,
+/// and the revoke of it frees the slot. Shared with `nftables_netns`.
+pub(crate) async fn hand_deleted_grant_frees_the_slot(backend: &'static str, delete: &[&str]) {
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
     let service = addr(SERVER_V4, SERVICE_PORT);
-    let daemon = Daemon::start(options(&ns, &["--max-clients=1"]));
+    let daemon = Daemon::start(options_with(&ns, backend, &["--max-clients=1"]));
     let ws = session(&ns, SERVER_V4, &daemon).await;
     let json = envelopectl(&ns, &daemon, &["list", "--json"]);
     let grants: Vec<common::admin::Grant> = serde_json::from_str(&json).unwrap();
@@ -904,7 +913,7 @@ async fn a_member_deleted_by_hand_shows_in_list_and_frees_the_slot() {
         (60..=130).contains(&left),
         "kernel time left: {left} s\n{json}"
     );
-    ns.server_cmd(&["/usr/sbin/ipset", "del", "envelope-v4", "192.0.2.0/24"]);
+    ns.server_cmd(delete);
     assert!(!ns.client_can_reach(service));
     let json = envelopectl(&ns, &daemon, &["list", "--json"]);
     let grants: Vec<common::admin::Grant> = serde_json::from_str(&json).unwrap();

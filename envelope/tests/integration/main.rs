@@ -20,4 +20,5 @@ mod events;
 mod firewall_netns;
 mod fleet;
 mod hardening;
+mod nftables_netns;
 mod reload;

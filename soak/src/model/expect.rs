@@ -1,6 +1,7 @@
 //! What the kernel and the network should show right now, read off the
 //! model: each subnet's member, the proxy ports, reachability, kernel
-//! timeouts and the envelope's static lines.
+//! timeouts and the envelope's static lines (none of them while the nftables
+//! table is deleted by hand: then nothing guards the device).
 
 use std::net::IpAddr;
 
@@ -11,6 +12,9 @@ use super::{family, kernel_expiry, subnet_of, Model, Phase, Tri, EARLY, KERNEL_L
 impl Model {
     /// Whether the kernel set holds the subnet's member right now.
     pub fn member(&self, subnet: &str, now: Instant) -> Tri {
+        if self.table_cut {
+            return Tri::No;
+        }
         match self.phase {
             Phase::Down => Tri::No,
             Phase::Up => self
@@ -25,6 +29,9 @@ impl Model {
 
     /// Whether the family's proxy-port members are in the kernel right now.
     pub fn ports(&self, family_index: usize, now: Instant) -> Tri {
+        if self.table_cut {
+            return Tri::No;
+        }
         match self.phase {
             Phase::Down => Tri::No,
             Phase::Up => self
@@ -49,7 +56,7 @@ impl Model {
 
     /// Whether `source` reaches the service port right now.
     pub fn service_reach(&self, source: IpAddr, now: Instant) -> Tri {
-        if self.phase == Phase::Down {
+        if self.phase == Phase::Down || self.table_cut {
             return Tri::Yes;
         }
         let subnet = subnet_of(source);
@@ -60,7 +67,7 @@ impl Model {
 
     /// Whether the family's proxy port is reachable (from any source) right now.
     pub fn proxy_reach(&self, family_index: usize, now: Instant) -> Tri {
-        if self.phase == Phase::Down {
+        if self.phase == Phase::Down || self.table_cut {
             return Tri::Yes;
         }
         self.ports(family_index, now)
@@ -82,6 +89,9 @@ impl Model {
 
     /// Expected `kernel_remaining_seconds` of a listed grant, when settled.
     pub fn kernel_remaining(&self, subnet: &str, now: Instant) -> Option<f64> {
+        if self.table_cut {
+            return Some(0.0);
+        }
         if let Some(missing) = self.hand_deleted(subnet, now) {
             return (missing == Tri::No).then_some(0.0);
         }
@@ -90,7 +100,7 @@ impl Model {
 
     /// The static lines expected in the kernel now.
     pub fn expected_static(&self) -> Vec<String> {
-        if self.phase == Phase::Down {
+        if self.phase == Phase::Down || self.table_cut {
             return Vec::new();
         }
         let mut lines = self.static_lines.clone();

@@ -1,7 +1,9 @@
 //! The operations that disturb the envelope from outside, as the soak's
 //! second half of [`Driver`]: restarts after SIGTERM and SIGKILL, members and
-//! rules deleted by hand, foreign rules and sets, key rotation, and injected
-//! netlink faults. Each returns `Ok(false)` when it does not apply (skipped).
+//! rules (with `--backend nftables`, elements, rules and the whole table)
+//! deleted by hand, foreign rules, sets and nft tables, key rotation, and
+//! injected netlink faults. Each returns `Ok(false)` when it does not apply
+//! (skipped).
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{Driver, Mismatch};
 use crate::client;
+use crate::lab::Backend;
 use crate::model::{family, Phase};
 use crate::views::{self, Views};
 
@@ -40,28 +43,48 @@ impl Driver<'_> {
     }
 
     pub(super) fn tamper_member(&mut self, pick: usize) -> Result<bool, Mismatch> {
+        let nft = self.lab.backend == Backend::Nftables;
+        if nft && pick % 8 == 7 {
+            return self.tamper_table();
+        }
         let Some(i) = self.pick(pick, true) else {
             return Ok(false);
         };
         let subnet = self.model.sessions[i].subnet.clone();
-        if self.model.tampered.contains_key(&subnet) {
+        if self.model.tampered.contains_key(&subnet) || self.model.table_cut {
             return Ok(false);
         }
-        let set = if family(&subnet) == 0 {
-            "envelope-v4"
-        } else {
-            "envelope-v6"
+        let v6 = family(&subnet) == 1;
+        let script = match (nft, v6) {
+            (false, false) => format!("ipset del envelope-v4 {subnet}"),
+            (false, true) => format!("ipset del envelope-v6 {subnet}"),
+            (true, false) => format!("nft delete element inet envelope grants-v4 '{{ {subnet} }}'"),
+            (true, true) => format!("nft delete element inet envelope grants-v6 '{{ {subnet} }}'"),
         };
-        self.lab.server_sh(&format!("ipset del {set} {subnet}"))?;
+        self.lab.server_sh(&script)?;
         let latest = self.model.latest(&subnet).expect("a session holds it");
         self.model.tampered.insert(subnet, latest);
         Ok(true)
     }
 
+    /// `nft delete table inet envelope`: the device is unguarded, and stays so
+    /// until the next start (the envelope does not repair its table).
+    fn tamper_table(&mut self) -> Result<bool, Mismatch> {
+        if self.model.table_cut || self.model.phase != Phase::Up {
+            return Ok(false);
+        }
+        self.lab.server_sh("nft delete table inet envelope")?;
+        self.model.table_cut = true;
+        Ok(true)
+    }
+
     pub(super) fn tamper_rule(&mut self, v6: bool) -> Result<bool, Mismatch> {
         let fam = usize::from(v6);
-        if self.model.rule_cut[fam].is_some() {
+        if self.model.rule_cut[fam].is_some() || self.model.table_cut {
             return Ok(false);
+        }
+        if self.lab.backend == Backend::Nftables {
+            return self.tamper_nft_rule(v6);
         }
         let set = if v6 { "envelope-v6" } else { "envelope-v4" };
         let prefix = if v6 { "6 " } else { "4 " };
@@ -78,6 +101,26 @@ impl Driver<'_> {
         let bin = if v6 { "ip6tables" } else { "iptables" };
         self.lab.server_sh(&format!("{bin} -w -D {rule}"))?;
         self.model.rule_cut[fam] = Some(line);
+        Ok(true)
+    }
+
+    /// The guard rule that matches the family's grants set, deleted by handle.
+    fn tamper_nft_rule(&mut self, v6: bool) -> Result<bool, Mismatch> {
+        let set = if v6 { "@grants-v6" } else { "@grants-v4" };
+        let Some(line) = self
+            .model
+            .static_lines
+            .iter()
+            .find(|l| l.starts_with("n {\"rule\"") && l.contains(&format!("\"{set}\"")))
+            .cloned()
+        else {
+            return Err(Mismatch::new(format!("no rule matching {set} to delete")));
+        };
+        self.lab.server_sh(&format!(
+            "handle=$(nft -a list chain inet envelope guard | grep ' {set} accept' | \
+             sed 's/.*# handle //') && nft delete rule inet envelope guard handle $handle"
+        ))?;
+        self.model.rule_cut[usize::from(v6)] = Some(line);
         Ok(true)
     }
 
@@ -105,10 +148,19 @@ impl Driver<'_> {
     pub(super) fn foreign_set(&mut self) -> Result<bool, Mismatch> {
         self.foreign_count += 1;
         let k = self.foreign_count;
-        self.foreign(&format!(
-            "ipset create foreign-{k} hash:ip && ipset add foreign-{k} 203.0.113.{}",
-            k % 250 + 1
-        ))?;
+        let ip = format!("203.0.113.{}", k % 250 + 1);
+        self.foreign(&match self.lab.backend {
+            Backend::Iptables => {
+                format!("ipset create foreign-{k} hash:ip && ipset add foreign-{k} {ip}")
+            }
+            // A table of someone else's, with a set, an element and a base chain.
+            Backend::Nftables => format!(
+                "nft add table inet foreign-{k} && \
+                 nft add set inet foreign-{k} s '{{ type ipv4_addr; }}' && \
+                 nft add element inet foreign-{k} s '{{ {ip} }}' && \
+                 nft add chain inet foreign-{k} c '{{ type filter hook input priority 10; }}'"
+            ),
+        })?;
         Ok(true)
     }
 

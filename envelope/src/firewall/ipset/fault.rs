@@ -46,7 +46,7 @@ impl FromStr for NetlinkFault {
 
 /// A socket's fault and the exchanges of member changes it has seen.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct FaultCounter {
+pub(crate) struct FaultCounter {
     fault: NetlinkFault,
     changes: u64,
 }
@@ -58,9 +58,16 @@ impl FaultCounter {
 
     /// The fault's action if this exchange of `requests` is the chosen one.
     pub fn for_exchange(&mut self, requests: &[Request]) -> Option<FaultAction> {
-        let changes = requests
-            .iter()
-            .any(|r| matches!(r.cmd(), Cmd::Add | Cmd::Del));
+        self.for_changes(
+            requests
+                .iter()
+                .any(|r| matches!(r.cmd(), Cmd::Add | Cmd::Del)),
+        )
+    }
+
+    /// The same for any backend: `changes` says whether the exchange adds or
+    /// deletes members (only those are counted).
+    pub fn for_changes(&mut self, changes: bool) -> Option<FaultAction> {
         if !changes {
             return None;
         }

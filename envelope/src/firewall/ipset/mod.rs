@@ -29,6 +29,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 pub use self::fault::NetlinkFault;
+pub(crate) use self::fault::{FaultAction, FaultCounter};
 pub use self::socket::{IpsetError, IpsetSocket};
 use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
 use super::iptables::rules;
@@ -285,29 +286,6 @@ fn failed(operation: String, error: IpsetError) -> FirewallError {
     }
 }
 
-fn describe(change: &Change) -> String {
-    let list = |s: &mut dyn Iterator<Item = Subnet>| {
-        s.map(|s| s.to_string()).collect::<Vec<_>>().join(",")
-    };
-    let mut parts = Vec::new();
-    if !change.grant.is_empty() {
-        parts.push(format!("grant {}", list(&mut change.granted())));
-    }
-    if !change.refresh.is_empty() {
-        parts.push(format!(
-            "refresh {}",
-            list(&mut change.refresh.iter().map(|o| o.subnet))
-        ));
-    }
-    if !change.revoke.is_empty() {
-        parts.push(format!(
-            "revoke {}",
-            list(&mut change.revoke.iter().copied())
-        ));
-    }
-    parts.join(" ")
-}
-
 impl Firewall for IpsetFirewall {
     fn backend(&self) -> String {
         format!("iptables+ipset ({})", self.guard.mode())
@@ -335,15 +313,7 @@ impl Firewall for IpsetFirewall {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            let mut edits = PerFamily::<BTreeMap<Subnet, Option<Instant>>>::default();
-            for opening in change.grant.iter().chain(&change.refresh) {
-                edits
-                    .family(Family::of(&opening.subnet))
-                    .insert(opening.subnet, Some(opening.until));
-            }
-            for subnet in &change.revoke {
-                edits.family(Family::of(subnet)).insert(*subnet, None);
-            }
+            let mut edits = change.edits();
             let now = Instant::now();
             let mut socket = self.socket.lock().await;
             let protocol = socket.protocol();
@@ -406,7 +376,7 @@ impl Firewall for IpsetFirewall {
                 }
             }
             Err(FirewallError::Failed {
-                operation: describe(change),
+                operation: change.describe(),
                 message,
             })
         })
