@@ -125,11 +125,7 @@ fn load_set(files: &[PathBuf], issuer: &str, audience: &str) -> Result<KeySet, K
 mod tests {
     use super::*;
 
-    fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata")
-            .join(name)
-    }
+    use testbed::testdata;
 
     fn kids(keys: &Keys) -> Vec<String> {
         keys.current()

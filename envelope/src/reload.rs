@@ -253,11 +253,7 @@ mod tests {
     use super::*;
     use crate::tls::CertFiles;
 
-    fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata")
-            .join(name)
-    }
+    use testbed::testdata;
 
     #[test]
     fn fingerprints_follow_symlink_swaps() {

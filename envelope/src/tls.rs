@@ -169,11 +169,7 @@ impl ResolvesServerCert for Certificates {
 mod tests {
     use super::*;
 
-    fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata")
-            .join(name)
-    }
+    use testbed::testdata;
 
     fn test_pair() -> CertFiles {
         CertFiles {

@@ -68,16 +68,10 @@ impl Loaded {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::config::{CertFiles, Flags};
 
-    fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata")
-            .join(name)
-    }
+    use testbed::testdata;
 
     fn config(args: &[String]) -> Config {
         use clap::Parser as _;

@@ -299,7 +299,9 @@ async fn two_sessions_in_one_subnet_the_later_deadline_wins() {
     // element its own deadline again.
     close(b).await;
     daemon
-        .eventually("the timeout to shrink back", || async { expires(&ns) <= 26 })
+        .eventually("the timeout to shrink back", || async {
+            expires(&ns) <= 26
+        })
         .await;
     assert!(
         ns.client_can_reach(service),
@@ -326,17 +328,21 @@ async fn the_proxy_ports_come_and_go_in_the_transaction_of_the_first_and_last_gr
     let monitor = Monitor::start(&ns).await;
     // First grant: the subnet and the port in one transaction.
     let ws = session(&ns, SERVER_V4, &daemon).await;
-    let first = monitor.wait_transaction(&[
-        "add element inet envelope grants-v4 { 192.0.2.0/24",
-        &format!("add element inet envelope proxy-v4 {{ {PROXY_PORT}"),
-    ]).await;
+    let first = monitor
+        .wait_transaction(&[
+            "add element inet envelope grants-v4 { 192.0.2.0/24",
+            &format!("add element inet envelope proxy-v4 {{ {PROXY_PORT}"),
+        ])
+        .await;
     assert_eq!(first.lines().count(), 2, "{first}");
     // Last grant gone: both deleted in one transaction.
     close(ws).await;
-    let last = monitor.wait_transaction(&[
-        "delete element inet envelope grants-v4 { 192.0.2.0/24",
-        &format!("delete element inet envelope proxy-v4 {{ {PROXY_PORT}"),
-    ]).await;
+    let last = monitor
+        .wait_transaction(&[
+            "delete element inet envelope grants-v4 { 192.0.2.0/24",
+            &format!("delete element inet envelope proxy-v4 {{ {PROXY_PORT}"),
+        ])
+        .await;
     assert_eq!(last.lines().count(), 2, "{last}");
 
     // Take the proxy-v4 set away by hand (its rule first: a set a rule
@@ -492,9 +498,10 @@ async fn a_table_deleted_by_hand_fails_grants_until_restart_and_exit_is_clean() 
     // A new grant fails on the missing table (500) once the slot is free;
     // 503 while a stuck revoke still holds it.
     daemon
-        .eventually("the slot freed after a revoke into a deleted table", || async {
-            status_from(&ns, None, SERVER_V6).await.0 == 500
-        })
+        .eventually(
+            "the slot freed after a revoke into a deleted table",
+            || async { status_from(&ns, None, SERVER_V6).await.0 == 500 },
+        )
         .await;
     close(a).await;
     assert!(
