@@ -12,16 +12,8 @@ use crate::firewall_netns::{close, options_with, status_from, LIFETIME};
 use crate::support::*;
 
 fn envelopectl(daemon: &Daemon, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(envelopectl_bin())
-        .arg(format!("--socket={}", daemon.admin_socket().display()))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let run = daemon.ctl(args);
+    (run.ok(), run.stdout, run.stderr)
 }
 
 /// Every event `envelopectl events --json ARGS` prints.

@@ -173,16 +173,8 @@ async fn a_second_sigterm_during_a_drain_stops_at_once() {
 }
 
 fn envelopectl(daemon: &Daemon, args: &[&str]) -> (bool, String) {
-    let output = Command::new(envelopectl_bin())
-        .arg(format!("--socket={}", daemon.admin_socket().display()))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    let run = daemon.ctl(args);
+    (run.ok(), run.stdout + &run.stderr)
 }
 
 #[tokio::test]

@@ -6,12 +6,10 @@
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::support::{
-    self, envelopectl_bin, testdata, ws_connect, Daemon, EnvelopeCmd, Tokens, MACHINE, START_BOUND,
-    SUBJECT,
+    self, testdata, ws_connect, Daemon, EnvelopeCmd, Tokens, MACHINE, START_BOUND, SUBJECT,
 };
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
@@ -21,18 +19,10 @@ fn token_from(key: &str) -> String {
     Issuer::from_testdata(key, MACHINE, SUBJECT).token(120)
 }
 
-fn ctl(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new(envelopectl_bin())
-        .arg(format!("--socket={}", daemon.admin_socket().display()))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn status(daemon: &Daemon) -> serde_json::Value {
-    let out = ctl(daemon, &["status", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = daemon.ctl(&["status", "--json"]);
+    assert!(out.ok(), "{out:?}");
+    serde_json::from_str(&out.stdout).unwrap()
 }
 
 fn kids(daemon: &Daemon) -> Vec<String> {
@@ -103,8 +93,8 @@ async fn a_symlink_swap_reloads_the_keys_and_held_sessions_stay() {
             .is_err(),
         "the held session got a frame"
     );
-    let grants = ctl(&daemon, &["list", "--json"]);
-    let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
+    let grants = daemon.ctl(&["list", "--json"]);
+    let grants: serde_json::Value = serde_json::from_str(&grants.stdout).unwrap();
     assert_eq!(grants.as_array().unwrap().len(), 1, "{grants}");
 
     assert_eq!(kids(&daemon), ["insecure-eddsa", "insecure-rs256"]);
@@ -154,9 +144,9 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
         "insecure-test-rs256.jwk.pub",
         "insecure-test-eddsa.jwk.pub",
     ]));
-    let refused = ctl(&daemon, &["reload"]);
-    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let refused = daemon.ctl(&["reload"]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    let stderr = &refused.stderr;
     assert!(
         stderr.contains("reload refused") && stderr.contains("duplicate kid \"insecure-eddsa\""),
         "{stderr}"
@@ -172,9 +162,9 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
     assert!(daemon.logs().contains("verify keys reload refused"));
 
     write(jwks(&["insecure-test-rs256.jwk.pub"]));
-    let accepted = ctl(&daemon, &["reload"]);
-    assert!(accepted.status.success(), "{accepted:?}");
-    let stdout = String::from_utf8_lossy(&accepted.stdout);
+    let accepted = daemon.ctl(&["reload"]);
+    assert!(accepted.ok(), "{accepted:?}");
+    let stdout = &accepted.stdout;
     assert!(
         stdout.starts_with("reloaded; keys in force: insecure-eddsa, insecure-rs256\n"),
         "{stdout}"
@@ -182,8 +172,8 @@ async fn sighup_and_envelopectl_reload_refuse_a_bad_set_whole() {
     assert_eq!(answer(&daemon, &es256).await, 401);
     assert_eq!(answer(&daemon, &rs256).await, 101);
 
-    let shown = ctl(&daemon, &["status"]);
-    let shown = String::from_utf8_lossy(&shown.stdout);
+    let shown = daemon.ctl(&["status"]);
+    let shown = &shown.stdout;
     assert!(shown.contains("keys loaded:"), "{shown}");
     assert!(
         shown.contains(&format!("insecure-rs256  {}", rotating.display())),
@@ -252,17 +242,17 @@ fn sighup_without_verify_keys_does_not_stop_the_daemon() {
         daemon.wait_for("the SIGHUP log line", |d| {
             d.logs().contains("SIGHUP: no --verify-key to reload")
         });
-        let reload = ctl(&daemon, &["reload"]);
+        let reload = daemon.ctl(&["reload"]);
         if tls {
-            assert!(reload.status.success(), "{reload:?}");
-            let stdout = String::from_utf8_lossy(&reload.stdout);
+            assert!(reload.ok(), "{reload:?}");
+            let stdout = &reload.stdout;
             assert!(
                 stdout.starts_with("reloaded; no verify keys\ncertificate in force: CN=localhost"),
                 "{stdout}"
             );
         } else {
-            assert_eq!(reload.status.code(), Some(1), "{reload:?}");
-            assert!(String::from_utf8_lossy(&reload.stderr).contains("nothing to reload"));
+            assert_eq!(reload.code, Some(1), "{reload:?}");
+            assert!(reload.stderr.contains("nothing to reload"));
         }
     }
 }

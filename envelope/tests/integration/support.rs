@@ -29,6 +29,20 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 pub use testbed::envelope::{EnvelopeCmd, Firewall, Tokens, MACHINE, START_BOUND, SUBJECT};
 pub use testbed::{testdata, EVENTUALLY};
 
+/// What one `envelopectl` run ([`Daemon::ctl`]) printed and how it exited.
+#[derive(Debug)]
+pub struct CtlRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlRun {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
 pub const SUBPROTOCOL: &str = "net.measurementlab.envelope";
 pub const ACCESS_PATH: &str = "/v0/envelope/access";
 
@@ -186,6 +200,20 @@ impl Daemon {
 
     pub fn admin_socket(&self) -> PathBuf {
         self.dir.path().join("admin.sock")
+    }
+
+    /// `envelopectl --socket=<this daemon's> ARGS`, whatever it answers.
+    pub fn ctl(&self, args: &[&str]) -> CtlRun {
+        let output = std::process::Command::new(envelopectl_bin())
+            .arg(format!("--socket={}", self.admin_socket().display()))
+            .args(args)
+            .output()
+            .expect("run envelopectl");
+        CtlRun {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     /// The process's resident memory, in KiB (`VmRSS`).
