@@ -37,6 +37,13 @@ pub struct PerFamily<T> {
 }
 
 impl<T> PerFamily<T> {
+    pub fn get(&self, family: Family) -> &T {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
     pub fn family(&mut self, family: Family) -> &mut T {
         match family {
             Family::V4 => &mut self.v4,

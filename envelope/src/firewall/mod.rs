@@ -15,6 +15,7 @@ pub mod iptables;
 mod journal;
 pub mod nftables;
 mod noop;
+mod set_state;
 mod subnet;
 
 use std::collections::BTreeMap;

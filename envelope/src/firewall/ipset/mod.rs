@@ -34,6 +34,7 @@ pub use self::socket::{IpsetError, IpsetSocket};
 use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
 use super::iptables::rules;
 use super::iptables::{IptablesConfig, IptablesFirewall};
+use super::set_state::{self, Edits, FamilyState, SetState};
 use super::{Change, Firewall, FirewallError, FwFuture, Subnet};
 use super::{Family, PerFamily};
 use crate::logging::chain;
@@ -99,18 +100,7 @@ pub struct IpsetFirewall {
     margin: Duration,
     revisions: Revisions,
     socket: Mutex<IpsetSocket>,
-    state: Mutex<State>,
-}
-
-/// What the kernel holds, as far as the backend knows.
-type State = PerFamily<FamilyState>;
-
-#[derive(Debug, Default, Clone)]
-struct FamilyState {
-    /// Granted subnets and the deadline their kernel timeout was set from.
-    members: BTreeMap<Subnet, Instant>,
-    /// The deadline the proxy ports' timeout was set from, while any grant is open.
-    ports_until: Option<Instant>,
+    state: Mutex<SetState>,
 }
 
 impl IpsetFirewall {
@@ -147,7 +137,7 @@ impl IpsetFirewall {
             margin,
             revisions,
             socket: Mutex::new(socket),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(SetState::default()),
         })
     }
 
@@ -224,7 +214,7 @@ impl IpsetFirewall {
         &self,
         family: Family,
         before: &FamilyState,
-        edits: &BTreeMap<Subnet, Option<Instant>>,
+        edits: &Edits,
         now: Instant,
         protocol: u8,
     ) -> (Vec<(Request, Option<Request>)>, Option<Instant>) {
@@ -250,12 +240,7 @@ impl IpsetFirewall {
                 _ => {}
             }
         }
-        let untouched = before
-            .members
-            .iter()
-            .filter(|(subnet, _)| !edits.contains_key(*subnet))
-            .map(|(_, until)| *until);
-        let ports_until = untouched.chain(edits.values().flatten().copied()).max();
+        let ports_until = before.ports_until_after(edits);
         if self.has_proxy_ports() && before.ports_until != ports_until {
             let set = ports_set(family);
             for &port in self.guard.proxy_ports() {
@@ -294,7 +279,7 @@ impl Firewall for IpsetFirewall {
     fn setup(&self) -> FwFuture<'_, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            *state = State::default();
+            *state = SetState::default();
             self.guard.setup().await?;
             if let Err(e) = self.install_sets().await {
                 if let Err(undo) = self.guard.teardown().await {
@@ -313,20 +298,15 @@ impl Firewall for IpsetFirewall {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            let mut edits = change.edits();
+            let edits = change.edits();
             let now = Instant::now();
             let mut socket = self.socket.lock().await;
             let protocol = socket.protocol();
             let mut plan = Vec::new();
             let mut ports_until = PerFamily::<Option<Instant>>::default();
             for family in Family::ALL {
-                let (requests, ports) = self.plan(
-                    family,
-                    state.family(family),
-                    edits.family(family),
-                    now,
-                    protocol,
-                );
+                let (requests, ports) =
+                    self.plan(family, state.get(family), edits.get(family), now, protocol);
                 plan.extend(requests);
                 *ports_until.family(family) = ports;
             }
@@ -343,16 +323,7 @@ impl Firewall for IpsetFirewall {
                 Err(e) => Some(e.to_string()),
             };
             let Some(message) = first_error else {
-                for family in Family::ALL {
-                    let held = state.family(family);
-                    for (subnet, until) in std::mem::take(edits.family(family)) {
-                        match until {
-                            Some(until) => held.members.insert(subnet, until),
-                            None => held.members.remove(&subnet),
-                        };
-                    }
-                    held.ports_until = *ports_until.family(family);
-                }
+                set_state::record(&mut state, edits, ports_until);
                 return Ok(());
             };
             // All or nothing: undo what the kernel took (or may have taken).
@@ -394,7 +365,7 @@ impl Firewall for IpsetFirewall {
                     first_error.get_or_insert(failed(format!("destroy set {set}"), e));
                 }
             }
-            *state = State::default();
+            *state = SetState::default();
             first_error.map_or(Ok(()), Err)
         })
     }

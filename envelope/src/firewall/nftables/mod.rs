@@ -34,6 +34,7 @@ use self::socket::NftSocket;
 use self::wire::{Key, Request};
 use super::ipset::NetlinkFault;
 use super::iptables::rules::valid_device;
+use super::set_state::{self, Edits, SetState};
 use super::{Change, Family, Firewall, FirewallError, FwFuture, PerFamily, Subnet};
 use crate::logging::chain;
 
@@ -64,25 +65,7 @@ pub struct NftablesConfig {
 pub struct NftablesFirewall {
     config: NftablesConfig,
     socket: Mutex<NftSocket>,
-    state: Mutex<State>,
-}
-
-/// What the kernel holds, as far as the backend knows.
-type State = PerFamily<FamilyState>;
-
-#[derive(Debug, Default, Clone)]
-struct FamilyState {
-    /// Granted subnets and the deadline their kernel timeout was set from.
-    members: BTreeMap<Subnet, Instant>,
-    /// The deadline the proxy ports' timeout was set from, while any grant is open.
-    ports_until: Option<Instant>,
-}
-
-fn of(state: &State, family: Family) -> &FamilyState {
-    match family {
-        Family::V4 => &state.v4,
-        Family::V6 => &state.v6,
-    }
+    state: Mutex<SetState>,
 }
 
 /// A change as requests: those that make it, those that undo it (sent when
@@ -155,7 +138,7 @@ impl NftablesFirewall {
         Ok(NftablesFirewall {
             config,
             socket: Mutex::new(socket),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(SetState::default()),
         })
     }
 }
@@ -172,20 +155,11 @@ impl NftablesConfig {
     /// The requests that apply `edits` (a subnet's new deadline, or `None`
     /// to close it) to what `state` holds. Only what changes is looked at,
     /// plus one pass per family for its latest deadline (the proxy ports').
-    fn plan(
-        &self,
-        state: &State,
-        edits: &PerFamily<BTreeMap<Subnet, Option<Instant>>>,
-        now: Instant,
-    ) -> Plan {
+    fn plan(&self, state: &SetState, edits: &PerFamily<Edits>, now: Instant) -> Plan {
         let mut plan = Plan::default();
         let timeout = |until: Option<Instant>| until.map(|u| self.timeout(u, now));
         for family in Family::ALL {
-            let before = of(state, family);
-            let edits = match family {
-                Family::V4 => &edits.v4,
-                Family::V6 => &edits.v6,
-            };
+            let (before, edits) = (state.get(family), edits.get(family));
             let (mut nets, mut nets_undo) = (SetEdit::default(), SetEdit::default());
             for (subnet, new) in edits {
                 let old = before.members.get(subnet).copied();
@@ -198,12 +172,7 @@ impl NftablesConfig {
                     );
                 }
             }
-            let untouched = before
-                .members
-                .iter()
-                .filter(|(subnet, _)| !edits.contains_key(*subnet))
-                .map(|(_, until)| *until);
-            let ports_until = untouched.chain(edits.values().flatten().copied()).max();
+            let ports_until = before.ports_until_after(edits);
             *plan.ports_until.family(family) = ports_until;
             let (mut ports, mut ports_undo) = (SetEdit::default(), SetEdit::default());
             if before.ports_until != ports_until {
@@ -267,7 +236,7 @@ impl Firewall for NftablesFirewall {
     fn setup(&self) -> FwFuture<'_, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            *state = State::default();
+            *state = SetState::default();
             let guard = Guard {
                 device: &self.config.device,
                 service_ports: &self.config.service_ports,
@@ -289,11 +258,11 @@ impl Firewall for NftablesFirewall {
     fn apply<'a>(&'a self, change: &'a Change) -> FwFuture<'a, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            let mut edits = change.edits();
+            let edits = change.edits();
             let Plan {
                 forward,
                 inverse,
-                mut ports_until,
+                ports_until,
             } = self.config.plan(&state, &edits, Instant::now());
             if forward.is_empty() {
                 return Ok(());
@@ -308,16 +277,7 @@ impl Firewall for NftablesFirewall {
                 }
                 return Err(failed(&change.describe(), &e));
             }
-            for family in Family::ALL {
-                let held = state.family(family);
-                for (subnet, until) in std::mem::take(edits.family(family)) {
-                    match until {
-                        Some(until) => held.members.insert(subnet, until),
-                        None => held.members.remove(&subnet),
-                    };
-                }
-                held.ports_until = *ports_until.family(family);
-            }
+            set_state::record(&mut state, edits, ports_until);
             Ok(())
         })
     }
@@ -330,7 +290,7 @@ impl Firewall for NftablesFirewall {
                 .transact(&ruleset::remove())
                 .await
                 .map_err(|e| failed("remove table inet envelope", &e));
-            *state = State::default();
+            *state = SetState::default();
             result
         })
     }

@@ -37,7 +37,7 @@ fn the_first_grant_carries_the_proxy_ports_and_its_inverse_removes_both() {
     let now = Instant::now();
     let config = config(&[80, 443]);
     let plan = config.plan(
-        &State::default(),
+        &SetState::default(),
         &edits(&[("192.0.2.7", Some(now + Duration::from_secs(60)))]),
         now,
     );
@@ -68,7 +68,7 @@ fn a_later_deadline_is_a_delete_and_re_add_and_so_is_the_ports_refresh() {
     let config = config(&[80]);
     let early = now + Duration::from_secs(30);
     let late = now + Duration::from_secs(300);
-    let mut state = State::default();
+    let mut state = SetState::default();
     state.v4.members.insert(subnet("192.0.2.1"), early);
     state.v4.ports_until = Some(early);
     let plan = config.plan(&state, &edits(&[("192.0.2.1", Some(late))]), now);
@@ -90,7 +90,7 @@ fn the_last_revoke_takes_the_ports_and_another_family_is_untouched() {
     let now = Instant::now();
     let config = config(&[80]);
     let until = now + Duration::from_secs(30);
-    let mut state = State::default();
+    let mut state = SetState::default();
     state.v4.members.insert(subnet("192.0.2.1"), until);
     state.v4.members.insert(subnet("198.18.0.1"), until);
     state.v4.ports_until = Some(until);
@@ -116,11 +116,11 @@ fn the_last_revoke_takes_the_ports_and_another_family_is_untouched() {
 fn without_proxy_ports_and_without_a_change_nothing_is_sent() {
     let now = Instant::now();
     let until = now + Duration::from_secs(30);
-    let mut state = State::default();
+    let mut state = SetState::default();
     state.v6.members.insert(subnet("2001:db8::1"), until);
     let same = config(&[]).plan(&state, &edits(&[("2001:db8::9", Some(until))]), now);
     assert!(same.forward.is_empty(), "{:?}", whats(&same.forward));
-    let unknown = config(&[80]).plan(&State::default(), &edits(&[("192.0.2.1", None)]), now);
+    let unknown = config(&[80]).plan(&SetState::default(), &edits(&[("192.0.2.1", None)]), now);
     assert!(unknown.forward.is_empty());
 }
 
