@@ -817,24 +817,56 @@ pub(crate) fn envelopectl(ns: &NetPair, daemon: &Daemon, args: &[&str]) -> Strin
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A backend whose grants are kernel set elements with timeouts, as the
+/// tests shared with `nftables_netns` read it.
+pub(crate) struct SetBackend {
+    /// Its `--firewall` name.
+    pub firewall: &'static str,
+    /// The IPv4 grant set's elements, each with the seconds the kernel still
+    /// keeps it (0 for none).
+    pub grants_v4: fn(&NetPair) -> Vec<(String, u64)>,
+    /// The IPv4 proxy-port set's elements.
+    pub proxy_v4: fn(&NetPair) -> Vec<(String, u64)>,
+}
+
+fn ipset_elements(ns: &NetPair, set: &str) -> Vec<(String, u64)> {
+    ns.members_with_timeouts(set)
+        .into_iter()
+        .map(|(member, timeout)| (member, timeout.unwrap_or(0)))
+        .collect()
+}
+
+const IPSET: SetBackend = SetBackend {
+    firewall: "iptables",
+    grants_v4: |ns| ipset_elements(ns, "envelope-v4"),
+    proxy_v4: |ns| ipset_elements(ns, "envelope-proxy-v4"),
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_closes_grants_after_sigkill_with_no_restart() {
+    kernel_closes_grants_after_sigkill(&IPSET).await;
+}
+
+/// A SIGKILLed envelope revokes nothing: each element's kernel timeout
+/// (deadline plus `--kernel-margin`) closes its grant and the proxy ports.
+pub(crate) async fn kernel_closes_grants_after_sigkill(backend: &SetBackend) {
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
     let _proxy = ns.listener(PROXY_PORT, LIFETIME);
     let service = addr(SERVER_V4, SERVICE_PORT);
     let proxy = addr(SERVER_V4, PROXY_PORT);
-    // Sessions last 2 s (capped), and the kernel keeps members 1 s longer.
-    let mut daemon = Daemon::start(options(
+    // Sessions last 2 s (capped), and the kernel keeps elements 1 s longer.
+    let mut daemon = Daemon::start(options_with(
         &ns,
+        backend.firewall,
         &["--timeout=1s", "--max-hold=2s", "--kernel-margin=1s"],
     ));
     let ws = session(&ns, SERVER_V4, &daemon).await;
-    let timeouts = ns.members_with_timeouts("envelope-v4");
-    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    let listed = (backend.grants_v4)(&ns);
+    assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(
-        matches!(timeouts[0].1, Some(1..=3)),
-        "kernel timeout = deadline (2 s) + margin (1 s): {timeouts:?}"
+        (1..=3).contains(&listed[0].1),
+        "kernel timeout = deadline (2 s) + margin (1 s): {listed:?}"
     );
     daemon.signal("KILL");
     daemon.wait_exit(Duration::from_secs(5));
@@ -846,49 +878,64 @@ async fn the_kernel_closes_grants_after_sigkill_with_no_restart() {
     // How soon (deadline + margin): the bench's "SIGKILL, N held: kernel closed all".
     ns.wait_reach(service, false).await;
     ns.wait_reach(proxy, false).await;
-    assert_eq!(ns.members("envelope-v4"), Vec::<String>::new());
-    assert_eq!(ns.members("envelope-proxy-v4"), Vec::<String>::new());
+    assert_eq!((backend.grants_v4)(&ns), []);
+    assert_eq!((backend.proxy_v4)(&ns), []);
     drop(ws);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_in_one_subnet_the_later_deadline_wins() {
+    later_deadline_wins(&IPSET).await;
+}
+
+/// Two sessions of one subnet share one element whose kernel timeout follows
+/// the later deadline, and shrinks back when the later session ends.
+pub(crate) async fn later_deadline_wins(backend: &SetBackend) {
     let ns = NetPair::new();
     let _service = ns.listener(SERVICE_PORT, LIFETIME);
     let service = addr(SERVER_V4, SERVICE_PORT);
-    let daemon = Daemon::start(options(&ns, &["--timeout=1s", "--max-clients=2"]));
+    let daemon = Daemon::start(options_with(
+        &ns,
+        backend.firewall,
+        &["--timeout=1s", "--max-clients=2"],
+    ));
     let short = support::sign(&support::claims(support::SUBJECT, 20));
     let long = support::sign(&support::claims(support::SUBJECT, 300));
+    let expires = |ns: &NetPair| tokio::task::block_in_place(|| (backend.grants_v4)(ns)[0].1);
     let (a, _) = ws_from(&ns, None, SERVER_V4, &short).await.unwrap();
-    let timeout = |ns: &NetPair| ns.members_with_timeouts("envelope-v4")[0].1.unwrap();
-    assert!(timeout(&ns) <= 26, "short session: {}", timeout(&ns));
+    assert!(expires(&ns) <= 26, "short session: {}", expires(&ns));
     let (b, _) = ws_from(&ns, None, SERVER_V4, &long).await.unwrap();
     assert_eq!(
-        ns.members("envelope-v4").len(),
+        (backend.grants_v4)(&ns).len(),
         1,
-        "one member for the subnet"
+        "one element for the subnet"
     );
+    let later = expires(&ns);
     assert!(
-        timeout(&ns) >= 290,
-        "the later deadline wins: {}",
-        timeout(&ns)
+        (290..=306).contains(&later),
+        "the later deadline wins: {later}"
     );
     // Closing the later session keeps the earlier one's access, with its timeout.
     close(b).await;
     daemon
         .eventually("the timeout to shrink back", || async {
-            tokio::task::block_in_place(|| timeout(&ns)) <= 26
+            expires(&ns) <= 26
         })
         .await;
     assert!(
         ns.client_can_reach(service),
         "closing one must not cut the other"
     );
-    let listed = envelopectl(&ns, &daemon, &["list"]);
-    assert!(listed.contains("KERNEL"), "{listed}");
+    let listed = envelopectl(&ns, &daemon, &["list", "--json"]);
+    let grants: Vec<common::admin::Grant> = serde_json::from_str(&listed).unwrap();
+    let left = grants[0].kernel_remaining_seconds.unwrap();
+    assert!(
+        (15..=26).contains(&left),
+        "kernel remaining {left} s\n{listed}"
+    );
     close(a).await;
     ns.wait_reach(service, false).await;
-    assert_eq!(ns.members("envelope-v4"), Vec::<String>::new());
+    assert_eq!((backend.grants_v4)(&ns), []);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

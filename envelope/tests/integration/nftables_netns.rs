@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::firewall_netns::{
-    addr, close, envelopectl, options_with, session, status_from, ws_from, LIFETIME, PROXY_PORT,
+    addr, close, envelopectl, kernel_closes_grants_after_sigkill, later_deadline_wins,
+    options_with, session, status_from, ws_from, SetBackend, LIFETIME, PROXY_PORT,
 };
 use crate::support::{self, Daemon, EnvelopeCmd, EVENTUALLY};
 use testbed::{NetPair, ENVELOPE_PORT, SERVER_V4, SERVER_V6, SERVICE_PORT};
@@ -238,85 +239,20 @@ async fn v4_v6_and_mapped_peers_are_let_in_only_while_held() {
     assert_eq!(ruleset(&ns), before);
 }
 
+const NFTABLES: SetBackend = SetBackend {
+    firewall: "nftables",
+    grants_v4: |ns| elements(ns, "grants-v4"),
+    proxy_v4: |ns| elements(ns, "proxy-v4"),
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_closes_grants_after_sigkill_with_no_restart() {
-    let ns = NetPair::new();
-    let _service = ns.listener(SERVICE_PORT, LIFETIME);
-    let _proxy = ns.listener(PROXY_PORT, LIFETIME);
-    let service = addr(SERVER_V4, SERVICE_PORT);
-    let proxy = addr(SERVER_V4, PROXY_PORT);
-    // Sessions last 2 s (capped), and the kernel keeps elements 1 s longer.
-    let mut daemon = Daemon::start(options(
-        &ns,
-        &["--timeout=1s", "--max-hold=2s", "--kernel-margin=1s"],
-    ));
-    let ws = session(&ns, SERVER_V4, &daemon).await;
-    let listed = elements(&ns, "grants-v4");
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert!(
-        (1..=3).contains(&listed[0].1),
-        "kernel timeout = deadline (2 s) + margin (1 s): {listed:?}"
-    );
-    daemon.signal("KILL");
-    daemon.wait_exit(Duration::from_secs(5));
-    assert!(
-        ns.client_can_reach(service),
-        "granted until the kernel expires it"
-    );
-    ns.wait_reach(service, false).await;
-    // How soon after hold + margin the kernel closes it is the bench's
-    // figure (docs/benchmarks.md); here the element's timeout itself is pinned.
-    ns.wait_reach(proxy, false).await;
-    assert_eq!(keys(&ns, "grants-v4"), Vec::<String>::new());
-    assert_eq!(keys(&ns, "proxy-v4"), Vec::<String>::new());
-    drop(ws);
+    kernel_closes_grants_after_sigkill(&NFTABLES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_in_one_subnet_the_later_deadline_wins() {
-    let ns = NetPair::new();
-    let _service = ns.listener(SERVICE_PORT, LIFETIME);
-    let service = addr(SERVER_V4, SERVICE_PORT);
-    let daemon = Daemon::start(options(&ns, &["--timeout=1s", "--max-clients=2"]));
-    let short = support::sign(&support::claims(support::SUBJECT, 20));
-    let long = support::sign(&support::claims(support::SUBJECT, 300));
-    let expires = |ns: &NetPair| elements(ns, "grants-v4")[0].1;
-    let (a, _) = ws_from(&ns, None, SERVER_V4, &short).await.unwrap();
-    assert!(expires(&ns) <= 26, "short session: {}", expires(&ns));
-    let (b, _) = ws_from(&ns, None, SERVER_V4, &long).await.unwrap();
-    assert_eq!(
-        keys(&ns, "grants-v4").len(),
-        1,
-        "one element for the subnet"
-    );
-    assert!(
-        expires(&ns) >= 290,
-        "the later deadline wins: {}",
-        expires(&ns)
-    );
-    assert!(expires(&ns) <= 306, "{}", expires(&ns));
-    // The later session ends: the earlier one keeps its access, and the
-    // element its own deadline again.
-    close(b).await;
-    daemon
-        .eventually("the timeout to shrink back", || async {
-            expires(&ns) <= 26
-        })
-        .await;
-    assert!(
-        ns.client_can_reach(service),
-        "closing one must not cut the other"
-    );
-    let listed = envelopectl(&ns, &daemon, &["list", "--json"]);
-    let grants: Vec<common::admin::Grant> = serde_json::from_str(&listed).unwrap();
-    let left = grants[0].kernel_remaining_seconds.unwrap();
-    assert!(
-        (15..=26).contains(&left),
-        "kernel remaining {left} s\n{listed}"
-    );
-    close(a).await;
-    ns.wait_reach(service, false).await;
-    assert_eq!(keys(&ns, "grants-v4"), Vec::<String>::new());
+    later_deadline_wins(&NFTABLES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
