@@ -28,6 +28,9 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod firewall;
+/// Entry points for the fuzz targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grants;
 pub mod keys;
 pub mod logging;

@@ -23,8 +23,8 @@ pub struct AdminSocket {
 /// Who may talk to the admin API.
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
-    own_uid: Uid,
-    group: Option<Group>,
+    pub(crate) own_uid: Uid,
+    pub(crate) group: Option<Group>,
 }
 
 impl PeerPolicy {

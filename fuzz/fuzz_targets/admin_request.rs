@@ -1,0 +1,58 @@
+//! `admin_request`: method, target (path and query), peer uid and body through
+//! every route of the admin API (`envelope::fuzzing::AdminHarness`: the three
+//! public test keys, reloadable; a fresh grant owner holding two grants for
+//! each request).
+//!
+//! Input: `METHOD TARGET [UID]` on the first line, then the body (see
+//! `envelope_fuzz::request`).
+//!
+//! Beyond "no panic": every answer is JSON with a status the API documents
+//! (never the "unexpected rejection" 500); refusals carry a non-empty list of
+//! error lines, and 405 an `Allow` header; a peer other than root or the
+//! envelope's user gets 403; a body is never accepted; and only a `DELETE`
+//! answered 200 removes grants.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use envelope::fuzzing::{AdminHarness, ADMIN_UID, GRANTED};
+use envelope_fuzz::{public_key_files, request};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+static HARNESS: LazyLock<AdminHarness> =
+    LazyLock::new(|| AdminHarness::new(public_key_files()).expect("test keys load"));
+
+fuzz_target!(init: request::self_check(), |data: &[u8]| {
+    let Some(input) = request::admin(data) else {
+        return;
+    };
+    let Some(out) = HARNESS.request(input.method, input.target, input.body, input.uid) else {
+        return;
+    };
+    let answer = &out.answer;
+    let status = answer.status;
+    assert!(
+        [200, 400, 403, 404, 405, 413, 422].contains(&status),
+        "status {status}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.header("content-type"), Some(&b"application/json"[..]));
+    let body: Value = serde_json::from_slice(&answer.body).expect("a JSON body");
+    if status != 200 {
+        let errors = body["errors"].as_array().expect("an error list");
+        assert!(!errors.is_empty() && errors.iter().all(Value::is_string), "{body}");
+    }
+    if status == 405 {
+        assert!(answer.header("allow").is_some());
+    }
+    if input.uid != 0 && input.uid != ADMIN_UID {
+        assert_eq!(status, 403);
+    }
+    if !input.body.is_empty() {
+        assert!([400, 403, 413].contains(&status), "a body was accepted");
+    }
+    if !(input.method == b"DELETE" && status == 200) {
+        assert_eq!(out.grants_left, GRANTED.len(), "grants changed");
+    }
+});

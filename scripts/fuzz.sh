@@ -1,0 +1,72 @@
+#!/bin/bash
+# Fuzzes every parser that meets untrusted bytes (docs/security.md, "Fuzzing"):
+# builds the libFuzzer targets of fuzz/ with cargo-fuzz on the stable toolchain,
+# runs each for SECONDS (default 60) from its seed corpus (fuzz/corpus/<target>)
+# plus what earlier runs found (target/fuzz/corpus/<target>), and prints, per
+# target: executions, executions per second, corpus size, coverage, crashes.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+#
+# A crash, a hang (over 1 s on one input) or a memory blow-up (over 2 GiB) is a
+# failure: its input is kept in target/fuzz/artifacts/<target>/ and the script
+# exits 1 once every target has run. Reproduce one with
+#   target/fuzz/x86_64-unknown-linux-gnu/release/<target> <input file>
+#
+# The build has no sanitizer (the workspace denies unsafe code; a sanitizer
+# needs nightly). FUZZ_SANITIZER=address builds with AddressSanitizer through
+# RUSTC_BOOTSTRAP=1, set for that build of the fuzz crate alone, never for the
+# product's build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(token jwk_public jwk_private access_request admin_request goflags ipset_reply)
+work=target/fuzz
+sanitizer=${FUZZ_SANITIZER:-none}
+
+command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz@0.13.2
+
+# Its own target dir: instrumented crates must not mix with the product's.
+build=(cargo fuzz build --sanitizer "$sanitizer" --target-dir "../$work")
+if [ "$sanitizer" = none ]; then
+    (cd fuzz && "${build[@]}")
+else
+    (cd fuzz && RUSTC_BOOTSTRAP=1 "${build[@]}")
+fi
+
+# anyhow captures a backtrace per error when RUST_BACKTRACE is set: milliseconds
+# per input on the error paths, which are most of them. Panics keep theirs.
+export RUST_LIB_BACKTRACE=0
+bin=$work/x86_64-unknown-linux-gnu/release
+# One of libFuzzer's final statistics (-print_final_stats) from $log.
+stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
+failed=()
+rows=()
+for target in "${targets[@]}"; do
+    corpus=$work/corpus/$target
+    artifacts=$work/artifacts/$target
+    log=$work/logs/$target.log
+    mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
+    before=$(find "$artifacts" -type f | wc -l)
+    status=0
+    "$bin/$target" "$corpus" "fuzz/corpus/$target" -max_total_time="$seconds" -timeout=1 \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || status=$?
+    found=$(($(find "$artifacts" -type f | wc -l) - before))
+    last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+    cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\).*/\1 edges, \2 features/p' <<<"$last")
+    corp=$(sed -n 's/.* corp: \([0-9]*\)\/\([0-9a-zA-Z]*\).*/\1 inputs, \2/p' <<<"$last")
+    rows+=("$(printf '%-15s %12s %9s %-22s %-26s %s' "$target" "$(stat number_of_executed_units)" \
+        "$(stat average_exec_per_sec)" "$corp" "$cov" "$found")")
+    if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
+        failed+=("$target (exit $status; $log)")
+    fi
+done
+
+printf '%-15s %12s %9s %-22s %-26s %s\n' target executions "exec/s" corpus coverage crashes
+printf '%s\n' "${rows[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+    printf 'FAILED: %s\n' "${failed[@]}" >&2
+    exit 1
+fi
