@@ -11,6 +11,8 @@
 # failure: its input is kept in target/fuzz/artifacts/<target>/ and the script
 # exits 1 once every target has run. Reproduce one with
 #   target/fuzz/x86_64-unknown-linux-gnu/release/<target> <input file>
+# (a fix gets a regression test in the parser's own crate, not only the input
+# in the seed corpus).
 #
 # The build has no sanitizer (the workspace denies unsafe code; a sanitizer
 # needs nightly). FUZZ_SANITIZER=address builds with AddressSanitizer through
@@ -23,12 +25,14 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(token jwk_public jwk_private access_request admin_request goflags ipset_reply)
-work=target/fuzz
 sanitizer=${FUZZ_SANITIZER:-none}
+# Its own target dir (one per sanitizer): instrumented crates must not mix with
+# the product's build, nor with each other.
+work=target/fuzz
+[ "$sanitizer" = none ] || work=target/fuzz-$sanitizer
 
 command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz@0.13.2
 
-# Its own target dir: instrumented crates must not mix with the product's.
 build=(cargo fuzz build --sanitizer "$sanitizer" --target-dir "../$work")
 if [ "$sanitizer" = none ]; then
     (cd fuzz && "${build[@]}")

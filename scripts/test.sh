@@ -1,8 +1,9 @@
 #!/bin/bash
 # The whole test suite (the README's "run every test" command; .ci/run calls it):
 # formatting, lints, every crate's tests (the firewall tests run real iptables
-# inside network namespaces they create, so this runs as root), the demo script,
-# a tiny benchmark run, the Debian package and a short firewall soak.
+# inside network namespaces they create, so this runs as root), 10 s of fuzzing
+# per parser, the demo script, a tiny benchmark run, the Debian package and a
+# short firewall soak.
 # Installs what the tests need only when it is missing, so a bare machine works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +26,16 @@ command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
 command -v man >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db; }
 command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+# The fuzz targets (scripts/fuzz.sh, the same pin): cargo-fuzz runs libFuzzer on stable.
+command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz@0.13.2
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# Every parser that meets untrusted bytes, fuzzed briefly so that a regression
+# shows here (the long runs and their figures: docs/security.md, "Fuzzing").
+bash scripts/fuzz.sh 10
 ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
 cargo build -q -p envelope -p envelope-bench

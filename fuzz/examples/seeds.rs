@@ -11,10 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use common::{Algorithm, Claims, PrivateKey, Signer};
-use envelope::fuzzing::{ISSUER, MACHINE, SUBJECT};
+use common::Algorithm;
 use envelope_fuzz::jws::fixture;
-use envelope_fuzz::testdata;
+use envelope_fuzz::{access_token, testdata};
 
 fn corpus(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -116,16 +115,6 @@ fn keys() {
     }
 }
 
-/// A token of `key` for this machine and subject, valid until 2100, with a jti.
-fn token_of(key: &str, jti: &str) -> String {
-    let key = PrivateKey::from_jwk_json(&read(key)).expect("test key");
-    let claims = Claims {
-        jti: Some(jti.to_owned()),
-        ..Claims::for_machine(ISSUER, SUBJECT, MACHINE, 1_767_225_600, 4_102_444_800)
-    };
-    Signer::new(key).sign(&claims).expect("signing")
-}
-
 fn access() {
     const UPGRADE: &str = "Connection: keep-alive, Upgrade\nUpgrade: websocket\n\
         Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\
@@ -133,8 +122,7 @@ fn access() {
     let path = "/v0/envelope/access";
     let mut tokens = Vec::new();
     for alg in Algorithm::ALL {
-        let file = format!("insecure-test-{}.jwk", alg.as_str().to_lowercase());
-        tokens.push((alg, token_of(&file, &format!("jti-{alg}"))));
+        tokens.push((alg, access_token(alg, &format!("jti-{alg}"))));
     }
     for (alg, token) in &tokens {
         write(

@@ -13,8 +13,9 @@
 
 use std::sync::LazyLock;
 
+use common::Algorithm;
 use envelope::fuzzing::AccessHarness;
-use envelope_fuzz::{public_key_files, request};
+use envelope_fuzz::{access_token, public_key_files, request};
 use libfuzzer_sys::fuzz_target;
 
 static HARNESS: LazyLock<AccessHarness> =
@@ -22,7 +23,32 @@ static HARNESS: LazyLock<AccessHarness> =
 
 const PATH: &str = "/v0/envelope/access";
 
-fuzz_target!(init: request::self_check(), |data: &[u8]| {
+/// The harness admits what it should: a valid token of each key passes every
+/// check but the upgrade (there is no connection), twice (its single-use
+/// reservation is given back); no token is 401.
+fn self_check() {
+    request::self_check();
+    const UPGRADE: [(&[u8], &[u8]); 4] = [
+        (b"connection", b"upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for alg in Algorithm::ALL {
+        let target = format!("{PATH}?access_token={}", access_token(alg, "self-check"));
+        for _ in 0..2 {
+            let answer = HARNESS.get(&target, &UPGRADE).expect("a valid request");
+            assert_eq!(
+                (answer.status, answer.body.as_slice()),
+                (400, &b"not a valid WebSocket upgrade request\n"[..]),
+                "{alg}"
+            );
+        }
+    }
+    assert_eq!(HARNESS.get(PATH, &UPGRADE).map(|a| a.status), Some(401));
+}
+
+fuzz_target!(init: self_check(), |data: &[u8]| {
     let Some(input) = request::access(data) else {
         return;
     };

@@ -23,7 +23,23 @@ use serde_json::Value;
 static HARNESS: LazyLock<AdminHarness> =
     LazyLock::new(|| AdminHarness::new(public_key_files()).expect("test keys load"));
 
-fuzz_target!(init: request::self_check(), |data: &[u8]| {
+/// The harness serves what it should: the status, a revoke by id that leaves
+/// one grant, a reload, and a refusal for a peer that is not allowed.
+fn self_check() {
+    request::self_check();
+    let status = |method: &[u8], target: &str, uid| {
+        let out = HARNESS
+            .request(method, target, b"", uid)
+            .expect("a valid request");
+        (out.answer.status, out.grants_left)
+    };
+    assert_eq!(status(b"GET", "/v1/status", 0), (200, 2));
+    assert_eq!(status(b"DELETE", "/v1/grants/1", ADMIN_UID), (200, 1));
+    assert_eq!(status(b"POST", "/v1/reload", 0), (200, 2));
+    assert_eq!(status(b"GET", "/v1/grants", 1000), (403, 2));
+}
+
+fuzz_target!(init: self_check(), |data: &[u8]| {
     let Some(input) = request::admin(data) else {
         return;
     };

@@ -16,6 +16,9 @@ pub mod request;
 
 use std::path::PathBuf;
 
+use common::{Algorithm, Claims, PrivateKey, Signer};
+use envelope::fuzzing::{ISSUER, MACHINE, SUBJECT};
+
 /// The workspace's `testdata/` directory (insecure test keys and certificates).
 pub fn testdata(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata")).join(name)
@@ -27,4 +30,17 @@ pub fn public_key_files() -> Vec<PathBuf> {
         .iter()
         .map(|alg| testdata(&format!("insecure-test-{alg}.jwk.pub")))
         .collect()
+}
+
+/// A token of the test key for `alg` that the envelope harnesses accept: their
+/// issuer, machine and subject, valid from 2026 until 2100, with this `jti`.
+pub fn access_token(alg: Algorithm, jti: &str) -> String {
+    let file = format!("insecure-test-{}.jwk", alg.as_str().to_lowercase());
+    let text = std::fs::read_to_string(testdata(&file)).expect("test key file");
+    let key = PrivateKey::from_jwk_json(&text).expect("test key");
+    let claims = Claims {
+        jti: Some(jti.to_owned()),
+        ..Claims::for_machine(ISSUER, SUBJECT, MACHINE, 1_767_225_600, 4_102_444_800)
+    };
+    Signer::new(key).sign(&claims).expect("signing")
 }
