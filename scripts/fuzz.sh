@@ -5,7 +5,7 @@
 # plus what earlier runs found (target/fuzz/corpus/<target>), and prints, per
 # target: executions, executions per second, corpus size, coverage, crashes.
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   [FUZZ_JOBS=N] scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # A crash, a hang (over 1 s on one input) or a memory blow-up (over 2 GiB) is a
 # failure: its input is kept in target/fuzz/artifacts/<target>/ and the script
@@ -44,33 +44,49 @@ fi
 # per input on the error paths, which are most of them. Panics keep theirs.
 export RUST_LIB_BACKTRACE=0
 bin=$work/x86_64-unknown-linux-gnu/release
-# One of libFuzzer's final statistics (-print_final_stats) from $log.
-stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
-failed=()
-rows=()
-for target in "${targets[@]}"; do
-    corpus=$work/corpus/$target
-    artifacts=$work/artifacts/$target
-    log=$work/logs/$target.log
+
+# Runs one target; its row of the table goes to $work/logs/<target>.row, and
+# <target>.failed exists when it found something.
+run() {
+    local target=$1
+    local corpus=$work/corpus/$target artifacts=$work/artifacts/$target log=$work/logs/$target.log
     mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
+    rm -f "$work/logs/$target.failed"
+    local args=(-max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 -print_final_stats=1
+        -artifact_prefix="$artifacts/")
+    [ -e "fuzz/dict/$target.dict" ] && args+=(-dict="fuzz/dict/$target.dict")
+    local before status=0
     before=$(find "$artifacts" -type f | wc -l)
-    status=0
-    "$bin/$target" "$corpus" "fuzz/corpus/$target" -max_total_time="$seconds" -timeout=1 \
-        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || status=$?
+    "$bin/$target" "$corpus" "fuzz/corpus/$target" "${args[@]}" >"$log" 2>&1 || status=$?
+    local found last cov corp
     found=$(($(find "$artifacts" -type f | wc -l) - before))
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\).*/\1 edges, \2 features/p' <<<"$last")
     corp=$(sed -n 's/.* corp: \([0-9]*\)\/\([0-9a-zA-Z]*\).*/\1 inputs, \2/p' <<<"$last")
-    rows+=("$(printf '%-15s %12s %9s %-22s %-26s %s' "$target" "$(stat number_of_executed_units)" \
-        "$(stat average_exec_per_sec)" "$corp" "$cov" "$found")")
+    # One of libFuzzer's final statistics (-print_final_stats).
+    stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
+    printf '%-15s %12s %9s %-22s %-26s %s\n' "$target" "$(stat number_of_executed_units)" \
+        "$(stat average_exec_per_sec)" "$corp" "$cov" "$found" >"$work/logs/$target.row"
     if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
-        failed+=("$target (exit $status; $log)")
+        echo "$target (exit $status; $log)" >"$work/logs/$target.failed"
     fi
+}
+
+# FUZZ_JOBS targets at a time (default 1, as in CI; 2 on this 2-core machine
+# for the long runs of docs/security.md).
+for target in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "${FUZZ_JOBS:-1}" ]; do wait -n || true; done
+    run "$target" &
 done
+wait
 
 printf '%-15s %12s %9s %-22s %-26s %s\n' target executions "exec/s" corpus coverage crashes
-printf '%s\n' "${rows[@]}"
-if [ ${#failed[@]} -gt 0 ]; then
-    printf 'FAILED: %s\n' "${failed[@]}" >&2
-    exit 1
-fi
+failed=0
+for target in "${targets[@]}"; do
+    cat "$work/logs/$target.row"
+    if [ -e "$work/logs/$target.failed" ]; then
+        echo "FAILED: $(cat "$work/logs/$target.failed")" >&2
+        failed=1
+    fi
+done
+exit "$failed"
