@@ -27,6 +27,12 @@ fn write(target: &str, name: &str, data: impl AsRef<[u8]>) {
     std::fs::write(corpus(target).join(name), data).expect("seed file");
 }
 
+fn write_all<T: AsRef<[u8]>>(target: &str, seeds: impl IntoIterator<Item = (&'static str, T)>) {
+    for (name, data) in seeds {
+        write(target, name, data);
+    }
+}
+
 fn read(name: &str) -> String {
     std::fs::read_to_string(testdata(name)).expect("testdata file")
 }
@@ -161,9 +167,7 @@ fn access() {
             format!("http://localhost{path}?access_token={ed}\n{UPGRADE}"),
         ),
     ];
-    for (name, text) in cases {
-        write("access_request", name, text);
-    }
+    write_all("access_request", cases);
 }
 
 fn admin() {
@@ -190,9 +194,7 @@ fn admin() {
         ("own-uid", "GET /v1/status 4242"),
         ("body", "POST /v1/reload\n{\"keys\":[]}"),
     ];
-    for (name, text) in requests {
-        write("admin_request", name, text);
-    }
+    write_all("admin_request", requests);
 }
 
 fn goflags() {
@@ -203,7 +205,5 @@ fn goflags() {
         ("durations", "--timeout=250ms\n--max-hold\n2h45m10s\n-timeout\n0"),
         ("env-style", "--verify-key=a.jwk,b.jwk\n--proxy-ports=\n--firewall=none"),
     ];
-    for (name, text) in lines {
-        write("goflags", name, text);
-    }
+    write_all("goflags", lines);
 }
