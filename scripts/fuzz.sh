@@ -9,7 +9,10 @@
 #
 # A crash, a hang (over 1 s on one input) or a memory blow-up (over 2 GiB) is a
 # failure: its input is kept in target/fuzz/artifacts/<target>/ and the script
-# exits 1 once every target has run. Reproduce one with
+# exits 1 once every target has run. A slow input counts as a hang only if it
+# is over 1 s again on each of three replays: on a loaded, shared machine a
+# process can stall for seconds on any input (such inputs go to
+# target/fuzz/stalls/<target>/ and the table counts them). Reproduce one with
 #   target/fuzz/x86_64-unknown-linux-gnu/release/<target> <input file>
 # (a fix gets a regression test in the parser's own crate, not only the input
 # in the seed corpus).
@@ -57,9 +60,9 @@ hangs() {
 
 # Runs one target for $seconds; its row of the table goes to
 # $work/logs/<target>.row, and <target>.failed exists when it found something.
-# libFuzzer stops at its first timeout, which on a loaded shared machine can be
-# a stall of the process rather than a hang: such an input goes to
-# $work/stalls/<target>/ and fuzzing goes on for the rest of the time.
+# libFuzzer's own limit is generous (30 s, wall clock, so that a stalled process
+# does not end the run) and it reports every input over 1 s; each is replayed.
+# Should a stall still reach 30 s, fuzzing goes on for the rest of the time.
 run() {
     local target=$1
     local corpus=$work/corpus/$target artifacts=$work/artifacts/$target log=$work/logs/$target.log
@@ -67,10 +70,13 @@ run() {
     mkdir -p "$corpus" "$artifacts" "$stalls" "$(dirname "$log")"
     rm -f "$work/logs/$target.failed"
     : >"$log"
-    local args=(-timeout=1 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts/")
+    local args=(-timeout=30 -report_slow_units=1 -rss_limit_mb=2048 -print_final_stats=1
+        -artifact_prefix="$artifacts/")
     [ -e "fuzz/dict/$target.dict" ] && args+=(-dict="fuzz/dict/$target.dict")
-    local before start=$SECONDS left=$seconds execs=0 stalled=0 status
-    before=$(find "$artifacts" -type f | wc -l)
+    local start=$SECONDS left=$seconds execs=0 stalled=0 status
+    # What this run writes is newer than this mark (earlier findings stay).
+    local mark=$work/logs/$target.started
+    touch "$mark"
     while :; do
         status=0
         "$bin/$target" "$corpus" "fuzz/corpus/$target" -max_total_time="$left" "${args[@]}" \
@@ -89,8 +95,14 @@ run() {
         fi
         break
     done
+    for input in $(find "$artifacts" -type f -newer "$mark" \( -name 'slow-unit-*' -o -name 'timeout-*' \)); do
+        if ! hangs "$target" "$input"; then
+            mv "$input" "$stalls/"
+            stalled=$((stalled + 1))
+        fi
+    done
     local found last cov corp
-    found=$(($(find "$artifacts" -type f | wc -l) - before))
+    found=$(find "$artifacts" -type f -newer "$mark" | wc -l)
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\).*/\1 edges, \2 features/p' <<<"$last")
     corp=$(sed -n 's/.* corp: \([0-9]*\)\/\([0-9a-zA-Z]*\).*/\1 inputs, \2/p' <<<"$last")
