@@ -2,8 +2,8 @@
 # The whole test suite (the README's "run every test" command; .ci/run calls it):
 # formatting, the dependency policy, lints, every crate's tests (the firewall
 # tests run real iptables inside network namespaces they create, so this runs
-# as root), the demo script, a tiny benchmark run, the Debian package, its
-# licence listing and a short firewall soak.
+# as root), 10 s of fuzzing per parser, the demo script, a tiny benchmark run,
+# the Debian package, its licence listing and a short firewall soak.
 # Installs what the tests need only when it is missing, so a bare machine works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,11 @@ command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
     || cargo install -q --locked --force cargo-deny@0.20.2
 command -v man >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db; }
 command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+# The fuzz targets (scripts/fuzz.sh, the same pin): cargo-fuzz runs libFuzzer on stable.
+command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz@0.13.2
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 # Licences, duplicate versions and sources of every dependency (deny.toml). The
 # advisory check needs its database from GitHub, which CI cannot reach.
 cargo deny --locked check licenses bans sources
@@ -42,6 +45,9 @@ cargo run -q -p xtask -- layers >/dev/null
 # Builds every binary the tests run (envelope, envelopectl, envelope-exec,
 # envelope-soak) before the first test starts; no test builds one itself.
 cargo test --workspace
+# Every parser that meets untrusted bytes, fuzzed briefly so that a regression
+# shows here (the long runs and their figures: docs/security.md, "Fuzzing").
+bash scripts/fuzz.sh 10
 ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
 cargo build -q -p envelope -p envelope-bench

@@ -668,8 +668,9 @@ struct RawJwks<'a> {
     keys: Vec<&'a serde_json::value::RawValue>,
 }
 
-/// Parses the text of a public key file: a single JWK or a JWKS `{"keys":[…]}`.
-fn parse_public_file(text: &str, path: &Path) -> Result<Vec<PublicKey>, KeyError> {
+/// Parses the text of a public key file: a single JWK or a JWKS `{"keys":[…]}`;
+/// `path` only names the file in errors.
+pub fn parse_public_file(text: &str, path: &Path) -> Result<Vec<PublicKey>, KeyError> {
     let invalid = |reason: String| KeyError::invalid(path, reason);
     check_object(text).map_err(invalid)?;
     let value: Value =

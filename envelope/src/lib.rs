@@ -36,6 +36,9 @@ pub mod daemon;
 pub mod events;
 pub mod exporter;
 pub mod firewall;
+/// Entry points for the fuzz targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grants;
 pub mod http;
 pub mod keys;

@@ -686,6 +686,12 @@ fn rows() -> Vec<Row> {
         ed_tok(&claims(r#","x":1,"x":2"#)),
         ok,
     );
+    // Found by the `token` fuzz target (verify_with.rs has the whole story).
+    row(
+        "aud twice in a payload that is no JSON",
+        ed_tok(&claims(r#","aud"o":et"rh"#)),
+        Err("malformed"),
+    );
 
     // 14/15. exp typing.
     let iss = format!("\"{ISS}\"");
@@ -1058,4 +1064,54 @@ fn empty_configured_audience_matches_nothing() {
     let iss = format!("\"{ISS}\"");
     let t = ed_tok(&payload(&iss, r#""""#, &(NOW + 100).to_string(), ""));
     assert_eq!(v.verify(&t).unwrap_err(), Rejection::WrongAudience);
+}
+
+/// Writes every row's header and payload as a seed of the `token` fuzz target
+/// (`fuzz/corpus/token/table-*`, in its signing form `S` header NUL payload:
+/// the target signs them with its own keys of the same kids, under this
+/// table's clock, issuer and audience). Not a check: run by hand after
+/// changing the table,
+/// `cargo test -p common --test integration write_token_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore = "writes the fuzz seed corpus; run by hand"]
+fn write_token_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/token");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("table-")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    for (i, (name, token, _)) in rows().iter().enumerate() {
+        let mut segments = token.split('.').map(|s| URL_SAFE_NO_PAD.decode(s).ok());
+        let (Some(Some(header)), Some(Some(payload))) = (segments.next(), segments.next()) else {
+            continue;
+        };
+        if header.len() + payload.len() > 8192 {
+            continue;
+        }
+        let slug: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let slug = slug
+            .split('-')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>();
+        let seed = [b"S".as_slice(), &header, b"\0", &payload].concat();
+        let file = format!("table-{i:03}-{}.signed", slug.join("-"));
+        std::fs::write(dir.join(file), seed).unwrap();
+    }
 }

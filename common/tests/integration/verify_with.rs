@@ -159,3 +159,29 @@ fn verify_with_applies_every_standard_check_first() {
         Rejection::BadSignature
     );
 }
+
+/// Found by the `token` fuzz target: a claim given twice in a payload that is
+/// no JSON at all was `duplicate-claim` for `verify` (which read the claims as
+/// they came) but `malformed` for `verify_payload` and `verify_with` (which read
+/// the payload whole first). Every entry point now reads it one way.
+#[test]
+fn a_duplicate_claim_in_a_payload_that_is_no_json_is_malformed_everywhere() {
+    let (v, sign) = setup();
+    let token = sign(&format!(
+        r#"{{"iss":"locate","sub":"monitoring","aud":"mlab1-abc0t","exp":{},"aud"o":et"rh}}"#,
+        NOW + 100
+    ));
+    assert_eq!(v.verify(&token).unwrap_err(), Rejection::Malformed);
+    assert_eq!(v.verify_payload(&token).unwrap_err(), Rejection::Malformed);
+    assert_eq!(
+        v.verify_with::<serde_json::Value>(&token).unwrap_err(),
+        Rejection::Malformed
+    );
+    // Valid JSON with the same duplicate is still a duplicate everywhere.
+    let token = sign(&payload(r#","aud":"other""#));
+    assert_eq!(v.verify(&token).unwrap_err(), Rejection::DuplicateClaim);
+    assert_eq!(
+        v.verify_payload(&token).unwrap_err(),
+        Rejection::DuplicateClaim
+    );
+}

@@ -41,8 +41,8 @@ impl SocketFile {
 /// Who may talk to the admin API.
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
-    own_uid: Uid,
-    group: Option<Group>,
+    pub(crate) own_uid: Uid,
+    pub(crate) group: Option<Group>,
 }
 
 impl PeerPolicy {

@@ -18,8 +18,8 @@
 //! members one by one, so what it took before a failure is rolled back here.
 
 mod fault;
-mod socket;
-mod wire;
+pub(crate) mod socket;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -9,8 +9,8 @@ use std::io;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 
@@ -125,15 +125,7 @@ impl IpsetSocket {
             let mut whats = Vec::with_capacity(chunk.len());
             for request in chunk {
                 whats.push(format!("{:?}", request.cmd()).to_lowercase());
-                // No NLM_F_EXCL on add/del: add refreshes, del of an absent member succeeds.
-                let flags = NLM_F_REQUEST
-                    | NLM_F_ACK
-                    | if request.cmd() == Cmd::Create {
-                        NLM_F_EXCL
-                    } else {
-                        0
-                    };
-                self.append(&mut buf, request, flags);
+                self.append(&mut buf, request);
             }
             self.socket.send(&buf).await?;
             if fault == Some(FaultAction::Stall) {
@@ -155,13 +147,7 @@ impl IpsetSocket {
                         if slot.is_none() {
                             missing -= 1;
                         }
-                        *slot = Some(match e.code {
-                            None => Ok(()),
-                            Some(code) => Err(IpsetError::Kernel {
-                                what: whats[index].clone(),
-                                code: -code.get(),
-                            }),
-                        });
+                        *slot = Some(acknowledged(&whats[index], &e));
                     }
                 }
             }
@@ -174,7 +160,7 @@ impl IpsetSocket {
     async fn query(&mut self, request: Request) -> Result<Reply, IpsetError> {
         let what = format!("{:?}", request.cmd()).to_lowercase();
         let mut buf = Vec::new();
-        let seq = self.append(&mut buf, request, NLM_F_REQUEST | NLM_F_ACK);
+        let seq = self.append(&mut buf, request);
         self.socket.send(&buf).await?;
         let mut answer = None;
         loop {
@@ -185,14 +171,9 @@ impl IpsetSocket {
                 match payload {
                     NetlinkPayload::InnerMessage(reply) => answer = Some(reply),
                     NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            Some(code) => Err(IpsetError::Kernel {
-                                what,
-                                code: -code.get(),
-                            }),
-                            None => answer
-                                .ok_or_else(|| IpsetError::Decode(format!("{what}: no reply"))),
-                        };
+                        acknowledged(&what, &e)?;
+                        return answer
+                            .ok_or_else(|| IpsetError::Decode(format!("{what}: no reply")));
                     }
                     _ => {}
                 }
@@ -200,16 +181,9 @@ impl IpsetSocket {
         }
     }
 
-    fn append(&mut self, buf: &mut Vec<u8>, request: Request, flags: u16) -> u32 {
+    fn append(&mut self, buf: &mut Vec<u8>, request: Request) -> u32 {
         self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-        message.finalize();
-        let start = buf.len();
-        buf.resize(start + message.buffer_len(), 0);
-        message.serialize(&mut buf[start..]);
+        frame(buf, request, self.seq);
         self.seq
     }
 
@@ -218,19 +192,63 @@ impl IpsetSocket {
         let (data, _) = tokio::time::timeout(self.timeout, self.socket.recv_from_full())
             .await
             .map_err(|_| IpsetError::Timeout(self.timeout))??;
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset < data.len() {
-            let bytes = &data[offset..];
-            let length = NetlinkBuffer::new_checked(bytes)
-                .map_err(|e| IpsetError::Decode(e.to_string()))?
-                .length() as usize;
-            let message = NetlinkMessage::<Reply>::deserialize(&bytes[..length])
-                .map_err(|e| IpsetError::Decode(e.to_string()))?;
-            out.push((message.header.sequence_number, message.payload));
-            offset += (length + 3) & !3;
-        }
-        Ok(out)
+        messages(&data)
+    }
+}
+
+/// Appends `request` to `buf` as one netlink message with sequence number `seq`.
+/// Every request asks for an acknowledgement except a dump (list), which ends
+/// with NLMSG_DONE instead; only create carries NLM_F_EXCL, so that add
+/// refreshes a member and del of an absent member succeeds.
+pub(crate) fn frame(buf: &mut Vec<u8>, request: Request, seq: u32) {
+    let mut header = NetlinkHeader::default();
+    header.flags = match request.cmd() {
+        Cmd::List => NLM_F_REQUEST | NLM_F_DUMP,
+        Cmd::Create => NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL,
+        _ => NLM_F_REQUEST | NLM_F_ACK,
+    };
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    message.finalize();
+    let start = buf.len();
+    buf.resize(start + message.buffer_len(), 0);
+    message.serialize(&mut buf[start..]);
+}
+
+/// One datagram as the kernel sent it, split into its messages: each one's
+/// sequence number and payload.
+pub(crate) fn messages(data: &[u8]) -> Result<Vec<(u32, NetlinkPayload<Reply>)>, IpsetError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < data.len() {
+        let bytes = &data[offset..];
+        let length = NetlinkBuffer::new_checked(bytes)
+            .map_err(|e| IpsetError::Decode(e.to_string()))?
+            .length() as usize;
+        let message = NetlinkMessage::<Reply>::deserialize(&bytes[..length])
+            .map_err(|e| IpsetError::Decode(e.to_string()))?;
+        out.push((message.header.sequence_number, message.payload));
+        offset += (length + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// An acknowledgement of the request `what`: success, or the kernel's refusal.
+/// The kernel sends a negative errno; any other code is a malformed reply
+/// (`i32::MIN` has no positive counterpart: negating it overflowed, found by
+/// the `ipset_reply` fuzz target).
+pub(crate) fn acknowledged(what: &str, ack: &ErrorMessage) -> Result<(), IpsetError> {
+    let Some(code) = ack.code else {
+        return Ok(());
+    };
+    match code.get().checked_neg().filter(|errno| *errno > 0) {
+        Some(errno) => Err(IpsetError::Kernel {
+            what: what.to_owned(),
+            code: errno,
+        }),
+        None => Err(IpsetError::Decode(format!(
+            "{what}: acknowledgement with error code {code}"
+        ))),
     }
 }
 
@@ -285,11 +303,7 @@ impl IpsetSocket {
     /// Every member of `set`, with its remaining timeout in seconds.
     pub async fn list(&mut self, set: &str) -> Result<Vec<(Element, Option<u32>)>, IpsetError> {
         let mut buf = Vec::new();
-        let seq = self.append(
-            &mut buf,
-            Request::list(self.protocol, set),
-            NLM_F_REQUEST | NLM_F_DUMP,
-        );
+        let seq = self.append(&mut buf, Request::list(self.protocol, set));
         self.socket.send(&buf).await?;
         let mut members = Vec::new();
         loop {
@@ -301,17 +315,70 @@ impl IpsetSocket {
                     NetlinkPayload::InnerMessage(reply) => members.extend(reply.members),
                     NetlinkPayload::Done(_) => return Ok(members),
                     NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            Some(code) => Err(IpsetError::Kernel {
-                                what: format!("list {set}"),
-                                code: -code.get(),
-                            }),
-                            None => Ok(members),
-                        }
+                        return acknowledged(&format!("list {set}"), &e).map(|()| members);
                     }
                     _ => {}
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One acknowledgement (NLMSG_ERROR) for sequence number 1 with `code`.
+    fn ack(code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&20u32.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(&1u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&code.to_ne_bytes());
+        m
+    }
+
+    fn outcome(datagram: &[u8]) -> Result<(), IpsetError> {
+        let mut decoded = messages(datagram).unwrap();
+        assert_eq!(decoded.len(), 1);
+        match decoded.remove(0) {
+            (1, NetlinkPayload::Error(e)) => acknowledged("add", &e),
+            other => panic!("not an ack: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acknowledgements_carry_the_kernels_errno() {
+        assert!(outcome(&ack(0)).is_ok());
+        let refused = outcome(&ack(-2)).unwrap_err();
+        assert!(refused.is_missing_set(), "{refused}");
+    }
+
+    #[test]
+    fn an_error_code_that_is_no_negative_errno_is_a_malformed_reply() {
+        // The fuzz target's input: an ack with i32::MIN, whose negation
+        // overflowed (a panic in debug builds, a nonsense code in release),
+        // then a NOOP message.
+        let found: [u8; 44] = [
+            0x14, 0, 0, 0, 0x02, 0, 0, 0, 0, 0xff, 0x0a, 0, 0, 0x01, 0, 0, 0, 0, 0, 0x80, 0x16, 0,
+            0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        ];
+        let decoded = messages(&found).unwrap();
+        let NetlinkPayload::Error(e) = &decoded[0].1 else {
+            panic!("not an ack: {decoded:?}");
+        };
+        let error = acknowledged("add", e).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "ipset: malformed reply: add: acknowledgement with error code -2147483648"
+        );
+        for code in [i32::MIN, 1, i32::MAX] {
+            assert!(
+                matches!(outcome(&ack(code)), Err(IpsetError::Decode(_))),
+                "{code}"
+            );
         }
     }
 }

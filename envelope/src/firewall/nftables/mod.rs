@@ -16,9 +16,9 @@
 //! vanished grant succeeds and frees its slot.
 
 mod reply;
-mod ruleset;
+pub(crate) mod ruleset;
 mod socket;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-pub use self::reply::{decode_answers, DecodeError};
+pub use self::reply::{decode_answers, Answer, DecodeError, Decoded, Listed};
 use self::ruleset::{grants_set, proxy_set, Guard};
 pub use self::socket::NftError;
 use self::socket::NftSocket;

@@ -232,19 +232,35 @@ fn element(bytes: &[u8]) -> Result<Listed, DecodeError> {
     Ok(listed)
 }
 
-/// Decodes a datagram the way the backend reads the kernel's answers (every
-/// message, its status, the elements it lists) and counts the messages: the
-/// entry point for fuzzing the decoder.
-pub fn decode_answers(datagram: &[u8]) -> Result<usize, DecodeError> {
-    let mut count = 0;
+/// One message of a reply datagram as the backend reads it: the request's
+/// sequence number, what it says, and the elements it lists (a dump's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub seq: u32,
+    pub answer: Answer,
+    pub listed: Vec<Listed>,
+}
+
+/// Decodes a datagram the way the backend reads the kernel's answers: every
+/// message, its status and the elements it lists. The fuzz target
+/// `nft_reply` feeds it arbitrary bytes.
+pub fn decode_answers(datagram: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
+    let mut out = Vec::new();
     for message in messages(datagram) {
         let message = message?;
-        if answer(&message)? == Answer::Data && message.kind == NEWSETELEM {
-            elements(message.payload)?;
-        }
-        count += 1;
+        let answer = answer(&message)?;
+        let listed = if answer == Answer::Data && message.kind == NEWSETELEM {
+            elements(message.payload)?
+        } else {
+            Vec::new()
+        };
+        out.push(Decoded {
+            seq: message.seq,
+            answer,
+            listed,
+        });
     }
-    Ok(count)
+    Ok(out)
 }
 
 #[cfg(test)]
