@@ -108,15 +108,17 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
             None
         }
     };
+    let loaded = Loaded::from_config(config)?;
+    raise_fd_limit();
+    let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
+    // Only now: a refused file or a second envelope must stay the one line
+    // that names the flag, for whoever reads a failed unit's status.
     tracing::info!(
         version = common::build_info::VERSION,
         revision = common::build_info::REVISION,
         rustc = common::build_info::RUSTC,
         "envelope starting"
     );
-    let loaded = Loaded::from_config(config)?;
-    raise_fd_limit();
-    let admin_socket = AdminSocket::bind(&config.admin_socket, config.admin_group.as_deref())?;
     let firewall = config.firewall.build().await?;
     tracing::info!(backend = %firewall.backend(), device = config.firewall.device(), "firewall backend");
     firewall.setup().await.context("firewall set-up failed")?;
