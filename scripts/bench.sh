@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 command -v iptables-save >/dev/null && command -v ip >/dev/null && command -v ipset >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset iproute2
 }
-cargo build -q --release -p envelope -p envelope-bench
+cargo build -q --release -p envelope -p envelopectl -p envelope-bench
 exec target/release/envelope-bench "$@"
