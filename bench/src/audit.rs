@@ -282,9 +282,11 @@ pub fn report_grants(grants: &Grants, sizes: Sizes, report: &mut crate::Report) 
         ("stalled follower", &grants.stalled),
     ] {
         println!(
-            "   {name:>22}: grant p50 {} p99 {} ({} sessions)",
+            "   {name:>22}: grant p50 {} p90 {} p99 {} max {} ({} sessions)",
             ms(sample.pct(50)),
+            ms(sample.pct(90)),
             ms(sample.pct(99)),
+            ms(sample.pct(100)),
             sample.len()
         );
     }

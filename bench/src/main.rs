@@ -85,10 +85,10 @@ struct Cli {
     held: usize,
     /// Sessions per condition (no follower, `envelopectl events -f`, a
     /// stalled follower) for the event-stream figures; 0 skips them.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     events_sessions: usize,
     /// Sessions per block of one condition (the conditions alternate in blocks).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     events_block: usize,
     /// `--events-buffer` of the envelopes in the event-stream rounds.
     #[arg(long, default_value_t = 10_000)]
