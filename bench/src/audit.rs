@@ -290,11 +290,19 @@ pub fn report_grants(grants: &Grants, sizes: Sizes, report: &mut crate::Report) 
             sample.len()
         );
     }
-    for read in &grants.stalled_reads {
-        println!(
-            "   stalled follower let go: read {} lines, {} about grants, last {}",
-            read.lines, read.grant_lines, read.last
-        );
+    let reads = &grants.stalled_reads;
+    let lines = |pick: fn(&StalledRead) -> usize| reads.iter().map(pick).max().unwrap_or(0);
+    println!(
+        "   {} stalled followers let go: each was sent {}–{} lines in all, at most {} of them \
+         a grant of its block; the last one's last line: {}",
+        reads.len(),
+        reads.iter().map(|r| r.lines).min().unwrap_or(0),
+        lines(|r| r.lines),
+        lines(|r| r.grant_lines),
+        reads.last().map_or("-", |r| r.last.as_str())
+    );
+    if let Some(bad) = reads.iter().find(|r| !r.dropped_while_stalled()) {
+        println!("   NOT let go as expected: {bad:?}");
     }
     let (none, ctl, stalled) = (&grants.none, &grants.ctl, &grants.stalled);
     report.line(
