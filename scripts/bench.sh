@@ -8,5 +8,5 @@ command -v iptables-save >/dev/null && command -v ip >/dev/null && command -v ip
     command -v nft >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset nftables iproute2
 }
-cargo build -q --release -p envelope -p envelope-bench
+cargo build -q --release -p envelope -p envelopectl -p envelope-bench
 exec target/release/envelope-bench "$@"

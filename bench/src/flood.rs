@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::http1::{access_request, read_response};
 
 pub async fn run(
     target: SocketAddr,
@@ -17,11 +19,7 @@ pub async fn run(
     anyhow::ensure!(!tokens.is_empty(), "no token to send");
     let requests: Vec<String> = tokens
         .iter()
-        .map(|token| {
-            format!(
-                "GET /v0/envelope/access?access_token={token} HTTP/1.1\r\nHost: {target}\r\n\r\n"
-            )
-        })
+        .map(|token| access_request(target, token))
         .collect();
     let requests = std::sync::Arc::new(requests);
     let end = Instant::now() + Duration::from_secs(secs);
@@ -63,44 +61,13 @@ async fn worker(
             let request = &requests[next % requests.len()];
             next += stride;
             stream.write_all(request.as_bytes()).await?;
-            let mut have = 0;
-            let (head_end, body_len) = loop {
-                let n = stream.read(&mut buf[have..]).await?;
-                if n == 0 {
-                    continue 'connection;
-                }
-                have += n;
-                if let Some(pos) = find(&buf[..have], b"\r\n\r\n") {
-                    let head = std::str::from_utf8(&buf[..pos]).unwrap_or("");
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if head.starts_with("HTTP/1.1 401") {
-                        rejected += 1;
-                    }
-                    break (pos + 4, length);
-                }
-                anyhow::ensure!(have < buf.len(), "response head too large");
-            };
-            let mut body_have = have - head_end;
-            while body_have < body_len {
-                let n = stream.read(&mut buf).await?;
-                if n == 0 {
-                    continue 'connection;
-                }
-                body_have += n;
+            match read_response(&mut stream, &mut buf).await? {
+                None => continue 'connection,
+                Some(401) => rejected += 1,
+                Some(_) => {}
             }
             responses += 1;
         }
     }
     Ok((responses, rejected))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -14,15 +14,24 @@
 //!   `--firewall nftables`, beside the ipset path's;
 //! - invalid-token rejections per second from a second process (keep-alive HTTP)
 //!   and the latency a valid client sees meanwhile;
-//! - resident memory idle and with thousands of held sessions.
+//! - resident memory idle and with thousands of held sessions;
+//! - what the audit event stream costs: grants with an `envelopectl events
+//!   -f` follower and with a stalled one against none, and the memory of a
+//!   full event buffer ([`audit`]);
+//! - resident memory during and after a flood of partial request heads from
+//!   many source subnets ([`heads`]).
 //!
 //! Needs root (it creates network namespaces); never touches the host's own
 //! firewall. Run it with `bash scripts/bench.sh`.
 
 mod apply;
+mod audit;
 mod client;
 mod flood;
+mod followers;
 mod go_baseline;
+mod heads;
+mod http1;
 mod lab;
 mod measure;
 mod plot;
@@ -76,6 +85,22 @@ struct Cli {
     /// Held sessions for the memory figure.
     #[arg(long, default_value_t = 5000)]
     held: usize,
+    /// Sessions per condition (no follower, `envelopectl events -f`, a
+    /// stalled follower) for the event-stream figures; 0 skips them.
+    #[arg(long, default_value_t = 500)]
+    events_sessions: usize,
+    /// Sessions per block of one condition (the conditions alternate in blocks).
+    #[arg(long, default_value_t = 10)]
+    events_block: usize,
+    /// `--events-buffer` of the envelopes in the event-stream rounds.
+    #[arg(long, default_value_t = 10_000)]
+    events_buffer: usize,
+    /// Connections with a partial request head for the memory figure; 0 skips it.
+    #[arg(long, default_value_t = 16_000)]
+    heads: usize,
+    /// Bytes of each partial head (under the envelope's 16 KiB head limit).
+    #[arg(long, default_value_t = 15_000)]
+    head_bytes: usize,
     /// The envelope binary (default: beside this one, i.e. the release build).
     #[arg(long)]
     envelope: Option<PathBuf>,
@@ -126,11 +151,20 @@ fn main() -> anyhow::Result<()> {
         None => testbed::built_bin("envelope").map_err(anyhow::Error::msg)?,
     };
     anyhow::ensure!(envelope.exists(), "{} not found", envelope.display());
+    if cli.heads > 0 {
+        heads::check_sizes(cli.heads, usize::from(cli.burst), cli.head_bytes)?;
+    }
+    if cli.events_sessions > 0 {
+        audit::check_sizes(audit_sizes(&cli))?;
+    }
     let lab = Lab::new(envelope, cli.burst)?;
     let mut report = Report::default();
 
     if !cli.no_firewall {
         firewall_rounds(&lab, &cli, &mut report)?;
+    }
+    if !cli.no_firewall && cli.events_sessions > 0 {
+        followers_round(&lab, &cli, &mut report)?;
     }
 
     println!(
@@ -202,7 +236,71 @@ fn main() -> anyhow::Result<()> {
         per_session <= 64.0,
     );
 
+    if cli.events_sessions > 0 {
+        event_buffer_round(&lab, &cli, &mut report)?;
+    }
+    if cli.heads > 0 {
+        heads_rounds(&lab, &cli, &mut report)?;
+    }
+
     report.print();
+    Ok(())
+}
+
+fn audit_sizes(cli: &Cli) -> audit::Sizes {
+    audit::Sizes {
+        sessions: cli.events_sessions,
+        block: cli.events_block,
+        buffer: cli.events_buffer,
+    }
+}
+
+/// Back-to-back grants with no event follower, one `envelopectl events -f`,
+/// and a stalled one, alternating on one envelope.
+fn followers_round(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<()> {
+    let sizes = audit_sizes(cli);
+    let envelopectl = testbed::built_bin("envelopectl").map_err(anyhow::Error::msg)?;
+    println!(
+        "\n== event followers: {} back-to-back sessions each with none, with `envelopectl events -f --json`, \
+         and with a stalled follower; one envelope (iptables, --events-buffer {}), blocks of {} \
+         alternating with the order rotated each cycle, each block right after {} admin \
+         requests, after 2 warm-up sessions",
+        sizes.sessions,
+        sizes.buffer,
+        sizes.block,
+        audit::PREFILL
+    );
+    let grants = audit::grant_round(lab, &envelopectl, sizes)?;
+    audit::report_grants(&grants, sizes, report);
+    Ok(())
+}
+
+/// Resident memory of a full event buffer against the same envelope idle.
+fn event_buffer_round(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<()> {
+    println!(
+        "\n== memory of a full event buffer (--events-buffer {}, filled with refused tokens; \
+         --firewall none, plain HTTP; control: the same fill with --events-buffer 1)",
+        cli.events_buffer
+    );
+    let memory = audit::buffer_memory(lab, cli.events_buffer, &forged_token(lab)?)?;
+    audit::report_memory(&memory, report);
+    Ok(())
+}
+
+/// Partial request heads from every client subnet, ended by the client and
+/// then by the head timeout, each on a fresh envelope.
+fn heads_rounds(lab: &Lab, cli: &Cli, report: &mut Report) -> anyhow::Result<()> {
+    println!(
+        "\n== partial request heads: {} connections over {} source /24s, {} bytes each, never ended \
+         (--firewall none, plain HTTP, a fresh envelope per round)",
+        cli.heads,
+        lab.client_addrs.len(),
+        cli.head_bytes
+    );
+    for ending in [heads::Ending::ClientCloses, heads::Ending::HeadTimeout] {
+        let flood = heads::round(lab, cli.heads, cli.head_bytes, ending)?;
+        heads::report(&flood, ending, report);
+    }
     Ok(())
 }
 
