@@ -40,6 +40,7 @@ pub mod firewall;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grants;
+pub mod heap;
 pub mod http;
 pub mod keys;
 pub mod lifecycle;

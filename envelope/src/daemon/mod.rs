@@ -244,6 +244,11 @@ pub async fn run(
         watch.await;
         Ok(())
     });
+    let trimming = crate::heap::return_freed_memory(stop.clone());
+    tasks.spawn("heap trimmer", async move {
+        trimming.await;
+        Ok(())
+    });
     let admin_state = Arc::new(AdminState {
         reloader,
         lifecycle: lifecycle.clone(),
