@@ -139,13 +139,14 @@ impl Client {
         Ok(String::from_utf8_lossy(&body).trim_end().to_owned())
     }
 
-    /// `GET /v1/events?QUERY`: calls `line` with each NDJSON line as it
-    /// arrives (while following, until the envelope ends the stream); stops
-    /// early when `line` says so.
+    /// `GET /v1/events?QUERY`: calls `lines` with the NDJSON lines each
+    /// chunk completes, as they arrive (while following, until the envelope
+    /// ends the stream), so the caller can write them out at once; stops
+    /// early when `lines` says so.
     pub async fn events(
         &self,
         query: &str,
-        mut line: impl FnMut(&str) -> std::ops::ControlFlow<()>,
+        mut lines: impl FnMut(&[&str]) -> std::ops::ControlFlow<()>,
     ) -> Result<(), CtlError> {
         let path = format!("{EVENTS_PATH}?{query}");
         let response = self.send(Method::GET, &path).await?;
@@ -166,12 +167,14 @@ impl Client {
                 continue;
             };
             pending.extend_from_slice(data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let text: Vec<u8> = pending.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&text[..end]);
-                if line(&text).is_break() {
-                    return Ok(());
-                }
+            let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            let complete: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&complete[..end]);
+            let complete: Vec<&str> = text.split('\n').collect();
+            if lines(&complete).is_break() {
+                return Ok(());
             }
         }
         Ok(())

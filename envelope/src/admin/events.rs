@@ -20,8 +20,15 @@ use crate::events::{Cidr, Event, Follower, Gone};
 use crate::http::{exact_path, json, Reply};
 
 const NDJSON: &str = "application/x-ndjson";
-/// Lines queued for a follower's connection before it must read them.
-const QUEUE: usize = 64;
+/// Batches queued for a follower's connection before it must read them.
+const QUEUE: usize = 4;
+/// Most bytes of lines one batch carries (a single longer line goes alone).
+const BATCH_BYTES: usize = 16 << 10;
+/// How long a follower lets events gather after the first one arrives: at
+/// most one write per follower per window however fast events come (an
+/// invalid-token flood makes tens of thousands a second), and none in the
+/// middle of the grant that caused it.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub fn routes(
     state: Arc<AdminState>,
@@ -128,8 +135,9 @@ fn gone_response(gone: Gone) -> AdminResponse {
 }
 
 /// Feeds one follower's connection until it goes away, falls behind, or the
-/// daemon stops. One place in its queue is kept for the `stream.lost` line,
-/// so a follower that stopped reading still gets it when it reads again.
+/// daemon stops, in batches of what gathered over [`BATCH_WINDOW`]. One place
+/// in its queue is kept for the `stream.lost` line, so a follower that
+/// stopped reading still gets it when it reads again.
 async fn follow(
     mut follower: Follower,
     tx: mpsc::Sender<Bytes>,
@@ -146,9 +154,9 @@ async fn follow(
                 return;
             }
         };
-        for line in lines {
+        for batch in batches(lines, BATCH_BYTES) {
             tokio::select! {
-                sent = tx.send(line) => if sent.is_err() { return },
+                sent = tx.send(batch) => if sent.is_err() { return },
                 lost = follower.fell_behind() => {
                     last_line.send(lost.line());
                     return;
@@ -161,7 +169,28 @@ async fn follow(
             () = tx.closed() => return,
             () = stop.cancelled() => return,
         }
+        tokio::select! {
+            () = tokio::time::sleep(BATCH_WINDOW) => {}
+            () = tx.closed() => return,
+            () = stop.cancelled() => return,
+        }
     }
+}
+
+/// The lines joined into as few writes as fit `max` bytes each.
+fn batches(lines: Vec<Bytes>, max: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    for line in lines {
+        if !batch.is_empty() && batch.len() + line.len() > max {
+            out.push(Bytes::from(std::mem::take(&mut batch)));
+        }
+        batch.extend_from_slice(&line);
+    }
+    if !batch.is_empty() {
+        out.push(Bytes::from(batch));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -172,6 +201,23 @@ mod tests {
         list.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn lines_are_joined_into_batches_of_at_most_the_bound() {
+        let line = |n: usize| Bytes::from(format!("{}\n", "x".repeat(n - 1)));
+        let sizes = |lines: Vec<Bytes>, max| {
+            batches(lines, max)
+                .iter()
+                .map(|b| b.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(vec![], 10), Vec::<usize>::new());
+        assert_eq!(sizes(vec![line(4), line(4), line(4)], 10), [8, 4]);
+        // A line longer than the bound goes alone, whole.
+        assert_eq!(sizes(vec![line(3), line(30), line(3)], 10), [3, 30, 3]);
+        let joined = batches(vec![line(2), line(3)], 10);
+        assert_eq!(&joined[0][..], b"x\nxx\n");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! envelope and resumes after the last seq it saw if the same envelope is
 //! back (same boot), or says the history was lost if it restarted.
 
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -53,12 +54,29 @@ pub async fn run(client: &Client, ask: Ask) -> Result<(), CtlError> {
     };
     loop {
         let mut last = None;
+        let mut reader_gone = false;
         let result = client
-            .events(&ask.query(since), |line| {
-                show(line, ask.json, &mut last);
-                ControlFlow::Continue(())
+            .events(&ask.query(since), |lines| {
+                // One write for what arrived together (the envelope sends a
+                // follower what gathered in a few milliseconds at once).
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for line in lines {
+                    show(&mut out, line, ask.json, &mut last);
+                }
+                match out.flush() {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => {
+                        reader_gone = true;
+                        ControlFlow::Break(())
+                    }
+                }
             })
             .await;
+        // Whoever read our output is gone (a closed pipe, as with `| head`):
+        // nothing is left to do.
+        if reader_gone {
+            return Ok(());
+        }
         if let Some(seq) = last {
             since = Some(seq);
         }
@@ -90,8 +108,8 @@ pub async fn run(client: &Client, ask: Ask) -> Result<(), CtlError> {
     }
 }
 
-/// Prints one NDJSON line as asked and remembers its seq.
-fn show(line: &str, json: bool, last: &mut Option<u64>) {
+/// Writes one NDJSON line as asked and remembers its seq.
+fn show(out: &mut impl Write, line: &str, json: bool, last: &mut Option<u64>) {
     let event: Value = match serde_json::from_str(line) {
         Ok(event) => event,
         Err(_) => return,
@@ -99,15 +117,16 @@ fn show(line: &str, json: bool, last: &mut Option<u64>) {
     if let Some(seq) = event["seq"].as_u64() {
         *last = Some(seq);
     }
+    // A failed write shows at the flush.
     if json {
-        println!("{line}");
+        let _ = writeln!(out, "{line}");
     } else if event["type"] == "stream.lost" {
         eprintln!(
             "envelopectl: fell behind the envelope's event buffer; resuming at seq {}",
             event["next"]
         );
     } else {
-        println!("{}", row(&event));
+        let _ = writeln!(out, "{}", row(&event));
     }
 }
 
