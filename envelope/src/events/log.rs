@@ -106,8 +106,8 @@ pub(super) fn write(record: &Record) {
             grants = ?grants,
             target = %target,
             subnets = ?subnets,
-            by_uid = ?by_uid,
-            by_pid = ?by_pid,
+            by_uid = *by_uid,
+            by_pid = *by_pid,
             "grant.revoked"
         ),
         Event::FirewallFailed {
@@ -170,7 +170,7 @@ pub(super) fn write(record: &Record) {
             timeout_s,
             held,
         } => {
-            tracing::info!(seq, by, timeout_s = ?timeout_s, held, "drain.started")
+            tracing::info!(seq, by, timeout_s = *timeout_s, held, "drain.started")
         }
         Event::DrainEnded { how, held } => tracing::info!(seq, how, held, "drain.ended"),
         Event::AdminRequest {
@@ -181,8 +181,8 @@ pub(super) fn write(record: &Record) {
             status,
         } => tracing::info!(
             seq,
-            uid = ?uid,
-            pid = ?pid,
+            uid = *uid,
+            pid = *pid,
             method = %method,
             path = %path,
             status,

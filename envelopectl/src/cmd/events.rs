@@ -165,6 +165,17 @@ pub fn row(event: &Value) -> String {
         .map(|k| &event[*k])
         .find(|v| !v.is_null())
         .map_or_else(|| "-".into(), text);
+    // Who asked, for an operator's revoke (and any admin request).
+    let caller = match (&event["by_uid"], &event["uid"]) {
+        (Value::Null, Value::Null) => String::new(),
+        (Value::Null, uid) | (uid, _) => {
+            let pid = match (&event["by_pid"], &event["pid"]) {
+                (Value::Null, pid) | (pid, _) => pid,
+            };
+            format!(" by uid {} (pid {})", text(uid), text(pid))
+        }
+    };
+    let reason = reason + &caller;
     format!(
         "{:<6} {:<24} {:<20} {:<20} {:<10} {:<16} {:<6} {}",
         text(&event["seq"]),
@@ -221,7 +232,7 @@ mod tests {
         .unwrap();
         let row = super::row(&revoked);
         assert!(
-            row.contains("3,4") && row.ends_with("ip=198.18.7.9"),
+            row.contains("3,4") && row.ends_with("ip=198.18.7.9 by uid 0 (pid 12)"),
             "{row}"
         );
     }
