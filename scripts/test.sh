@@ -52,7 +52,7 @@ ENVELOPE_DEMO_PORT=18880 bash scripts/demo.sh
 # The benchmark, tiny and on the debug build, so it cannot rot (figures: scripts/bench.sh).
 cargo build -q -p envelope -p envelopectl -p envelope-bench
 target/debug/envelope-bench --sessions 3 --burst 4 --poisson-secs 1 --crash-held 4 --flood-secs 1 --flood-conns 4 --held 100 \
-    --events-sessions 4 --events-block 2 --events-buffer 2000 --heads 200
+    --events-sessions 4 --events-block 2 --events-buffer 4000 --heads 200
 # The Debian package: built from the debug build above, installed, checked, removed.
 bash scripts/package-test.sh
 # The committed licence listing names exactly the crates the binaries compile

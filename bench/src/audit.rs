@@ -44,9 +44,9 @@ enum Condition {
 }
 
 /// Admin requests before each block: more events than a stalled follower's
-/// socket and queue take (about 420 lines were seen), so it is stalled
-/// before the block starts.
-pub const PREFILL: usize = 1000;
+/// socket, queue and the batch in hand take (the figures print how many it
+/// was sent in all), so it is stalled before the block starts.
+pub const PREFILL: usize = 3000;
 
 const ROTATION: [Condition; 3] = [Condition::None, Condition::Ctl, Condition::Stalled];
 

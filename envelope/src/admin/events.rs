@@ -135,8 +135,10 @@ fn gone_response(gone: Gone) -> AdminResponse {
 }
 
 /// Feeds one follower's connection until it goes away, falls behind, or the
-/// daemon stops, in batches of what gathered over [`BATCH_WINDOW`]. One place
-/// in its queue is kept for the `stream.lost` line, so a follower that
+/// daemon stops, in batches of what gathered over [`BATCH_WINDOW`], taken
+/// from the buffer one at a time: a follower that stopped reading holds its
+/// queue and one batch, and loses the stream once the buffer passes it. One
+/// place in its queue is kept for the `stream.lost` line, so a follower that
 /// stopped reading still gets it when it reads again.
 async fn follow(
     mut follower: Follower,
@@ -147,14 +149,15 @@ async fn follow(
         return;
     };
     loop {
-        let lines = match follower.read() {
-            Ok(lines) => lines,
-            Err(lost) => {
-                last_line.send(lost.line());
-                return;
-            }
-        };
-        for batch in batches(lines, BATCH_BYTES) {
+        loop {
+            let batch = match follower.read_batch(BATCH_BYTES) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(lost) => {
+                    last_line.send(lost.line());
+                    return;
+                }
+            };
             tokio::select! {
                 sent = tx.send(batch) => if sent.is_err() { return },
                 lost = follower.fell_behind() => {
@@ -177,22 +180,6 @@ async fn follow(
     }
 }
 
-/// The lines joined into as few writes as fit `max` bytes each.
-fn batches(lines: Vec<Bytes>, max: usize) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut batch = Vec::new();
-    for line in lines {
-        if !batch.is_empty() && batch.len() + line.len() > max {
-            out.push(Bytes::from(std::mem::take(&mut batch)));
-        }
-        batch.extend_from_slice(&line);
-    }
-    if !batch.is_empty() {
-        out.push(Bytes::from(batch));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,23 +188,6 @@ mod tests {
         list.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn lines_are_joined_into_batches_of_at_most_the_bound() {
-        let line = |n: usize| Bytes::from(format!("{}\n", "x".repeat(n - 1)));
-        let sizes = |lines: Vec<Bytes>, max| {
-            batches(lines, max)
-                .iter()
-                .map(|b| b.len())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(sizes(vec![], 10), Vec::<usize>::new());
-        assert_eq!(sizes(vec![line(4), line(4), line(4)], 10), [8, 4]);
-        // A line longer than the bound goes alone, whole.
-        assert_eq!(sizes(vec![line(3), line(30), line(3)], 10), [3, 30, 3]);
-        let joined = batches(vec![line(2), line(3)], 10);
-        assert_eq!(&joined[0][..], b"x\nxx\n");
     }
 
     #[test]

@@ -200,6 +200,30 @@ impl Follower {
         Ok(lines)
     }
 
+    /// The next held lines from the cursor on that pass the filters, joined,
+    /// at most `max` bytes (or one longer line alone); the cursor moves past
+    /// what was looked at, and no further, so a follower that waits to send
+    /// this batch still falls behind when the buffer passes it. `None` when
+    /// nothing is left to read; `Lost` if the cursor fell behind.
+    pub fn read_batch(&mut self, max: usize) -> Result<Option<Bytes>, Lost> {
+        let held = self.ring.held();
+        let oldest = held.oldest();
+        if self.cursor < oldest {
+            return Err(Lost { next: oldest });
+        }
+        let mut batch = Vec::new();
+        for entry in held.entries.iter().skip((self.cursor - oldest) as usize) {
+            if self.wanted(entry) {
+                if !batch.is_empty() && batch.len() + entry.line.len() > max {
+                    break;
+                }
+                batch.extend_from_slice(&entry.line);
+            }
+            self.cursor = entry.record.seq + 1;
+        }
+        Ok((!batch.is_empty()).then(|| Bytes::from(batch)))
+    }
+
     fn wanted(&self, entry: &Entry) -> bool {
         let kind = self
             .kinds

@@ -144,6 +144,53 @@ async fn a_follower_that_falls_behind_has_lost_the_stream() {
 }
 
 #[tokio::test]
+async fn batches_take_what_fits_and_a_waiting_batch_still_loses_the_stream() {
+    let (events, _) = events(8);
+    let mut follower = events
+        .follow(Some(0), true)
+        .unwrap()
+        .within("192.0.2.0/24".parse().unwrap());
+    for grant in 1..=5 {
+        let subnet = if grant == 2 {
+            "198.18.7.0/24"
+        } else {
+            "192.0.2.0/24"
+        };
+        events.emit(closed(grant, subnet));
+    }
+    let line = events.follow(Some(0), false).unwrap().read().unwrap()[0].len();
+    let grants = |batch: bytes::Bytes| {
+        lines(
+            batch
+                .split_inclusive(|&b| b == b'\n')
+                .map(bytes::Bytes::copy_from_slice)
+                .collect(),
+        )
+        .iter()
+        .map(|r| r["grant"].as_u64().unwrap())
+        .collect::<Vec<_>>()
+    };
+    // Two lines fit; grant 2 is another subnet's and skipped on the way.
+    let first = follower.read_batch(2 * line).unwrap().unwrap();
+    assert_eq!(grants(first), [1, 3]);
+    assert_eq!(follower.cursor(), 4);
+    // A bound under one line still takes that line, alone.
+    assert_eq!(grants(follower.read_batch(1).unwrap().unwrap()), [4]);
+    assert_eq!(grants(follower.read_batch(1 << 20).unwrap().unwrap()), [5]);
+    assert_eq!(follower.read_batch(1 << 20).unwrap(), None);
+    // Whoever waits to send a batch has its cursor right after it: a
+    // buffer's worth of events later, it has lost the stream.
+    for grant in 6..=14 {
+        events.emit(closed(grant, "192.0.2.0/24"));
+    }
+    let lost = tokio::time::timeout(Duration::from_secs(10), follower.fell_behind())
+        .await
+        .unwrap();
+    assert_eq!(lost, Lost { next: 7 });
+    assert_eq!(follower.read_batch(1 << 20).unwrap_err(), lost);
+}
+
+#[tokio::test]
 async fn a_follower_wakes_when_an_event_arrives() {
     let (events, _) = events(4);
     let mut follower = events.follow(None, true).unwrap();
