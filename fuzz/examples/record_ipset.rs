@@ -10,22 +10,12 @@
 //! unshare -n fuzz/target/debug/examples/record_ipset fuzz/corpus/ipset_reply
 //! ```
 
-use std::path::PathBuf;
-
 use envelope::fuzzing::{ipset_probe_requests, ipset_reply, ipset_set_requests, IpsetMessage};
-use envelope_fuzz::record::{only_in_a_fresh_namespace, save};
-use netlink_sys::protocols::NETLINK_NETFILTER;
+use envelope_fuzz::record::{save, start};
 use netlink_sys::Socket;
 
 fn main() -> Result<(), String> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .ok_or("usage: record_ipset DIRECTORY")?,
-    );
-    only_in_a_fresh_namespace()?;
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| format!("netlink: {e}"))?;
-    socket.bind_auto().map_err(|e| format!("bind: {e}"))?;
+    let (dir, socket) = start("usage: record_ipset DIRECTORY")?;
     let mut revisions = Vec::new();
     for (name, request) in ipset_probe_requests() {
         let replies = exchange(&socket, &request)?;

@@ -10,23 +10,13 @@
 //! unshare -n fuzz/target/debug/examples/record_nft fuzz/corpus/nft_reply
 //! ```
 
-use std::path::PathBuf;
-
 use envelope::firewall::nftables::Answer;
 use envelope::fuzzing::{nft_reply, nft_requests, NftExchange};
-use envelope_fuzz::record::{only_in_a_fresh_namespace, save};
-use netlink_sys::protocols::NETLINK_NETFILTER;
+use envelope_fuzz::record::{save, start};
 use netlink_sys::Socket;
 
 fn main() -> Result<(), String> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .ok_or("usage: record_nft DIRECTORY")?,
-    );
-    only_in_a_fresh_namespace()?;
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| format!("netlink: {e}"))?;
-    socket.bind_auto().map_err(|e| format!("bind: {e}"))?;
+    let (dir, socket) = start("usage: record_nft DIRECTORY")?;
     for (name, exchange, datagram) in nft_requests() {
         let replies = match exchange {
             NftExchange::Transaction => queued(&socket, &datagram)?,

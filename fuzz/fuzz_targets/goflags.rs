@@ -11,7 +11,6 @@
 #![no_main]
 
 use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
 
 use common::goflags::{go_style_args, parse_duration};
 use libfuzzer_sys::fuzz_target;
@@ -58,6 +57,5 @@ fn durations(text: &str) {
         if let Ok(ms) = u64::try_from(d.as_millis()) {
             assert_eq!(parse_duration(&format!("{ms}ms")), Ok(d), "{text:?}");
         }
-        assert!(d < Duration::from_secs(u64::MAX));
     }
 }

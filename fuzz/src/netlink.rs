@@ -77,6 +77,27 @@ pub fn padding(dialect: &Dialect, datagram: &[u8]) -> Vec<Range<usize>> {
     out
 }
 
+/// The check both netlink targets make: `decode` gives the same answer for
+/// `datagram` with every padding byte (as `dialect` reads it) flipped.
+pub fn assert_padding_is_ignored<T: PartialEq + std::fmt::Debug>(
+    dialect: &Dialect,
+    datagram: &[u8],
+    decode: impl Fn(&[u8]) -> T,
+) {
+    let pads = padding(dialect, datagram);
+    if pads.is_empty() {
+        return;
+    }
+    let decoded = decode(datagram);
+    let mut flipped = datagram.to_vec();
+    for range in pads {
+        for byte in &mut flipped[range] {
+            *byte = !*byte;
+        }
+    }
+    assert_eq!(decode(&flipped), decoded, "padding changed the result");
+}
+
 /// The padding of the attributes in `area`, descending at `depth` of `nesting`.
 fn attributes(
     nesting: &[u16],

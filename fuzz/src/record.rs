@@ -2,7 +2,21 @@
 //! `examples/record_nft.rs`) share: the refusal to touch any namespace but a
 //! fresh `unshare -n` one, and the seed files they write.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::Socket;
+
+/// What every recorder starts with: the directory its first argument names
+/// (`usage` otherwise), the check that this is a fresh namespace, and a
+/// netfilter netlink socket bound in it.
+pub fn start(usage: &str) -> Result<(PathBuf, Socket), String> {
+    let dir = PathBuf::from(std::env::args().nth(1).ok_or(usage)?);
+    only_in_a_fresh_namespace()?;
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| format!("netlink: {e}"))?;
+    socket.bind_auto().map_err(|e| format!("bind: {e}"))?;
+    Ok((dir, socket))
+}
 
 /// A fresh `unshare -n` namespace has `lo` and nothing else: anywhere else
 /// the recorders would change a real firewall.
