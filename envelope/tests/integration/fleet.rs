@@ -172,11 +172,6 @@ async fn a_second_sigterm_during_a_drain_stops_at_once() {
     assert_eq!(ns.save_all(), before);
 }
 
-fn envelopectl(daemon: &Daemon, args: &[&str]) -> (bool, String) {
-    let run = daemon.ctl(args);
-    (run.ok(), run.stdout + &run.stderr)
-}
-
 #[tokio::test]
 async fn envelopectl_drain_and_resume_with_a_live_client_in_between() {
     let daemon = Daemon::start(EnvelopeCmd {
@@ -184,8 +179,7 @@ async fn envelopectl_drain_and_resume_with_a_live_client_in_between() {
         ..EnvelopeCmd::default().arg("--max-clients=4")
     });
     let (mut held, _) = ws_connect(&daemon, Some(&token()), true).await.unwrap();
-    let (ok, out) = envelopectl(&daemon, &["drain"]);
-    assert!(ok, "{out}");
+    let out = daemon.ctl(&["drain"]).expect_ok();
     assert_eq!(out.trim(), "draining: no new clients (1 session held)");
     assert_eq!(
         handshake_status(ws_connect(&daemon, Some(&token()), true).await),
@@ -194,7 +188,7 @@ async fn envelopectl_drain_and_resume_with_a_live_client_in_between() {
     let metrics = daemon.metrics().await;
     assert!(metrics.contains("\nlame_duck_experiment 1\n"), "{metrics}");
     assert!(metrics.contains("\nenvelope_lame_duck 1\n"), "{metrics}");
-    let (_, status) = envelopectl(&daemon, &["status"]);
+    let status = daemon.ctl(&["status"]).stdout;
     assert!(
         status.contains("state:            draining: no new clients (1 session held)"),
         "{status}"
@@ -206,8 +200,7 @@ async fn envelopectl_drain_and_resume_with_a_live_client_in_between() {
         daemon.journal()
     );
 
-    let (ok, out) = envelopectl(&daemon, &["resume"]);
-    assert!(ok, "{out}");
+    let out = daemon.ctl(&["resume"]).expect_ok();
     assert_eq!(out.trim(), "serving");
     let (mut second, response) = ws_connect(&daemon, Some(&token()), true).await.unwrap();
     assert_eq!(response.status(), 101);
@@ -302,8 +295,8 @@ async fn a_renewed_certificate_reaches_new_handshakes_and_held_sessions_stay() {
         })
         .await;
     assert_eq!(served_serial(daemon.addr).await, new);
-    let (ok, status) = envelopectl(&daemon, &["status"]);
-    assert!(ok && status.contains(&format!("serial {new}")), "{status}");
+    let status = daemon.ctl(&["status"]).expect_ok();
+    assert!(status.contains(&format!("serial {new}")), "{status}");
     let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(

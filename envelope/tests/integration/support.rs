@@ -41,6 +41,17 @@ impl CtlRun {
     pub fn ok(&self) -> bool {
         self.code == Some(0)
     }
+
+    /// Its stdout, once it has succeeded (or a panic with its stderr).
+    pub fn expect_ok(self) -> String {
+        assert!(
+            self.ok(),
+            "envelopectl exited {:?}: {}",
+            self.code,
+            self.stderr
+        );
+        self.stdout
+    }
 }
 
 pub const SUBPROTOCOL: &str = "net.measurementlab.envelope";
