@@ -38,6 +38,19 @@ impl FamilyState {
     }
 }
 
+/// The longest timeout the kernel keeps for a set member or element, in
+/// seconds; it silently caps longer ones.
+pub const MAX_TIMEOUT_SECS: u32 = 2_147_482;
+
+/// The kernel timeout of a member whose sessions need it until `until`:
+/// what is left plus `margin`, in whole seconds rounded up, at least one and
+/// at most [`MAX_TIMEOUT_SECS`]. Both set backends give their members this.
+pub fn kernel_timeout_secs(until: Instant, now: Instant, margin: std::time::Duration) -> u32 {
+    let left = until.saturating_duration_since(now) + margin;
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    secs.clamp(1, u64::from(MAX_TIMEOUT_SECS)) as u32
+}
+
 /// Records a change the kernel took whole: each family's `edits` and its
 /// proxy ports' new deadline.
 pub fn record(

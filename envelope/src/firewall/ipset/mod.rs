@@ -31,7 +31,7 @@ use tokio::time::Instant;
 pub use self::fault::NetlinkFault;
 pub(crate) use self::fault::{FaultAction, FaultCounter};
 pub use self::socket::{IpsetError, IpsetSocket};
-use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6, MAX_TIMEOUT_SECS};
+use self::wire::{Element, Request, FAMILY_INET, FAMILY_INET6};
 use super::iptables::rules;
 use super::iptables::{IptablesConfig, IptablesFirewall};
 use super::set_state::{self, Edits, FamilyState, SetState};
@@ -147,9 +147,7 @@ impl IpsetFirewall {
 
     /// Seconds the kernel keeps a member whose sessions need it until `until`.
     fn timeout(&self, until: Instant, now: Instant) -> u32 {
-        let left = until.saturating_duration_since(now) + self.margin;
-        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-        secs.clamp(1, u64::from(MAX_TIMEOUT_SECS)) as u32
+        super::set_state::kernel_timeout_secs(until, now, self.margin)
     }
 
     /// Replaces whatever sets a dead instance left with empty ones, then adds

@@ -44,12 +44,8 @@ impl IpsetError {
 
     /// The set named in the request does not exist.
     pub fn is_missing_set(&self) -> bool {
-        self.code() == Some(libc_enoent())
+        self.code() == Some(libc::ENOENT)
     }
-}
-
-const fn libc_enoent() -> i32 {
-    2
 }
 
 fn describe(code: i32) -> String {

@@ -56,8 +56,7 @@ const DATA_MAXELEM: u16 = 19;
 const IPADDR_V4: u16 = 1;
 const IPADDR_V6: u16 = 2;
 
-/// The kernel silently caps member timeouts at this many seconds.
-pub const MAX_TIMEOUT_SECS: u32 = 2_147_482;
+pub use crate::firewall::set_state::MAX_TIMEOUT_SECS;
 /// Set names are at most this long (IPSET_MAXNAMELEN minus the NUL).
 pub const MAX_NAME_LEN: usize = 31;
 

@@ -38,8 +38,8 @@ use super::set_state::{self, Edits, SetState};
 use super::{Change, Family, Firewall, FirewallError, FwFuture, PerFamily, Subnet};
 use crate::logging::chain;
 
-/// `ENOENT`: the kernel's answer to deleting an element that is not there.
-const ENOENT: i32 = 2;
+/// The kernel's answer to deleting an element that is not there.
+const ENOENT: i32 = libc::ENOENT;
 /// How often a transaction is sent again without deletes of vanished
 /// elements (each round drops at least one request).
 const MAX_ROUNDS: usize = 4;
@@ -147,9 +147,8 @@ impl NftablesConfig {
     /// The kernel timeout of an element whose sessions need it until
     /// `until`: whole seconds, rounded up, as the ipset path gives.
     fn timeout(&self, until: Instant, now: Instant) -> Duration {
-        let left = until.saturating_duration_since(now) + self.kernel_margin;
-        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-        Duration::from_secs(secs.max(1)).min(wire::MAX_TIMEOUT)
+        let secs = super::set_state::kernel_timeout_secs(until, now, self.kernel_margin);
+        Duration::from_secs(u64::from(secs))
     }
 
     /// The requests that apply `edits` (a subnet's new deadline, or `None`

@@ -31,7 +31,8 @@ const SUBSYS_NFTABLES: u16 = 10;
 /// top of the address space) is still listed as a prefix.
 const UDATA_INTERVAL_OPEN: [u8; 6] = [1, 4, 1, 0, 0, 0];
 /// The longest element timeout we give (the ipset path's cap, about 24.8 days).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(2_147_482);
+pub const MAX_TIMEOUT: Duration =
+    Duration::from_secs(crate::firewall::set_state::MAX_TIMEOUT_SECS as u64);
 
 /// One message of a transaction, with its netlink flags and a description
 /// for errors (the kernel answers a refusal with an errno only).
