@@ -115,8 +115,11 @@ async fn revoke(
         Ok(revoked) => {
             let ids: Vec<u64> = revoked.iter().map(|(id, _)| *id).collect();
             if !ids.is_empty() {
-                let mut subnets: Vec<String> = revoked.iter().map(|(_, s)| s.to_string()).collect();
+                // Several grants may share a subnet, in any order.
+                let mut subnets: Vec<_> = revoked.iter().map(|(_, s)| *s).collect();
+                subnets.sort();
                 subnets.dedup();
+                let subnets: Vec<String> = subnets.iter().map(ToString::to_string).collect();
                 state.events.emit(Event::GrantRevoked {
                     grants: ids.clone(),
                     target: match selector {
