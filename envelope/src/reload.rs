@@ -104,22 +104,12 @@ impl Reloader {
         let _one = self.one_at_a_time.lock().await;
         let mut reloaded = Reloaded::default();
         if let Some(current) = self.keys.clone().filter(|_| keys) {
-            let before: Vec<String> = current
-                .current()
-                .keys
-                .iter()
-                .map(|k| k.kid.clone())
-                .collect();
+            let before = owned(current.current().kids());
             let loader = current.clone();
             let result = off_runtime(READ_BOUND, move || Ok(loader.load_again()?))
                 .await
                 .map(|set| current.install(set));
-            let kids: Vec<String> = current
-                .current()
-                .keys
-                .iter()
-                .map(|k| k.kid.clone())
-                .collect();
+            let kids = owned(current.current().kids());
             self.events.emit(Event::KeysReloaded {
                 trigger: trigger.label(),
                 result: if result.is_ok() { "success" } else { "refused" },
@@ -246,6 +236,10 @@ fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
                 .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
         })
         .collect()
+}
+
+fn owned(kids: Vec<&str>) -> Vec<String> {
+    kids.into_iter().map(str::to_owned).collect()
 }
 
 #[cfg(test)]

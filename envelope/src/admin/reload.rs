@@ -33,8 +33,10 @@ async fn post(state: Arc<AdminState>) -> AdminResponse {
             "no --verify-key or --cert is configured: there is nothing to reload",
         );
     }
-    let mut refused = ApiError::new("");
-    refused.errors.clear();
+    let mut refused = ApiError {
+        errors: Vec::new(),
+        oldest_seq: None,
+    };
     let mut answer = Reloaded {
         kids: Vec::new(),
         loaded_at: OffsetDateTime::now_utc(),
@@ -42,7 +44,7 @@ async fn post(state: Arc<AdminState>) -> AdminResponse {
     };
     match reloaded.keys {
         Some(Ok(set)) => {
-            answer.kids = set.keys.iter().map(|k| k.kid.clone()).collect();
+            answer.kids = set.kids().into_iter().map(str::to_owned).collect();
             answer.loaded_at = OffsetDateTime::from(set.loaded_at);
         }
         Some(Err(e)) => {

@@ -273,11 +273,6 @@ impl Events {
     pub fn follow(&self, since: Option<u64>, follow: bool) -> Result<Follower, Gone> {
         self.ring.follow(since, follow)
     }
-
-    /// Bytes the buffer holds now (the events' JSON lines), for the bench.
-    pub fn buffered_bytes(&self) -> usize {
-        self.ring.bytes()
-    }
 }
 
 fn shared_str<S: serde::Serializer>(text: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -30,7 +30,6 @@ struct Held {
     entries: VecDeque<Arc<Entry>>,
     /// The seq the next event gets (the first is 1).
     next: u64,
-    bytes: usize,
 }
 
 impl Held {
@@ -80,7 +79,6 @@ impl Ring {
             held: Mutex::new(Held {
                 entries: VecDeque::new(),
                 next: 1,
-                bytes: 0,
             }),
             moved: watch::channel((1, 1)).0,
         }
@@ -92,10 +90,6 @@ impl Ring {
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.held().bytes
     }
 
     pub fn push(&self, event: Event, subnets: Vec<String>) -> Arc<Entry> {
@@ -117,12 +111,9 @@ impl Ring {
             subnets,
         });
         held.next += 1;
-        held.bytes += entry.line.len();
         held.entries.push_back(entry.clone());
-        while held.entries.len() > self.capacity {
-            if let Some(gone) = held.entries.pop_front() {
-                held.bytes -= gone.line.len();
-            }
+        if held.entries.len() > self.capacity {
+            held.entries.pop_front();
         }
         let moved = (held.next, held.oldest());
         drop(held);
